@@ -9,17 +9,20 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import BinaryIO
 
-#: Glob matching the temporary files :func:`atomic_file` creates (left behind only by a kill).
-TEMP_GLOB = ".*.tmp"
-
 
 @contextmanager
-def atomic_file(path: str | os.PathLike) -> Iterator[BinaryIO]:
-    """Open a binary temp file next to ``path``; on clean exit it replaces ``path``.
+def atomic_file(path: str | os.PathLike, *, exclusive: bool = False) -> Iterator[BinaryIO]:
+    """Open a binary temp file next to ``path``; on clean exit it becomes ``path``.
 
-    The temp file lives in the same directory so that ``os.replace`` is an atomic
-    rename, and it is fsynced before the rename (and the directory after it) so a
-    power loss or ``kill -9`` cannot leave a truncated ``path``.
+    The temp file (``.{name}.*.tmp``) lives in the same directory so that the final
+    rename is atomic, and it is fsynced before the rename (and the directory after it)
+    so that a power loss or ``kill -9`` cannot leave a truncated ``path``. A kill while
+    writing can leave the temp file behind; nothing reads it.
+
+    Args:
+        exclusive: create ``path`` only if it does not exist yet, atomically even
+            against concurrent writers (a hard link instead of a rename); raises
+            ``FileExistsError`` otherwise.
     """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -28,11 +31,13 @@ def atomic_file(path: str | os.PathLike) -> Iterator[BinaryIO]:
             yield f
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
+        if exclusive:
+            os.link(tmp, path)
+        else:
+            os.replace(tmp, path)
+    finally:
         with suppress(FileNotFoundError):
             os.unlink(tmp)
-        raise
     _fsync_dir(path.parent)
 
 
