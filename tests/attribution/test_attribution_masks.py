@@ -34,6 +34,11 @@ def test_sample_masks_rejects_bad_sizes(n_masks, n_components):
 def test_rank_by_descending_with_stable_ties():
     assert rank_by([1.0, 3.0, 3.0, 2.0]).tolist() == [1, 2, 3, 0]
     assert rank_by([0.0, -1.0, 0.0]).tolist() == [0, 2, 1]
+    many_ties = np.tile([1.0, 2.0, 1.0, 3.0], 50)  # long enough for unstable sorts to reorder
+    ranking = rank_by(many_ties)
+    assert ranking[:50].tolist() == list(range(3, 200, 4))
+    assert ranking[50:100].tolist() == list(range(1, 200, 4))
+    assert ranking[100:].tolist() == sorted(list(range(0, 200, 4)) + list(range(2, 200, 4)))
 
 
 def test_rank_by_flattens_layer_head_matrix_in_c_order():

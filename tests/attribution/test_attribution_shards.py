@@ -118,8 +118,9 @@ def run_shard(path, shard, n_shards):
 def test_merge_of_two_shards_equals_single_run(env, tmp_path):
     single = load_results(run_shard(tmp_path / "all.safetensors", 0, 1))
     (tmp_path / "shards").mkdir()
-    run_shard(tmp_path / "shards" / "1.safetensors", 1, 2)  # order on disk must not matter
-    run_shard(tmp_path / "shards" / "0.safetensors", 0, 2)
+    # File names sort in the opposite order of the shards: merge must sort by sample id.
+    run_shard(tmp_path / "shards" / "a.safetensors", 1, 2)
+    run_shard(tmp_path / "shards" / "b.safetensors", 0, 2)
     merged = merge_shards([tmp_path / "shards"])
     np.testing.assert_array_equal(merged.sample, np.arange(N_SAMPLES))
     assert merged.arrays.keys() == single.arrays.keys() == {"coef", "r2"}
