@@ -31,11 +31,15 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-IMAGE_TOKEN = "<image>"
-SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", IMAGE_TOKEN]
+from tl_lvlm.templates import (
+    CHATML_TEMPLATE,
+    IMAGE_PLACEHOLDER,
+    LLAVA_15_TEMPLATE,
+    VICUNA_SYSTEM_TEMPLATE,
+)
 
-#: LLaVA-1.5's conversation format; ``{question}`` is filled in by ``prepare``.
-LLAVA_15_TEMPLATE = "USER: <image>\n{question} ASSISTANT:"
+IMAGE_TOKEN = IMAGE_PLACEHOLDER
+SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", IMAGE_TOKEN]
 
 DIGIT_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 
@@ -44,8 +48,8 @@ DIGIT_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "e
 # tokenizes (byte-level), just into more pieces.
 _CORPUS = [
     LLAVA_15_TEMPLATE,
-    "A chat between a curious human and an artificial intelligence assistant.",
-    "<|im_start|>user\n<image>\n{question}<|im_end|>\n<|im_start|>assistant\n",
+    VICUNA_SYSTEM_TEMPLATE,
+    CHATML_TEMPLATE,
     "What is the main object in this image? Answer in a single word.",
     "What digit is shown? Answer in a single word.",
     "Which number is written here? Answer in a single word.",

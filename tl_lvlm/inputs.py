@@ -1,0 +1,129 @@
+"""Prepared LVLM inputs and their token groups.
+
+A LLaVA-1.5 prompt ``USER: <image>\\n{question} ASSISTANT:`` splits into the
+token groups the paper's analyses talk about:
+
+- ``prefix``: everything before the image (BOS, system text, ``USER:``)
+- ``image``: the image tokens (576 for LLaVA-1.5)
+- ``question``: from the end of the image to the end of the question
+- ``role``: the template's text after the question except its last token (``ASSISTANT``)
+- ``final``: the last token (``:``), the position that predicts the answer
+
+Groups are computed from the tokenizer's character offsets of the processed
+prompt, never from hard-coded positions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, replace
+
+import torch
+from jaxtyping import Bool, Float, Int
+from torch import Tensor
+
+GROUPS = ("prefix", "image", "question", "role", "final")
+"""Token group names, in prompt order."""
+
+
+@dataclass
+class LVLMInputs:
+    """A batch of prompts with images, ready for :class:`~tl_lvlm.HookedLVLM`.
+
+    Token groups are index tensors ``[batch, n]`` of positions into ``input_ids``,
+    padded with ``-1`` where a row has fewer positions than the longest row (rows
+    differ when questions have different lengths; prompts are left-padded).
+    ``group_mask(name)`` gives the same as a ``[batch, pos]`` boolean mask and
+    ``positions(name, row)`` the unpadded positions of one row.
+    """
+
+    input_ids: Int[Tensor, "batch pos"]
+    pixel_values: Float[Tensor, "batch channel height width"]
+    attention_mask: Int[Tensor, "batch pos"]
+    prefix: Int[Tensor, "batch n_prefix"]
+    image: Int[Tensor, "batch n_image"]
+    question: Int[Tensor, "batch n_question"]
+    role: Int[Tensor, "batch n_role"]
+    final: Int[Tensor, "batch 1"]
+    template: str = ""
+    questions: list[str] = field(default_factory=list)
+    #: Extra processor outputs the model needs (e.g. ``image_sizes``).
+    extra: dict[str, Tensor] = field(default_factory=dict)
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.input_ids.shape[0])
+
+    @property
+    def seq_len(self) -> int:
+        return int(self.input_ids.shape[1])
+
+    @property
+    def position_ids(self) -> Int[Tensor, "batch pos"]:
+        """Positions that ignore left padding, so a padded row equals its unpadded run."""
+        return (self.attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+    def group(self, name: str) -> Int[Tensor, "batch n"]:
+        """Index tensor of a token group by name (see :data:`GROUPS`)."""
+        if name not in GROUPS:
+            raise ValueError(f"unknown token group {name!r}; expected one of {GROUPS}")
+        return getattr(self, name)
+
+    def positions(self, name: str, row: int = 0) -> Int[Tensor, " n"]:
+        """Unpadded positions of group ``name`` in batch row ``row``."""
+        idx = self.group(name)[row]
+        return idx[idx >= 0]
+
+    def group_mask(self, name: str) -> Bool[Tensor, "batch pos"]:
+        """Boolean mask of group ``name`` over positions."""
+        idx = self.group(name)
+        mask = torch.zeros(self.input_ids.shape, dtype=torch.bool, device=idx.device)
+        rows = torch.arange(idx.shape[0], device=idx.device)[:, None].expand_as(idx)
+        keep = idx >= 0
+        mask[rows[keep], idx[keep]] = True
+        return mask
+
+    def image_span(self, row: int = 0) -> tuple[int, int]:
+        """``(start, end)`` of the contiguous image span of ``row`` (end exclusive)."""
+        pos = self.positions("image", row)
+        if pos.numel() == 0:
+            raise ValueError(f"row {row} has no image tokens")
+        start, end = int(pos[0]), int(pos[-1]) + 1
+        if end - start != pos.numel():
+            raise ValueError(f"row {row}: image tokens are not contiguous")
+        return start, end
+
+    def model_kwargs(self) -> dict[str, Tensor]:
+        """Keyword arguments for the bridge / HF forward besides ``input_ids``."""
+        return {
+            "pixel_values": self.pixel_values,
+            "attention_mask": self.attention_mask,
+            "position_ids": self.position_ids,
+            **self.extra,
+        }
+
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> LVLMInputs:
+        """Move tensors to ``device``; ``dtype`` casts ``pixel_values`` only."""
+        moved = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, Tensor):
+                v = v.to(device, dtype=dtype if f.name == "pixel_values" else None)
+            moved[f.name] = v
+        moved["extra"] = {k: v.to(device) for k, v in self.extra.items()}
+        return replace(self, **moved)
+
+    def __getitem__(self, rows: int | slice | list[int]) -> LVLMInputs:
+        """Select batch rows (keeps the batch dimension). Padding columns are kept."""
+        if isinstance(rows, int):
+            rows = [rows]
+        elif isinstance(rows, slice):
+            rows = list(range(self.batch_size))[rows]
+        sel = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, Tensor):
+                v = v[rows]
+            sel[f.name] = v
+        sel["questions"] = [self.questions[i] for i in rows] if self.questions else []
+        sel["extra"] = {k: v[rows] for k, v in self.extra.items()}
+        return replace(self, **sel)

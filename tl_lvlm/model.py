@@ -1,0 +1,393 @@
+"""``HookedLVLM``: a LLaVA-style model on TransformerLens 4's ``TransformerBridge``.
+
+The bridge does the wrapping (hook points with TransformerLens names on every
+block, ``run_with_cache``, ``run_with_hooks``); this class adds what an LVLM
+needs on top: the processor, prompt templates, token groups, and images carried
+through every call.
+
+Traps of the bridge worth knowing (they are not bugs of this package):
+
+- On LLaVA, ``vision_encoder.hook_out`` fires on the CLIP tower's output, but
+  ``LlavaModel`` reads the *hidden states* of ``vision_feature_layer`` from the
+  tower, not that output: edits there have no effect. Edit image features at
+  ``vision_projector.hook_out`` (``[batch, n_image, d_model]``) instead.
+- ``blocks.{l}.attn.hook_k`` / ``hook_v`` are **pre-rotary** and have one head
+  per *KV* head (``[batch, pos, n_kv_heads, d_head]``): with grouped-query
+  attention, editing one KV head changes every query head of its group.
+  ``hook_rot_k`` is post-rotary.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from tl_lvlm.inputs import GROUPS, LVLMInputs
+from tl_lvlm.templates import (
+    IMAGE_PLACEHOLDER,
+    LLAVA_15_TEMPLATE,
+    QUESTION_PLACEHOLDER,
+    split_template,
+)
+
+#: HF architectures HookedLVLM can load.
+SUPPORTED_ARCHITECTURES = ("LlavaForConditionalGeneration",)
+
+
+def _architecture(config) -> str:
+    archs = getattr(config, "architectures", None) or []
+    return archs[0] if archs else type(config).__name__
+
+
+def _check_architecture(config) -> None:
+    arch = _architecture(config)
+    if arch not in SUPPORTED_ARCHITECTURES:
+        raise ValueError(
+            f"unsupported architecture {arch!r}: HookedLVLM loads {SUPPORTED_ARCHITECTURES}. "
+            "Check that the checkpoint is a LLaVA-style vision-language model and that its "
+            "config.json sets `architectures`."
+        )
+
+
+@contextlib.contextmanager
+def _no_processor_reload():
+    """Stop the bridge's boot from re-loading the processor by name.
+
+    We hand the bridge our processor. Left alone, its boot calls
+    ``AutoProcessor.from_pretrained(model_name)`` and, when that fails (a model
+    built in memory), pip-installs torchvision into the running environment.
+    """
+    from transformer_lens.model_bridge.sources.transformers import source
+
+    original = source.load_modality_processor
+    source.load_modality_processor = lambda *args, **kwargs: None
+    try:
+        yield
+    finally:
+        source.load_modality_processor = original
+
+
+class HookedLVLM:
+    """A LLaVA-style vision-language model with TransformerLens hooks.
+
+    Wraps a ``TransformerBridge`` (``self.bridge``) around a Hugging Face
+    ``LlavaForConditionalGeneration`` (``self.hf_model``), with its processor.
+    Attributes the class does not define are looked up on the bridge, so
+    ``model.cfg``, ``model.blocks``, ``model.hook_dict``, ``model.hooks(...)``
+    and other TransformerLens tooling work as on a bridge.
+
+    Every call takes :class:`~tl_lvlm.inputs.LVLMInputs` from :meth:`prepare`,
+    so the images, attention mask and padding-aware positions travel together.
+    """
+
+    def __init__(self, bridge, processor, *, template: str = LLAVA_15_TEMPLATE):
+        split_template(template)
+        self.bridge = bridge
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        # Left padding puts every row's final token at position -1.
+        self.tokenizer.padding_side = "left"
+        self.template = template
+        self.hf_model = bridge.original_model
+        self.image_token_id = int(self.hf_model.config.image_token_id)
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str | Path,
+        *,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
+        template: str = LLAVA_15_TEMPLATE,
+    ) -> HookedLVLM:
+        """Load a LLaVA checkpoint (hub name, local directory, or a bundled zoo name).
+
+        Args:
+            name_or_path: e.g. ``"llava-hf/llava-1.5-7b-hf"``, a directory written by
+                ``save_pretrained``, or ``"tl-lvlm/tiny-digits"``.
+            device: defaults to CUDA when available, else CPU.
+            dtype: defaults to ``torch.float32``.
+            template: prompt template with ``<image>`` and ``{question}``.
+        """
+        from transformers import AutoConfig, AutoProcessor, LlavaForConditionalGeneration
+
+        from tl_lvlm import zoo
+
+        path = zoo.resolve(str(name_or_path))
+        config = AutoConfig.from_pretrained(path)
+        _check_architecture(config)
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        processor = AutoProcessor.from_pretrained(path)
+        hf_model = LlavaForConditionalGeneration.from_pretrained(
+            path, dtype=dtype or torch.float32, attn_implementation="eager"
+        )
+        return cls.from_hf(hf_model.to(device).eval(), processor, template=template)
+
+    @classmethod
+    def from_hf(cls, hf_model, processor, *, template: str = LLAVA_15_TEMPLATE) -> HookedLVLM:
+        """Wrap a Hugging Face model already in memory, with its processor.
+
+        The bridge swaps the model's attention modules for hooked ones in place.
+        """
+        from transformer_lens.model_bridge import TransformerBridge
+
+        _check_architecture(hf_model.config)
+        name = str(getattr(hf_model.config, "_name_or_path", "") or "local-llava")
+        with _no_processor_reload():
+            bridge = TransformerBridge.boot_transformers(
+                name, hf_model=hf_model.eval(), tokenizer=processor.tokenizer
+            )
+        bridge.processor = processor
+        return cls(bridge, processor, template=template)
+
+    def __getattr__(self, name: str) -> Any:
+        # Only reached for attributes not found normally: delegate to the bridge.
+        if name == "bridge":
+            raise AttributeError(name)
+        return getattr(self.bridge, name)
+
+    # ------------------------------------------------------------ model facts
+    @property
+    def n_layers(self) -> int:
+        return int(self.bridge.cfg.n_layers)
+
+    @property
+    def n_heads(self) -> int:
+        return int(self.bridge.cfg.n_heads)
+
+    @property
+    def n_kv_heads(self) -> int:
+        return int(self.bridge.cfg.n_key_value_heads or self.bridge.cfg.n_heads)
+
+    @property
+    def d_head(self) -> int:
+        return int(self.bridge.cfg.d_head)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.hf_model.parameters()).device
+
+    @property
+    def image_size(self) -> int:
+        return int(self.hf_model.config.vision_config.image_size)
+
+    @property
+    def n_ctx(self) -> int:
+        return int(self.hf_model.config.text_config.max_position_embeddings)
+
+    # ------------------------------------------------------------------ inputs
+    def prepare(
+        self,
+        images,
+        questions: str | Sequence[str],
+        *,
+        template: str | None = None,
+    ) -> LVLMInputs:
+        """Process images and questions into :class:`LVLMInputs` with token groups.
+
+        Args:
+            images: one image or a list (PIL images, ``HxWx3`` uint8 arrays), or a
+                ``[batch, 3, H, W]`` tensor of already-processed ``pixel_values``.
+            questions: one question or a list. A single image or question is
+                broadcast against a list of the other.
+            template: overrides the model's template for this call.
+
+        Rows are left-padded; every row's final token is at position ``-1``.
+        """
+        template = template or self.template
+        before, between, after = split_template(template)
+        pixel_values = None
+        if isinstance(images, Tensor):
+            pixel_values = self._check_pixel_values(images)
+            images = [self._blank_image()] * pixel_values.shape[0]
+        elif not isinstance(images, (list, tuple)):
+            images = [images]
+        questions = [questions] if isinstance(questions, str) else list(questions)
+        if not images or not questions:
+            raise ValueError("prepare needs at least one image and one question")
+        images, questions = self._broadcast(list(images), questions)
+
+        texts = [template.replace(QUESTION_PLACEHOLDER, q) for q in questions]
+        enc = self.processor(images=images, text=texts, return_tensors="pt", padding=True)
+        input_ids, attention_mask = enc["input_ids"], enc["attention_mask"]
+        if input_ids.shape[1] > self.n_ctx:
+            raise ValueError(
+                f"prompt is {input_ids.shape[1]} tokens but the model's context is "
+                f"{self.n_ctx}; shorten the question (longest: {max(map(len, questions))} chars)"
+            )
+        if pixel_values is None:
+            pixel_values = enc["pixel_values"]
+        pixel_values = pixel_values.to(self.device, self.hf_model.dtype)
+        groups = [
+            self._row_groups(
+                input_ids[r], attention_mask[r], (before, between, questions[r], after)
+            )
+            for r in range(len(texts))
+        ]
+        padded = {name: _pad_rows([g[name] for g in groups]) for name in GROUPS}
+        extra = {
+            k: v for k, v in enc.items() if k not in ("input_ids", "attention_mask", "pixel_values")
+        }
+        return LVLMInputs(
+            input_ids=input_ids,
+            pixel_values=pixel_values,
+            attention_mask=attention_mask,
+            template=template,
+            questions=questions,
+            extra=extra,
+            **padded,
+        ).to(self.device)
+
+    def _broadcast(self, images: list, questions: list[str]) -> tuple[list, list[str]]:
+        if len(images) == len(questions):
+            return images, questions
+        if len(questions) == 1:
+            return images, questions * len(images)
+        if len(images) == 1:
+            return images * len(questions), questions
+        raise ValueError(
+            f"got {len(images)} images for {len(questions)} prompts, each with one "
+            f"{IMAGE_PLACEHOLDER} placeholder; pass one image per question (or a single "
+            "image or question to broadcast)"
+        )
+
+    def _check_pixel_values(self, pixel_values: Tensor) -> Tensor:
+        s = self.image_size
+        if pixel_values.ndim != 4 or tuple(pixel_values.shape[1:]) != (3, s, s):
+            raise ValueError(
+                f"pixel_values must be [batch, 3, {s}, {s}] for this model's vision tower, got "
+                f"{tuple(pixel_values.shape)}; pass PIL images to let the processor resize them"
+            )
+        return pixel_values
+
+    def _blank_image(self):
+        from PIL import Image
+
+        return Image.fromarray(np.zeros((self.image_size, self.image_size, 3), np.uint8))
+
+    def _row_groups(
+        self, ids: Tensor, mask: Tensor, parts: tuple[str, str, str, str]
+    ) -> dict[str, Tensor]:
+        """Token groups of one (left-padded) row, from the tokenizer's offsets."""
+        before, between, question, after = parts
+        start = int((mask == 0).sum())  # left padding
+        real = ids[start:]
+        img = (real == self.image_token_id).nonzero().flatten()
+        if img.numel() == 0:
+            raise ValueError("the processed prompt has no image tokens; check the template")
+        n_img = img.numel()
+        expanded = before + IMAGE_PLACEHOLDER * n_img + between + question + after
+        enc = self.tokenizer(expanded, return_offsets_mapping=True)
+        if enc["input_ids"] != real.tolist():
+            raise ValueError(
+                "re-tokenizing the prompt did not reproduce the processor's tokens; the "
+                "tokenizer may not give character offsets for this template"
+            )
+        question_end = len(expanded) - len(after)
+        img_start, img_end = int(img[0]), int(img[-1]) + 1
+        pos = torch.arange(len(real))
+        starts = torch.tensor([s for s, _ in enc["offset_mapping"]])
+        last = len(real) - 1
+        after_img = pos >= img_end
+        groups = {
+            "prefix": pos[:img_start],
+            "image": img,
+            "question": pos[after_img & (starts < question_end) & (pos < last)],
+            "role": pos[after_img & (starts >= question_end) & (pos < last)],
+            "final": pos[last:],
+        }
+        if img_end - img_start != n_img:
+            raise ValueError("image tokens are not contiguous in the processed prompt")
+        return {k: v + start for k, v in groups.items()}
+
+    # --------------------------------------------------------------- running
+    def forward(self, inputs: LVLMInputs, **kwargs) -> Float[Tensor, "batch pos d_vocab"]:
+        """Logits for every position (kwargs go to the bridge's forward)."""
+        return self.bridge(inputs.input_ids, **inputs.model_kwargs(), **kwargs)
+
+    __call__ = forward
+
+    def run_with_cache(self, inputs: LVLMInputs, **kwargs):
+        """``(logits, ActivationCache)``; kwargs as for the bridge (``names_filter``, ...)."""
+        return self.bridge.run_with_cache(inputs.input_ids, **inputs.model_kwargs(), **kwargs)
+
+    def run_with_hooks(self, inputs: LVLMInputs, fwd_hooks=(), bwd_hooks=(), **kwargs):
+        """Logits of a run with ``fwd_hooks`` ``[(hook_name or filter, fn), ...]`` attached."""
+        return self.bridge.run_with_hooks(
+            inputs.input_ids,
+            fwd_hooks=list(fwd_hooks),
+            bwd_hooks=list(bwd_hooks),
+            **inputs.model_kwargs(),
+            **kwargs,
+        )
+
+    @torch.no_grad()
+    def answer(self, inputs: LVLMInputs) -> tuple[Int[Tensor, " batch"], list[str]]:
+        """Greedy first answer token per row and its decoded string."""
+        logits = self.forward(inputs)[:, -1]
+        ids = logits.argmax(-1)
+        return ids, [self.tokenizer.decode([int(i)]) for i in ids]
+
+    def to_str_tokens(self, inputs: LVLMInputs, row: int = 0) -> list[str]:
+        """Decoded string of every token of one row (padding included)."""
+        return [self.tokenizer.decode([int(t)]) for t in inputs.input_ids[row]]
+
+    def bind(self, inputs: LVLMInputs) -> BoundLVLM:
+        """A view of the model that runs token-only calls with ``inputs``' images.
+
+        TransformerLens utilities call ``model.run_with_hooks(tokens, ...)`` and
+        ``model(tokens)`` with tokens alone; the bound view adds the images,
+        attention mask and positions of ``inputs``.
+        """
+        return BoundLVLM(self, inputs)
+
+
+class BoundLVLM:
+    """A :class:`HookedLVLM` whose token-only calls carry one batch's images."""
+
+    def __init__(self, model: HookedLVLM, inputs: LVLMInputs):
+        self.model = model
+        self.inputs = inputs
+
+    def _kwargs(self, tokens: Tensor) -> dict[str, Tensor]:
+        if not isinstance(tokens, Tensor) or not torch.equal(
+            tokens.to(self.inputs.input_ids.device), self.inputs.input_ids
+        ):
+            raise ValueError(
+                "a bound HookedLVLM only runs the input_ids it was bound to; "
+                "bind the model to the inputs you want to run (model.bind(inputs))"
+            )
+        return self.inputs.model_kwargs()
+
+    def forward(self, tokens: Tensor, **kwargs):
+        return self.model.bridge(tokens, **self._kwargs(tokens), **kwargs)
+
+    __call__ = forward
+
+    def run_with_hooks(self, tokens: Tensor, *args, **kwargs):
+        return self.model.bridge.run_with_hooks(tokens, *args, **self._kwargs(tokens), **kwargs)
+
+    def run_with_cache(self, tokens: Tensor, *args, **kwargs):
+        return self.model.bridge.run_with_cache(tokens, *args, **self._kwargs(tokens), **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        if name in ("model", "inputs"):
+            raise AttributeError(name)
+        return getattr(self.model.bridge, name)
+
+
+def _pad_rows(rows: list[Tensor]) -> Int[Tensor, "batch n"]:
+    """Stack 1-D index tensors into ``[batch, n_max]``, padding with -1."""
+    n = max(r.numel() for r in rows)
+    out = torch.full((len(rows), n), -1, dtype=torch.long)
+    for i, r in enumerate(rows):
+        out[i, : r.numel()] = r
+    return out
