@@ -1,0 +1,53 @@
+"""Shared fixtures: tiny LLaVA checkpoints saved in HF format and loaded back.
+
+Tests load models through ``HookedLVLM.from_pretrained(path)``, the same path a
+user takes with a hub name. Checkpoints are built once per session.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tl_lvlm import HookedLVLM
+from tl_lvlm.testing import TinyLlavaConfig, random_images, save_tiny_llava
+
+QUESTIONS = [
+    "What is the main object in this image? Answer in a single word.",
+    "Which number is written here?",
+]
+
+CONFIGS = {
+    "mha": TinyLlavaConfig(n_layers=2, n_heads=4, n_kv_heads=4, seed=0),
+    "gqa": TinyLlavaConfig(n_layers=2, n_heads=4, n_kv_heads=2, seed=1),
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_paths(tmp_path_factory) -> dict[str, str]:
+    """``{"mha": dir, "gqa": dir}``: tiny checkpoints written with ``save_pretrained``."""
+    root = tmp_path_factory.mktemp("tiny")
+    return {name: str(save_tiny_llava(root / name, cfg)) for name, cfg in CONFIGS.items()}
+
+
+@pytest.fixture(scope="session", params=["mha", "gqa"])
+def tiny_model(request, tiny_paths) -> HookedLVLM:
+    """A tiny HookedLVLM, once MHA and once GQA (parametrized)."""
+    torch.manual_seed(0)
+    return HookedLVLM.from_pretrained(tiny_paths[request.param], device="cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny_gqa(tiny_paths) -> HookedLVLM:
+    return HookedLVLM.from_pretrained(tiny_paths["gqa"], device="cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny_mha(tiny_paths) -> HookedLVLM:
+    return HookedLVLM.from_pretrained(tiny_paths["mha"], device="cpu")
+
+
+@pytest.fixture
+def images():
+    """Two random 28x28 RGB images (the tiny configs' image size)."""
+    return random_images(2, 28, seed=0)
