@@ -1,0 +1,425 @@
+"""Image-K/V head ablation: baselines and the hook-based reference implementation.
+
+Ablating head ``(l, h)`` replaces that head's keys and values at every image
+position by a baseline, as seen by the text queries after the image (scope
+``"text"``, the default); the image tokens' own computation is untouched. Scope
+``"all"`` also changes what the image queries see. With grouped-query attention
+the ablation is per *query* head: the shared KV head stays clean for the other
+query heads of its group.
+
+Keep masks are bool tensors, True = kept:
+
+- ``[batch, n_layers, n_heads]``: per head, all image positions at once;
+- ``[batch, n_layers, n_heads, n_image]``: per head and image position (e.g. for
+  image-token attribution, expand a ``[batch, n_image]`` mask over heads with
+  ``mask[:, None, None].expand(-1, n_layers, n_heads, -1)``).
+
+How the hooks do it. ``hook_k`` / ``hook_v`` hold one tensor per *KV* head,
+before RoPE, and editing them would also change what the image queries see, so
+the ablation is applied where attention is per query head instead:
+
+- ``hook_attn_scores`` (pre-softmax ``[batch, head, q, k]``): for ablated heads
+  and affected query rows, the image columns become ``q . rot(K_base) * scale``,
+  with the baseline keys rotated by the same RoPE cos/sin as the real image
+  positions (read at ``hook_cos`` / ``hook_sin``);
+- ``hook_z`` (``[batch, pos, head, d_head]``): adds
+  ``pattern[image columns] @ (V_base - V_clean)`` for the same heads and rows,
+  which turns the clean values at the image columns into the baseline.
+
+Use the hooks with ``run_with_hooks`` or the :func:`image_kv_ablation` context
+manager; :class:`~tl_lvlm.engine.AblationEngine` computes the same thing fast for
+many masks on one sample.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+import torch
+from jaxtyping import Bool, Float, Int
+from torch import Tensor
+
+from tl_lvlm.inputs import LVLMInputs
+
+if TYPE_CHECKING:
+    from tl_lvlm.model import HookedLVLM
+
+Scope = Literal["text", "all"]
+SCOPES = ("text", "all")
+BASELINE_KINDS = ("mean", "zero")
+
+HookList = list[tuple[str, Callable]]
+
+
+@dataclass(frozen=True)
+class ImageKVBaseline:
+    """Baseline keys and values at the image positions, per layer and KV head.
+
+    ``k`` is pre-rotary (as at ``hook_k``): it is rotated with the positions of the
+    run it is used in. A baseline only fits inputs with the same ``template`` and
+    the same (unpadded) ``image_span``; :meth:`check` enforces it.
+
+    Attributes:
+        k: ``[n_layers, n_kv_heads, n_image, d_head]`` pre-rotary keys.
+        v: ``[n_layers, n_kv_heads, n_image, d_head]`` values.
+        kind: ``"mean"`` or ``"zero"``.
+        template: prompt template of the inputs it was built from.
+        image_span: ``(start, end)`` of the image tokens in an unpadded prompt.
+        n_samples: number of inputs averaged (0 for ``"zero"``).
+    """
+
+    k: Float[Tensor, "n_layers n_kv_heads n_image d_head"]
+    v: Float[Tensor, "n_layers n_kv_heads n_image d_head"]
+    kind: str
+    template: str
+    image_span: tuple[int, int]
+    n_samples: int
+
+    @property
+    def n_image(self) -> int:
+        return int(self.k.shape[2])
+
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> ImageKVBaseline:
+        return replace(self, k=self.k.to(device, dtype), v=self.v.to(device, dtype))
+
+    def check(self, model: HookedLVLM, inputs: LVLMInputs) -> None:
+        """Raise ``ValueError`` unless this baseline fits ``model`` and every row of ``inputs``."""
+        want = (model.n_layers, model.n_kv_heads, self.n_image, model.d_head)
+        if tuple(self.k.shape) != want or tuple(self.v.shape) != want:
+            raise ValueError(
+                f"baseline k/v have shape {tuple(self.k.shape)} but this model needs "
+                f"[n_layers, n_kv_heads, n_image, d_head] = {want}; build the baseline with "
+                "image_kv_baseline(model, ...) on the same model"
+            )
+        if inputs.template != self.template:
+            raise ValueError(
+                f"baseline was built for template {self.template!r} but the inputs use "
+                f"{inputs.template!r}; build a baseline with image_kv_baseline(model, inputs) "
+                "on inputs prepared with the same template"
+            )
+        for row in range(inputs.batch_size):
+            span = unpadded_image_span(inputs, row)
+            if span != self.image_span:
+                raise ValueError(
+                    f"baseline was built for image span {self.image_span} but row {row} of the "
+                    f"inputs has its image at {span}; build a baseline on inputs with the same "
+                    "template and image size"
+                )
+
+
+def unpadded_image_span(inputs: LVLMInputs, row: int = 0) -> tuple[int, int]:
+    """``(start, end)`` of the image tokens of ``row`` counted without its left padding."""
+    if not bool((inputs.image[row] >= 0).any()):
+        raise ValueError(
+            f"row {row} of the inputs has no image tokens; image-K/V ablation needs a prompt "
+            "with an <image> placeholder (prepare it with model.prepare(image, question))"
+        )
+    start, end = inputs.image_span(row)
+    pad = int((inputs.attention_mask[row] == 0).sum())
+    return start - pad, end - pad
+
+
+@torch.no_grad()
+def image_kv_baseline(
+    model: HookedLVLM, inputs: LVLMInputs, kind: str = "mean", *, batch_size: int = 16
+) -> ImageKVBaseline:
+    """Build a baseline for image-K/V ablation from reference inputs.
+
+    Args:
+        model: the model whose keys and values are averaged.
+        inputs: reference images with one template (questions may differ: the keys
+            and values at image positions only depend on the text before them).
+        kind: ``"mean"``: mean pre-rotary K and V per (layer, KV head, image
+            position) over the rows of ``inputs``; ``"zero"``: zeros.
+        batch_size: rows per forward pass when averaging.
+
+    Returns:
+        :class:`ImageKVBaseline` with ``k``, ``v`` ``[n_layers, n_kv_heads, n_image, d_head]``
+        in the model's dtype and device.
+    """
+    if kind not in BASELINE_KINDS:
+        raise ValueError(f"unknown baseline kind {kind!r}; expected one of {BASELINE_KINDS}")
+    spans = {unpadded_image_span(inputs, r) for r in range(inputs.batch_size)}
+    if len(spans) != 1:
+        raise ValueError(
+            f"the reference inputs put the image at different spans {sorted(spans)}; a baseline "
+            "needs one prompt layout (same template and image size)"
+        )
+    (span,) = spans
+    n_image = span[1] - span[0]
+    shape = (model.n_layers, model.n_kv_heads, n_image, model.d_head)
+    dtype = model.hf_model.dtype
+    if kind == "zero":
+        k = v = torch.zeros(shape, dtype=dtype, device=model.device)
+    else:
+        # Accumulate in fp32 so that a bf16 model's mean is not rounded per batch.
+        sums = {name: torch.zeros(shape, device=model.device) for name in ("k", "v")}
+        for start in range(0, inputs.batch_size, batch_size):
+            rows = inputs[start : start + batch_size]
+            model.run_with_hooks(rows, fwd_hooks=_sum_hooks(model, rows.image, sums))
+        k, v = ((sums[n] / inputs.batch_size).to(dtype) for n in ("k", "v"))
+    n_samples = 0 if kind == "zero" else inputs.batch_size
+    return ImageKVBaseline(k, v, kind, inputs.template, span, n_samples)
+
+
+def _sum_hooks(
+    model: HookedLVLM, image: Int[Tensor, "batch n_image"], sums: dict[str, Tensor]
+) -> HookList:
+    """Hooks adding each row's ``hook_k`` / ``hook_v`` at its image positions into ``sums``."""
+
+    def add(name: str, layer: int):
+        def hook(t: Float[Tensor, "batch pos n_kv_heads d_head"], hook) -> None:
+            at_image = _gather_positions(t, image, dim=1)  # [batch, n_image, n_kv_heads, d_head]
+            sums[name][layer] += at_image.sum(0).transpose(0, 1).float()
+
+        return hook
+
+    return [
+        (f"blocks.{layer}.attn.hook_{name}", add(name, layer))
+        for layer in range(model.n_layers)
+        for name in ("k", "v")
+    ]
+
+
+def check_keep(
+    keep: Tensor | np.ndarray,
+    *,
+    n_rows: int | None,
+    n_layers: int,
+    n_heads: int,
+    n_image: int,
+    name: str = "keep",
+) -> Bool[Tensor, "batch n_layers n_heads"] | Bool[Tensor, "batch n_layers n_heads n_image"]:
+    """Validate a keep mask (True = kept) and return it as a bool tensor.
+
+    Args:
+        keep: ``[batch, n_layers, n_heads]`` or ``[batch, n_layers, n_heads, n_image]``
+            bool tensor or numpy array.
+        n_rows: required batch size, or None for any non-zero batch.
+
+    Raises:
+        TypeError: not a tensor / array, or not boolean.
+        ValueError: wrong shape.
+    """
+    if isinstance(keep, np.ndarray):
+        if keep.dtype != np.bool_:
+            raise TypeError(
+                f"{name} must be boolean (True = head kept), got numpy {keep.dtype}; "
+                "convert with `mask.astype(bool)`"
+            )
+        keep = torch.from_numpy(keep)
+    if not isinstance(keep, Tensor):
+        raise TypeError(
+            f"{name} must be a bool torch tensor or numpy array, got {type(keep).__name__}"
+        )
+    if keep.dtype != torch.bool:
+        raise TypeError(
+            f"{name} must be boolean (True = head kept), got {keep.dtype}; convert with "
+            "`mask.bool()` (or `mask > 0.5` for probabilities)"
+        )
+    rows = "batch" if n_rows is None else n_rows
+    head_shape = (n_layers, n_heads)
+    if (
+        keep.ndim not in (3, 4)
+        or tuple(keep.shape[1:3]) != head_shape
+        or (keep.ndim == 4 and keep.shape[3] != n_image)
+        or (n_rows is not None and keep.shape[0] != n_rows)
+        or keep.shape[0] == 0
+    ):
+        hint = ""
+        if keep.ndim == 2 and keep.shape[-1] == n_layers * n_heads:
+            hint = f"; reshape flat masks with `mask.reshape(-1, {n_layers}, {n_heads})`"
+        raise ValueError(
+            f"{name} must have shape [{rows}, n_layers={n_layers}, n_heads={n_heads}] or "
+            f"[{rows}, {n_layers}, {n_heads}, n_image={n_image}], got {tuple(keep.shape)}{hint}"
+        )
+    return keep
+
+
+def check_scope(scope: str) -> None:
+    if scope not in SCOPES:
+        raise ValueError(f"unknown scope {scope!r}; expected one of {SCOPES}")
+
+
+def rotary_fn(model: HookedLVLM, layer: int = 0) -> Callable:
+    """The ``apply_rotary_pos_emb(q, k, cos, sin)`` of the language model's HF attention code.
+
+    Baseline keys are rotated with the very function the model uses, so that a
+    baseline equal to the clean keys reproduces the clean scores bit for bit.
+    """
+    hf_attn = model.bridge.blocks[layer].attn.original_component
+    return sys.modules[type(hf_attn).__module__].apply_rotary_pos_emb
+
+
+def image_kv_ablation_hooks(
+    model: HookedLVLM,
+    inputs: LVLMInputs,
+    baseline: ImageKVBaseline,
+    keep: Bool[Tensor, "batch n_layers n_heads"] | Bool[Tensor, "batch n_layers n_heads n_image"],
+    *,
+    scope: Scope = "text",
+) -> HookList:
+    """Forward hooks that ablate image K/V per batch row, layer and query head.
+
+    Args:
+        model: the model ``inputs`` will be run through.
+        inputs: the batch the hooks are for (rows may be left-padded).
+        baseline: from :func:`image_kv_baseline` for the same template and image span.
+        keep: ``[batch, n_layers, n_heads]`` (True = head kept) or
+            ``[batch, n_layers, n_heads, n_image]`` (True = that head sees the clean
+            K/V at that image position); row i applies to ``inputs`` row i.
+        scope: ``"text"``: only queries after the image see the baseline;
+            ``"all"``: image queries too.
+
+    Returns:
+        ``[(hook_name, fn), ...]`` for ``model.run_with_hooks(inputs, fwd_hooks=...)``;
+        layers whose heads are all kept get no hooks.
+    """
+    check_scope(scope)
+    baseline.check(model, inputs)
+    keep = check_keep(
+        keep,
+        n_rows=inputs.batch_size,
+        n_layers=model.n_layers,
+        n_heads=model.n_heads,
+        n_image=baseline.n_image,
+    ).to(model.device)
+    if keep.ndim == 3:
+        keep = keep[..., None]
+    baseline = baseline.to(model.device, model.hf_model.dtype)
+    image = inputs.image  # [batch, n_image] padded positions; rows share n_image
+    pos = torch.arange(inputs.seq_len, device=model.device)
+    image_end = image[:, -1:] + 1
+    # Rows whose queries see the baseline: after the image ("text") or from its
+    # start ("all"); causality then limits an image query to the columns before it.
+    first_query = image_end if scope == "text" else image[:, :1]
+    affected = (pos[None, :] >= first_query)[:, :, None] & (
+        image[:, None, :] <= pos[None, :, None]
+    )  # [batch, q, n_image]
+    hooks: HookList = []
+    for layer in range(model.n_layers):
+        ablated = ~keep[:, layer]  # [batch, n_heads, n_image or 1]
+        if not bool(ablated.any()):
+            continue
+        state = _LayerAblation(
+            layer=layer,
+            image=image,
+            swap=ablated[:, :, None, :] & affected[:, None],
+            k_base=baseline.k[layer],
+            v_base=baseline.v[layer],
+            scaling=float(model.bridge.blocks[layer].attn.original_component.scaling),
+            rope=rotary_fn(model, layer),
+        )
+        hooks += state.hooks()
+    return hooks
+
+
+@contextlib.contextmanager
+def image_kv_ablation(
+    model: HookedLVLM,
+    inputs: LVLMInputs,
+    baseline: ImageKVBaseline,
+    keep: Bool[Tensor, "batch n_layers n_heads"] | Bool[Tensor, "batch n_layers n_heads n_image"],
+    *,
+    scope: Scope = "text",
+) -> Iterator[HookedLVLM]:
+    """Context manager: forward passes of ``inputs`` inside run with the ablation.
+
+    Example::
+
+        with image_kv_ablation(model, inputs, baseline, keep):
+            logits = model(inputs)
+    """
+    hooks = image_kv_ablation_hooks(model, inputs, baseline, keep, scope=scope)
+    with model.hooks(fwd_hooks=hooks):
+        yield model
+
+
+@dataclass
+class _LayerAblation:
+    """Hooks of one layer, and what they read from the running forward pass.
+
+    The hooks fire in the order ``hook_v``, ``hook_cos``/``hook_sin``,
+    ``hook_rot_q``, ``hook_attn_scores``, ``hook_pattern``, ``hook_z``; the reading
+    hooks keep the tensors the editing hooks need.
+    """
+
+    layer: int
+    image: Int[Tensor, "batch n_image"]
+    #: True where query row q of (batch row, head) sees the baseline at an image column.
+    swap: Bool[Tensor, "batch n_heads q n_image"]
+    k_base: Float[Tensor, "n_kv_heads n_image d_head"]
+    v_base: Float[Tensor, "n_kv_heads n_image d_head"]
+    scaling: float
+    rope: Callable
+    seen: dict[str, Tensor] = field(default_factory=dict)
+
+    def hooks(self) -> HookList:
+        prefix = f"blocks.{self.layer}.attn"
+
+        def keep_as(key: str) -> Callable:
+            def hook(t: Tensor, hook) -> None:
+                self.seen[key] = t
+
+            return hook
+
+        return [
+            (f"{prefix}.hook_v", keep_as("v")),
+            (f"{prefix}.hook_cos", keep_as("cos")),
+            (f"{prefix}.hook_sin", keep_as("sin")),
+            (f"{prefix}.hook_rot_q", keep_as("q")),
+            (f"{prefix}.hook_attn_scores", self.edit_scores),
+            (f"{prefix}.hook_pattern", keep_as("pattern")),
+            (f"{prefix}.hook_z", self.edit_z),
+        ]
+
+    def _per_head(self, t: Tensor, n_heads: int) -> Tensor:
+        """``[batch, n_kv_heads, ...]`` -> ``[batch, n_heads, ...]``; head h reads KV h // group."""
+        return t.repeat_interleave(n_heads // t.shape[1], dim=1)
+
+    def _image_columns(
+        self, t: Float[Tensor, "batch head q k"]
+    ) -> Int[Tensor, "batch head q n_image"]:
+        b, h, q, _ = t.shape
+        if self.swap.shape[0] != b:
+            raise ValueError(
+                f"the ablation hooks were built for a batch of {self.swap.shape[0]} rows but "
+                f"ran on {b}; build the hooks for the inputs you run"
+            )
+        return self.image[:, None, None, :].expand(b, h, q, -1)
+
+    def edit_scores(self, scores: Float[Tensor, "batch head q k"], hook) -> Tensor:
+        q = self.seen["q"].transpose(1, 2)  # hook_rot_q is [batch, pos, head, d_head]
+        n_heads = q.shape[1]
+        cos, sin = (
+            _gather_positions(self.seen[n].expand(q.shape[0], -1, -1), self.image, dim=1)
+            for n in ("cos", "sin")
+        )  # [batch, n_image, d_head]
+        k_base = self.k_base[None].expand(q.shape[0], -1, -1, -1)
+        _, k_rot = self.rope(k_base, k_base, cos, sin)  # [batch, n_kv_heads, n_image, d_head]
+        base = torch.matmul(q, self._per_head(k_rot, n_heads).transpose(-1, -2)) * self.scaling
+        cols = self._image_columns(scores)
+        clean = scores.gather(-1, cols)
+        return scores.scatter(-1, cols, torch.where(self.swap, base.to(scores.dtype), clean))
+
+    def edit_z(self, z: Float[Tensor, "batch pos head d_head"], hook) -> Tensor:
+        pattern = self.seen["pattern"]
+        n_heads = pattern.shape[1]
+        weights = pattern.gather(-1, self._image_columns(pattern)) * self.swap
+        v_clean = _gather_positions(self.seen["v"], self.image, dim=1).transpose(1, 2)
+        delta = self._per_head(self.v_base[None] - v_clean, n_heads)  # [batch, head, n_image, d]
+        self.seen.clear()
+        return z + torch.matmul(weights, delta).transpose(1, 2).to(z.dtype)
+
+
+def _gather_positions(t: Tensor, index: Int[Tensor, "batch n"], dim: int) -> Tensor:
+    """``t`` at per-row positions ``index`` along ``dim`` (``t``'s dim 0 is the batch)."""
+    shape = [1] * t.ndim
+    shape[0], shape[dim] = index.shape
+    index = index.view(shape).expand(*t.shape[:dim], index.shape[1], *t.shape[dim + 1 :])
+    return t.gather(dim, index)

@@ -1,0 +1,389 @@
+"""``AblationEngine``: image-K/V head ablation for many masks on one sample, fast.
+
+With scope ``"text"`` every mask leaves everything up to the end of the image
+unchanged, so the engine
+
+1. runs that prefix once and keeps its post-rotary keys and values
+   (``[n_kv_heads, prefix, d_head]`` per layer, one copy for all masks);
+2. runs only the text suffix (about 20 tokens for LLaVA-1.5, against about 620
+   for the whole prompt) for a batch of masks, through the Hugging Face decoder
+   with a custom attention function (``transformers.AttentionInterface``,
+   registered as :data:`ATTENTION_NAME`) that scores each suffix query against
+   the shared prefix and picks clean or baseline image K/V per (mask, layer,
+   query head), or per image position too.
+
+The shared prefix is never copied per mask: the attention function folds
+(mask, query head in group, query) into the rows of one matrix per KV head, so
+``[n_kv, rows, d] @ [n_kv, d, prefix]`` is a single batched matmul against the
+batch-1 prefix. Ablation uses the same two edits as the hook reference
+(:mod:`tl_lvlm.ablation`): ablated image columns are scored against the rotated
+baseline keys, and ``probs[image] @ (V_base - V_clean)`` turns their clean values
+into the baseline.
+
+Why the original modules are swapped back. The TransformerLens bridge replaces
+the HF model's submodules in place (``layers[i]`` is a ``BlockBridge``,
+``layers[i].self_attn`` a ``PositionEmbeddingsAttentionBridge`` that reimplements
+attention and never calls the HF attention function). While the engine runs, it
+puts every wrapped module's ``original_component`` back into the HF module tree
+and selects its attention function on the language model's config; both are
+undone in a ``finally``, so the bridge, its hooks and other threads' view after
+the call are as before (do not run the bridge concurrently with an engine call).
+Scope ``"all"`` changes the image tokens' own computation, so there is no prefix
+to share: it falls back to batched forward passes through the hook reference.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from jaxtyping import Bool, Float
+from torch import Tensor
+from tqdm.auto import tqdm
+from transformers import AttentionInterface
+
+from tl_lvlm.ablation import (
+    ImageKVBaseline,
+    Scope,
+    check_keep,
+    check_scope,
+    image_kv_ablation_hooks,
+    rotary_fn,
+    unpadded_image_span,
+)
+from tl_lvlm.inputs import LVLMInputs
+
+if TYPE_CHECKING:
+    from tl_lvlm.model import HookedLVLM
+
+#: Name of the engine's attention function in ``transformers.AttentionInterface``.
+ATTENTION_NAME = "tl_lvlm_image_ablation"
+#: Keyword argument that carries the engine's state down to the attention function.
+STATE_KWARG = "tl_lvlm_ablation"
+
+Masks = Bool[Tensor, "n_masks n_layers n_heads"] | Bool[Tensor, "n_masks n_layers n_heads n_image"]
+
+
+@dataclass
+class SharedPrefix:
+    """What every suffix query of one sample attends to, shared by all masks.
+
+    ``k``, ``k_base`` are post-rotary; ``v_delta`` is ``V_base - V_clean`` at the
+    image columns, the correction an ablated column adds to a head's output.
+    """
+
+    k: Float[Tensor, "n_layers n_kv_heads prefix d_head"]
+    v: Float[Tensor, "n_layers n_kv_heads prefix d_head"]
+    k_base: Float[Tensor, "n_layers n_kv_heads n_image d_head"]
+    v_delta: Float[Tensor, "n_layers n_kv_heads n_image d_head"]
+    image: slice
+
+
+@dataclass
+class SuffixState:
+    """Passed as ``tl_lvlm_ablation=`` through the HF forward to :func:`image_ablation_attention`.
+
+    ``keep`` is laid out for the attention function: ``[n_layers, n_kv_heads,
+    batch, group, 1, n_image or 1]`` (query head ``h = kv * group + g``).
+    """
+
+    prefix: SharedPrefix
+    keep: Bool[Tensor, "n_layers n_kv_heads batch group 1 n_image_or_1"]
+
+
+def image_ablation_attention(
+    module: torch.nn.Module,
+    query: Float[Tensor, "batch n_heads suffix d_head"],
+    key: Float[Tensor, "batch n_kv_heads suffix d_head"],
+    value: Float[Tensor, "batch n_kv_heads suffix d_head"],
+    attention_mask: Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[Float[Tensor, "batch suffix n_heads d_head"], None]:
+    """Suffix attention over a shared prefix with image K/V ablated per mask and head.
+
+    Follows HF's eager attention (scores in the model dtype, softmax in fp32,
+    causal among the suffix); ``attention_mask`` is ignored because the engine's
+    rows are unpadded. Returns ``(output [batch, suffix, n_heads, d_head], None)``.
+    """
+    state: SuffixState | None = kwargs.get(STATE_KWARG)
+    if state is None:
+        raise RuntimeError(
+            f"attention implementation {ATTENTION_NAME!r} only runs inside AblationEngine; "
+            "set the model back to 'eager'"
+        )
+    prefix, layer = state.prefix, module.layer_idx
+    kp, vp = prefix.k[layer], prefix.v[layer]  # [n_kv, prefix, d]
+    n_kv, n_prefix, d = kp.shape
+    b, n_heads, s, _ = query.shape
+    g = n_heads // n_kv
+    keep = state.keep[layer]  # [n_kv, b, g, 1, n_image or 1]
+
+    q = query.view(b, n_kv, g, s, d).transpose(0, 1)  # [n_kv, b, g, s, d]
+    rows = q.reshape(n_kv, b * g * s, d)
+    prefix_scores = (torch.matmul(rows, kp.transpose(1, 2)) * scaling).view(n_kv, b, g, s, -1)
+    base_scores = (torch.matmul(rows, prefix.k_base[layer].transpose(1, 2)) * scaling).view(
+        n_kv, b, g, s, -1
+    )
+    image_scores = prefix_scores[..., prefix.image]
+    image_scores.copy_(torch.where(keep, image_scores, base_scores))
+
+    key_s, value_s = (t.transpose(0, 1)[:, :, None] for t in (key, value))  # [n_kv, b, 1, s, d]
+    suffix_scores = torch.matmul(q, key_s.transpose(-1, -2)) * scaling  # [n_kv, b, g, s, s]
+    causal = torch.ones(s, s, dtype=torch.bool, device=query.device).triu(1)
+    suffix_scores.masked_fill_(causal, torch.finfo(suffix_scores.dtype).min)
+
+    probs = torch.softmax(torch.cat([prefix_scores, suffix_scores], -1), -1, dtype=torch.float32)
+    probs = probs.to(query.dtype)
+    p_prefix, p_suffix = probs[..., :n_prefix], probs[..., n_prefix:]
+    ablated = p_prefix[..., prefix.image] * ~keep
+    out = torch.matmul(p_prefix.reshape(n_kv, b * g * s, n_prefix), vp)
+    out += torch.matmul(ablated.reshape(n_kv, b * g * s, -1), prefix.v_delta[layer])
+    out = out.view(n_kv, b, g, s, d) + torch.matmul(p_suffix, value_s)
+    return out.permute(1, 3, 0, 2, 4).reshape(b, s, n_heads, d), None
+
+
+AttentionInterface.register(ATTENTION_NAME, image_ablation_attention)
+
+
+@contextlib.contextmanager
+def hf_modules(model: HookedLVLM, attn_implementation: str | None = None) -> Iterator[None]:
+    """Run the HF model with its original modules instead of the bridge's wrappers.
+
+    Puts each bridge component's ``original_component`` back where the bridge
+    put the component, and optionally selects ``attn_implementation`` on the
+    language model's config; restores both on exit.
+    """
+    from transformer_lens.model_bridge.generalized_components.base import GeneralizedComponent
+
+    undo: list[tuple[torch.nn.Module, str, torch.nn.Module]] = []
+
+    def unwrap(module: torch.nn.Module) -> None:
+        for name, child in list(module.named_children()):
+            if isinstance(child, GeneralizedComponent):
+                undo.append((module, name, child))
+                child = child.original_component
+                setattr(module, name, child)
+            unwrap(child)
+
+    text_config = model.hf_model.model.language_model.config
+    attn_before = text_config._attn_implementation
+    try:
+        unwrap(model.hf_model)
+        if attn_implementation is not None:
+            text_config._attn_implementation = attn_implementation
+        yield
+    finally:
+        text_config._attn_implementation = attn_before
+        for module, name, child in reversed(undo):
+            setattr(module, name, child)
+
+
+class AblationEngine:
+    """Target logits of one sample under many image-K/V head-ablation masks.
+
+    Args:
+        model: the model.
+        sample: one prompt (``inputs[i]`` of a prepared batch; left padding is dropped).
+        baseline: from :func:`~tl_lvlm.ablation.image_kv_baseline`, same template and image span.
+        target: token id whose logit is reported; None = the clean greedy answer's first token.
+        scope: ``"text"`` (shared prefix, fast) or ``"all"`` (batched hooked forwards).
+
+    Attributes:
+        target: the target token id.
+        clean_logit: the target's logit at the final position of the clean run
+            (``model(sample)``); ``run`` on the all-kept mask reproduces it.
+        clean_logits: ``[d_vocab]`` final-position logits of the clean run.
+    """
+
+    def __init__(
+        self,
+        model: HookedLVLM,
+        sample: LVLMInputs,
+        baseline: ImageKVBaseline,
+        *,
+        target: int | None = None,
+        scope: Scope = "text",
+    ):
+        check_scope(scope)
+        if not isinstance(sample, LVLMInputs) or sample.batch_size != 1:
+            got = sample.batch_size if isinstance(sample, LVLMInputs) else type(sample).__name__
+            raise ValueError(
+                f"AblationEngine runs one sample: pass a single-row LVLMInputs such as "
+                f"inputs[i], got {got}"
+            )
+        unpadded_image_span(sample)  # rejects a sample without image tokens
+        baseline.check(model, sample)
+        self.model = model
+        self.scope = scope
+        self.dtype = model.hf_model.dtype
+        self.device = model.device
+        self.sample = sample.to(self.device)
+        self.baseline = baseline.to(self.device, self.dtype)
+        with torch.no_grad():
+            self.clean_logits = model(self.sample)[0, -1].float().cpu()
+        vocab = self.clean_logits.shape[0]
+        if target is None:
+            target = int(self.clean_logits.argmax())
+        elif not 0 <= int(target) < vocab:
+            raise ValueError(f"target must be a token id in [0, {vocab}), got {target}")
+        self.target = int(target)
+        self.clean_logit = float(self.clean_logits[self.target])
+
+        pad = int((self.sample.attention_mask[0] == 0).sum())
+        self._ids = self.sample.input_ids[:, pad:]  # [1, seq]
+        self.image_start, self.prefix_len = baseline.image_span
+        self.suffix_len = self._ids.shape[1] - self.prefix_len
+        self.prefix = self._build_prefix() if scope == "text" else None
+
+    @property
+    def n_image(self) -> int:
+        return self.baseline.n_image
+
+    @torch.no_grad()
+    def _build_prefix(self) -> SharedPrefix:
+        """Run the prefix once; rotate the baseline keys to the image positions."""
+        hf = self.model.hf_model
+        positions = torch.arange(self.prefix_len, device=self.device)[None]
+        with hf_modules(self.model):
+            out = hf.model(
+                input_ids=self._ids[:, : self.prefix_len],
+                pixel_values=self.sample.pixel_values,
+                position_ids=positions,
+                use_cache=True,
+                **self.sample.extra,
+            )
+        cache = out.past_key_values.layers
+        k = torch.stack([layer.keys[0] for layer in cache])  # [n_layers, n_kv, prefix, d]
+        v = torch.stack([layer.values[0] for layer in cache])
+        image = slice(self.image_start, self.prefix_len)
+        rotary = hf.model.language_model.rotary_emb
+        if hasattr(rotary, "original_component"):
+            rotary = rotary.original_component
+        cos, sin = rotary(k, positions[:, image])  # [1, n_image, d]
+        _, k_base = rotary_fn(self.model)(self.baseline.k, self.baseline.k, cos, sin)
+        return SharedPrefix(k, v, k_base, self.baseline.v - v[:, :, image], image)
+
+    def check_masks(self, masks: Masks | np.ndarray) -> Masks:
+        """Validate ``masks`` (as :func:`~tl_lvlm.ablation.check_keep`); return a bool tensor."""
+        return check_keep(
+            masks,
+            n_rows=None,
+            n_layers=self.model.n_layers,
+            n_heads=self.model.n_heads,
+            n_image=self.n_image,
+            name="masks",
+        )
+
+    def run(
+        self,
+        masks: Masks | np.ndarray,
+        batch_size: int | None = None,
+        *,
+        return_logits: bool = False,
+        progress: bool | None = None,
+    ) -> (
+        Float[Tensor, " n_masks"]
+        | tuple[Float[Tensor, " n_masks"], Float[Tensor, "n_masks d_vocab"]]
+    ):
+        """Target logit at the final position for every mask.
+
+        Args:
+            masks: ``[n_masks, n_layers, n_heads]`` bool, True = head kept; or
+                ``[n_masks, n_layers, n_heads, n_image]`` per image position (an
+                ``expand``-ed view costs no memory).
+            batch_size: masks per forward pass; None chooses one from free memory
+                (:meth:`auto_batch_size`).
+            return_logits: also return the full final-position logits.
+            progress: tqdm progress bar; None shows it on a terminal when there is
+                more than one batch.
+
+        Returns:
+            fp32 CPU ``[n_masks]`` target logits, and ``[n_masks, d_vocab]`` logits
+            with ``return_logits``.
+        """
+        masks = self.check_masks(masks)
+        n = masks.shape[0]
+        batch_size = batch_size or self.auto_batch_size()
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        starts = range(0, n, batch_size)
+        if progress is None:
+            disable = True if len(starts) == 1 else None  # None: tqdm shows it on a terminal
+        else:
+            disable = not progress
+        if self.scope == "text":
+            run_batch, swapped = self._run_text, hf_modules(self.model, ATTENTION_NAME)
+        else:
+            run_batch, swapped = self._run_all, contextlib.nullcontext()
+        logits = []
+        with torch.no_grad(), swapped, tqdm(total=n, unit="mask", disable=disable) as bar:
+            for start in starts:
+                keep = masks[start : start + batch_size].to(self.device)
+                logits.append(run_batch(keep).float().cpu())
+                bar.update(keep.shape[0])
+        logits = torch.cat(logits)
+        if return_logits:
+            return logits[:, self.target].clone(), logits
+        return logits[:, self.target].clone()
+
+    def auto_batch_size(self, max_batch: int = 256) -> int:
+        """Masks per forward pass that fit in free memory.
+
+        Budget: half the free accelerator memory on CUDA, a quarter of the
+        available RAM on CPU (2 GiB when ``psutil`` is missing), divided by an
+        estimate of the activations one mask needs (:meth:`_bytes_per_mask`).
+        """
+        if self.device.type == "cuda":
+            budget = torch.cuda.mem_get_info(self.device)[0] // 2
+        else:
+            try:
+                import psutil
+
+                budget = psutil.virtual_memory().available // 4
+            except ImportError:
+                budget = 2 * 2**30
+        return int(max(1, min(max_batch, budget // self._bytes_per_mask())))
+
+    def _bytes_per_mask(self) -> int:
+        """Rough upper estimate of the activation bytes one mask needs in a forward pass.
+
+        Dominated by attention scores ``[n_heads, queries, keys]`` (several copies,
+        the softmax in fp32) and the MLP's ``[queries, d_mlp]``; doubled for slack.
+        """
+        cfg = self.model.hf_model.config.text_config
+        item = torch.finfo(self.dtype).bits // 8
+        n_heads, n_image = self.model.n_heads, self.n_image
+        seq = self._ids.shape[1]
+        queries = self.suffix_len if self.scope == "text" else seq
+        scores = n_heads * queries * (seq + n_image) * (8 + 3 * item)
+        if self.scope == "all":  # the hook reference's [head, query, n_image] gathers
+            scores += n_heads * queries * n_image * (4 * item + 1)
+        hidden = queries * (3 * cfg.intermediate_size + 8 * cfg.hidden_size) * item
+        return 2 * (scores + hidden + cfg.vocab_size * (item + 4))
+
+    def _run_text(self, keep: Masks) -> Float[Tensor, "batch d_vocab"]:
+        b, n_layers, n_heads = keep.shape[:3]
+        n_kv = self.model.n_kv_heads
+        per_position = keep.shape[3] if keep.ndim == 4 else 1
+        layout = keep.reshape(b, n_layers, n_kv, n_heads // n_kv, 1, per_position)
+        state = SuffixState(self.prefix, layout.permute(1, 2, 0, 3, 4, 5))
+        hf = self.model.hf_model
+        positions = torch.arange(self.prefix_len, self._ids.shape[1], device=self.device)[None]
+        hidden = hf.model.language_model(
+            input_ids=self._ids[:, self.prefix_len :].expand(b, -1),
+            position_ids=positions,
+            use_cache=False,
+            **{STATE_KWARG: state},
+        ).last_hidden_state
+        return hf.lm_head(hidden[:, -1])
+
+    def _run_all(self, keep: Masks) -> Float[Tensor, "batch d_vocab"]:
+        rows = self.sample[[0] * keep.shape[0]]
+        hooks = image_kv_ablation_hooks(self.model, rows, self.baseline, keep, scope="all")
+        return self.model.run_with_hooks(rows, fwd_hooks=hooks)[:, -1]
