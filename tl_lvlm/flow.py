@@ -42,6 +42,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 from torch import Tensor
 from tqdm.auto import tqdm
 
@@ -489,5 +490,6 @@ def plot_flow_sweep(
         xlabel=f"first layer of the knockout window ({sweep.window} layers)",
         ylabel="logit(knocked) / logit(clean)",
     )
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.legend()
     return _save(fig, path)
