@@ -1,0 +1,298 @@
+"""Image-token attribution: which image patches carry the answer.
+
+The regression of head attribution with image positions as the components: each
+random mask ablates a subset of image positions (probability ``p_ablate``, 0.75),
+replacing their keys and values by the baseline in *every* head as seen by the text
+queries, and ElasticNet maps masks to the normalized target logit
+
+    y = (logit(mask) - logit(all ablated)) / (logit(clean) - logit(all ablated)).
+
+A coefficient is a patch's attribution (positive: keeping the patch raises the
+answer's logit). LLaVA lays its image tokens out row by row over the vision
+tower's patch grid, so the ``n_image`` coefficients reshape to ``[grid, grid]``.
+
+:func:`object_mass` compares the attribution on an object's patches with the
+background's (the paper: image information sits in object *and* background
+tokens), and :func:`plot_image_attribution` overlays the map on the image.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+from jaxtyping import Bool, Float
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from numpy.typing import ArrayLike
+from PIL import Image
+
+from attribution import FitResult, collect, fit, sample_masks
+from attribution.plots import _figure, _save
+from tl_lvlm.ablation import ImageKVBaseline, image_kv_baseline
+from tl_lvlm.engine import AblationEngine
+from tl_lvlm.head_attribution import _inputs_hash
+from tl_lvlm.inputs import LVLMInputs
+from tl_lvlm.model import HookedLVLM
+
+
+@dataclass
+class ImageAttribution:
+    """Attribution of one sample's target logit to its image patches.
+
+    Attributes:
+        coef: ``[grid, grid]`` attribution per patch, row-major as the image tokens.
+        fit: the ElasticNet fit (flat ``coef`` over image positions, held-out R², ρ).
+        target: token id whose logit is attributed.
+        clean_logit: target logit with every image position kept.
+        ablated_logit: target logit with every image position ablated.
+        masks: bool ``[n_masks, n_image]`` (True = position kept).
+        y: ``[n_masks]`` normalized target logit of every mask.
+    """
+
+    coef: Float[np.ndarray, "grid grid"]
+    fit: FitResult
+    target: int
+    clean_logit: float
+    ablated_logit: float
+    masks: Bool[np.ndarray, "n_masks n_image"]
+    y: Float[np.ndarray, " n_masks"]
+
+    @property
+    def grid(self) -> int:
+        return int(self.coef.shape[0])
+
+    def object_mass(self, object_mask: ArrayLike) -> ObjectMass:
+        """:func:`object_mass` of this map."""
+        return object_mass(self.coef, object_mask)
+
+
+def _grid(n_image: int) -> int:
+    grid = math.isqrt(n_image)
+    if grid * grid != n_image:
+        raise ValueError(
+            f"{n_image} image tokens do not form a square patch grid; image-token maps need "
+            "one square grid of patches (LLaVA-1.5 style, not multi-crop layouts)"
+        )
+    return grid
+
+
+def image_token_attribution(
+    model: HookedLVLM,
+    sample: LVLMInputs,
+    *,
+    baseline: ImageKVBaseline | Literal["mean", "zero"] = "mean",
+    reference: LVLMInputs | None = None,
+    target: int | None = None,
+    n_masks: int = 10_000,
+    p_ablate: float = 0.75,
+    min_logit_gap: float = 0.1,
+    alpha: float = 0.0005,
+    l1_ratio: float = 0.5,
+    holdout: float = 0.1,
+    seed: int = 0,
+    batch_size: int = 64,
+    store: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> ImageAttribution:
+    """Attribute one sample's target logit to its image positions.
+
+    Args:
+        model: the model.
+        sample: one prompt (a single-row :class:`~tl_lvlm.LVLMInputs`, e.g. ``inputs[i]``).
+        baseline: an :class:`~tl_lvlm.ablation.ImageKVBaseline`, ``"mean"`` (image K/V
+            averaged over ``reference``) or ``"zero"``.
+        reference: images prepared with the sample's template, for ``"mean"``. The
+            sample alone is no reference: its own mean is itself.
+        target: token id to attribute; default the clean greedy answer.
+        n_masks: random masks, at least ``n_image + 1``.
+        p_ablate: probability that a position is ablated in a mask.
+        min_logit_gap: refuse samples whose ``clean - all ablated`` logit is below this:
+            the normalized logit would divide by (almost) nothing.
+        alpha, l1_ratio, holdout, seed: passed to :func:`attribution.fit` (``seed``
+            also draws the masks).
+        batch_size: masks per engine call.
+        store: resumable :func:`attribution.collect` store for the raw target logits.
+        progress: show a progress bar.
+
+    Returns:
+        :class:`ImageAttribution` with a ``[grid, grid]`` map.
+    """
+    if isinstance(baseline, str):
+        if baseline == "mean" and reference is None:
+            raise ValueError(
+                "the 'mean' baseline needs reference images (model.prepare(images, question)); "
+                "pass reference=..., a prebuilt ImageKVBaseline, or baseline='zero'"
+            )
+        baseline = image_kv_baseline(model, sample if reference is None else reference, baseline)
+    engine = AblationEngine(model, sample, baseline, target=target)
+    n_layers, n_heads, n_image = model.n_layers, model.n_heads, engine.n_image
+    grid = _grid(n_image)
+
+    def logits(keep: Bool[np.ndarray, "b n_image"]) -> Float[np.ndarray, " b"]:
+        # One position mask applies to every head of every layer (a free expand).
+        per_head = torch.from_numpy(keep)[:, None, None].expand(-1, n_layers, n_heads, -1)
+        return engine.run(per_head, batch_size, progress=False).double().numpy()
+
+    clean = engine.clean_logit
+    ablated = float(logits(np.zeros((1, n_image), dtype=bool))[0])
+    if not clean - ablated >= min_logit_gap:
+        raise ValueError(
+            f"ablating every image position moves the target logit by only {clean - ablated:.4g} "
+            f"(clean {clean:.4g}, ablated {ablated:.4g}) < min_logit_gap={min_logit_gap}: the "
+            "answer does not depend on the image here, so there is nothing to attribute"
+        )
+    masks = sample_masks(n_masks, n_image, p_ablate, seed)
+    meta = {
+        "kind": "tl_lvlm.image_token_attribution/1",
+        "inputs_sha256": _inputs_hash(sample),
+        "target": engine.target,
+        "baseline_sha256": _baseline_hash(baseline),
+    }
+    raw = collect(
+        logits,
+        masks,
+        batch_size=batch_size,
+        store=store,
+        meta=meta,
+        progress=progress,
+        desc="image-token attribution",
+    )
+    y = (raw - ablated) / (clean - ablated)
+    result = fit(masks, y, alpha=alpha, l1_ratio=l1_ratio, holdout=holdout, seed=seed)
+    return ImageAttribution(
+        coef=result.coef.reshape(grid, grid),
+        fit=result,
+        target=engine.target,
+        clean_logit=clean,
+        ablated_logit=ablated,
+        masks=masks,
+        y=y,
+    )
+
+
+def _baseline_hash(baseline: ImageKVBaseline) -> str:
+    h = hashlib.sha256()
+    for t in (baseline.k, baseline.v):
+        h.update(t.detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+# ------------------------------------------------------------- object vs background
+@dataclass
+class ObjectMass:
+    """How an attribution map divides between an object's patches and the background.
+
+    Attributes:
+        object_share: sum of the positive coefficients on object patches divided by
+            the sum of all positive coefficients (NaN when no coefficient is positive).
+        object_area: fraction of patches that are object patches: the share a map
+            spread evenly over the patches would give.
+        mean_object: mean coefficient per object patch.
+        mean_background: mean coefficient per background patch.
+        n_object: number of object patches.
+        n_background: number of background patches.
+    """
+
+    object_share: float
+    object_area: float
+    mean_object: float
+    mean_background: float
+    n_object: int
+    n_background: int
+
+
+def patch_mask(object_mask: ArrayLike, grid: int) -> Bool[np.ndarray, "grid grid"]:
+    """Object mask of the image (``[height, width]``) -> which patches are object patches.
+
+    The mask is cropped to its central square, as CLIP's processor crops the image
+    (after resizing its shorter side), and a patch is an object patch when at least
+    half of its area is object.
+    """
+    mask = np.asarray(object_mask)
+    if mask.ndim != 2 or min(mask.shape) < 1:
+        raise ValueError(f"object_mask must be a 2-D [height, width] array, got {mask.shape}")
+    h, w = mask.shape
+    side = min(h, w)
+    top, left = (h - side) // 2, (w - side) // 2
+    square = mask[top : top + side, left : left + side].astype(np.float32)
+    area = Image.fromarray(square, mode="F").resize((grid, grid), Image.Resampling.BOX)
+    return np.asarray(area) >= 0.5
+
+
+def object_mass(coef: Float[np.ndarray, "grid grid"], object_mask: ArrayLike) -> ObjectMass:
+    """Attribution on object vs background patches (see :class:`ObjectMass`).
+
+    Args:
+        coef: ``[grid, grid]`` attribution map.
+        object_mask: ``[height, width]`` binary mask of the object over the image the
+            map was computed for (nonzero = object).
+    """
+    coef = np.asarray(coef, dtype=np.float64)
+    if coef.ndim != 2 or coef.shape[0] != coef.shape[1]:
+        raise ValueError(f"coef must be a square [grid, grid] map, got shape {coef.shape}")
+    on_object = patch_mask(object_mask, coef.shape[0])
+    n_object = int(on_object.sum())
+    if n_object in (0, on_object.size):
+        where = "no" if n_object == 0 else "every"
+        raise ValueError(
+            f"the object mask covers {where} patch of the {coef.shape[0]}x{coef.shape[0]} grid "
+            "(a patch counts as object when half of it is), so object and background cannot "
+            "be compared"
+        )
+    positive = np.clip(coef, 0, None)
+    total = positive.sum()
+    return ObjectMass(
+        object_share=float(positive[on_object].sum() / total) if total > 0 else float("nan"),
+        object_area=n_object / on_object.size,
+        mean_object=float(coef[on_object].mean()),
+        mean_background=float(coef[~on_object].mean()),
+        n_object=n_object,
+        n_background=int(on_object.size - n_object),
+    )
+
+
+def plot_image_attribution(
+    coef: Float[np.ndarray, "grid grid"],
+    image: Image.Image | np.ndarray,
+    path: str | os.PathLike | None = None,
+    *,
+    object_mask: ArrayLike | None = None,
+    title: str = "Image-token attribution",
+    alpha: float = 0.6,
+    ax: Axes | None = None,
+) -> Figure:
+    """Overlay a ``[grid, grid]`` attribution map on the image (its central square).
+
+    Diverging colors centered at 0 (red: keeping the patch raises the answer's logit);
+    with ``object_mask`` the object's patches are outlined.
+    """
+    coef = np.asarray(coef, dtype=np.float64)
+    pixels = np.asarray(image)
+    side = min(pixels.shape[:2])
+    top, left = (pixels.shape[0] - side) // 2, (pixels.shape[1] - side) // 2
+    fig, ax = _figure(ax, figsize=(4.5, 4))
+    extent = (0, side, side, 0)
+    ax.imshow(pixels[top : top + side, left : left + side], extent=extent)
+    vmax = float(np.abs(coef).max()) or 1.0
+    overlay = ax.imshow(
+        coef,
+        cmap="RdBu_r",
+        vmin=-vmax,
+        vmax=vmax,
+        alpha=alpha,
+        extent=extent,
+        interpolation="nearest",
+    )
+    if object_mask is not None:
+        grid = coef.shape[0]
+        centers = (np.arange(grid) + 0.5) * side / grid
+        ax.contour(centers, centers, patch_mask(object_mask, grid), levels=[0.5], colors="k")
+    fig.colorbar(overlay, ax=ax, label="coefficient")
+    ax.set(title=title, xticks=[], yticks=[])
+    return _save(fig, path)
