@@ -36,9 +36,12 @@ from attribution import FitResult, collect, fit, sample_masks
 from attribution.plots import _figure, _save
 from tl_lvlm.ablation import ImageKVBaseline, image_kv_baseline
 from tl_lvlm.engine import AblationEngine
-from tl_lvlm.head_attribution import _inputs_hash
 from tl_lvlm.inputs import LVLMInputs
 from tl_lvlm.model import HookedLVLM
+
+
+class NoImageEffectError(ValueError):
+    """Ablating the whole image barely moves the target logit: nothing to attribute."""
 
 
 @dataclass
@@ -122,6 +125,10 @@ def image_token_attribution(
 
     Returns:
         :class:`ImageAttribution` with a ``[grid, grid]`` map.
+
+    Raises:
+        NoImageEffectError: ``clean - all ablated < min_logit_gap``.
+        ValueError: a ``"mean"`` baseline without reference, a non-square image grid.
     """
     if isinstance(baseline, str):
         if baseline == "mean" and reference is None:
@@ -142,7 +149,7 @@ def image_token_attribution(
     clean = engine.clean_logit
     ablated = float(logits(np.zeros((1, n_image), dtype=bool))[0])
     if not clean - ablated >= min_logit_gap:
-        raise ValueError(
+        raise NoImageEffectError(
             f"ablating every image position moves the target logit by only {clean - ablated:.4g} "
             f"(clean {clean:.4g}, ablated {ablated:.4g}) < min_logit_gap={min_logit_gap}: the "
             "answer does not depend on the image here, so there is nothing to attribute"
@@ -150,9 +157,9 @@ def image_token_attribution(
     masks = sample_masks(n_masks, n_image, p_ablate, seed)
     meta = {
         "kind": "tl_lvlm.image_token_attribution/1",
-        "inputs_sha256": _inputs_hash(sample),
+        "inputs_sha256": _sha256(sample.input_ids, sample.pixel_values),
         "target": engine.target,
-        "baseline_sha256": _baseline_hash(baseline),
+        "baseline_sha256": _sha256(baseline.k, baseline.v),
     }
     raw = collect(
         logits,
@@ -176,10 +183,14 @@ def image_token_attribution(
     )
 
 
-def _baseline_hash(baseline: ImageKVBaseline) -> str:
+def _sha256(*tensors: torch.Tensor) -> str:
+    """Identifies the sample and baseline in a store's configuration."""
     h = hashlib.sha256()
-    for t in (baseline.k, baseline.v):
-        h.update(t.detach().float().cpu().contiguous().numpy().tobytes())
+    for t in tensors:
+        h.update(str(tuple(t.shape)).encode())
+        # numpy has no bfloat16; float32 holds every bf16/fp16 value exactly.
+        t = t.detach().cpu()
+        h.update((t.float() if t.is_floating_point() else t).contiguous().numpy().tobytes())
     return h.hexdigest()
 
 
