@@ -278,18 +278,21 @@ def plot_image_attribution(
     alpha: float = 0.6,
     ax: Axes | None = None,
 ) -> Figure:
-    """Overlay a ``[grid, grid]`` attribution map on the image (its central square).
+    """Overlay a ``[grid, grid]`` attribution map on the image (its central square, in gray).
+
+    ``image`` is a PIL image or a ``[height, width(, 3)]`` uint8 array.
 
     Diverging colors centered at 0 (red: keeping the patch raises the answer's logit);
     with ``object_mask`` the object's patches are outlined.
     """
     coef = np.asarray(coef, dtype=np.float64)
-    pixels = np.asarray(image)
+    # Grayscale underneath, so that the image's colors do not read as attribution.
+    pixels = np.asarray(Image.fromarray(np.asarray(image)).convert("L"))
     side = min(pixels.shape[:2])
     top, left = (pixels.shape[0] - side) // 2, (pixels.shape[1] - side) // 2
     fig, ax = _figure(ax, figsize=(4.5, 4))
     extent = (0, side, side, 0)
-    ax.imshow(pixels[top : top + side, left : left + side], extent=extent)
+    ax.imshow(pixels[top : top + side, left : left + side], cmap="gray", extent=extent)
     vmax = float(np.abs(coef).max()) or 1.0
     overlay = ax.imshow(
         coef,
@@ -301,9 +304,10 @@ def plot_image_attribution(
         interpolation="nearest",
     )
     if object_mask is not None:
-        grid = coef.shape[0]
-        centers = (np.arange(grid) + 0.5) * side / grid
-        ax.contour(centers, centers, patch_mask(object_mask, grid), levels=[0.5], colors="k")
+        # Upsampled with repeats, so that the outline follows the patch edges.
+        fine = np.kron(patch_mask(object_mask, coef.shape[0]), np.ones((16, 16)))
+        centers = (np.arange(fine.shape[0]) + 0.5) * side / fine.shape[0]
+        ax.contour(centers, centers, fine, levels=[0.5], colors="k", linewidths=1.5)
     fig.colorbar(overlay, ax=ax, label="coefficient")
     ax.set(title=title, xticks=[], yticks=[])
     return _save(fig, path)
