@@ -17,8 +17,11 @@ every token after the image), or a collection of these, e.g.
 ``("question", ("role", "final"))``.
 
 Sweeping a knockout window over the layers (:func:`flow_sweep`) shows where in
-depth an edge carries the information the answer needs (the paper's Fig. on
-token flow; :data:`PAPER_EDGE_SETS` holds its two experiments).
+depth an edge carries the information the answer needs (the paper's token-flow
+analysis; :data:`PAPER_EDGE_SETS` holds its two experiments). The measure is the
+relative target logit ``logit(knocked) / logit(clean)``, as the paper reports the
+relative change of the answer's logit; the ``(knocked - ref) / (clean - ref)``
+normalization of head attribution would need a reference run per edge set.
 
 Knockout needs an attention component that computes the scores itself and lets
 hook edits flow into its softmax. TransformerBridge's plain ``AttentionBridge``
@@ -232,8 +235,8 @@ class Knockout:
         heads: query heads edited in each of those layers (None = all).
     """
 
-    model: HookedLVLM
-    blocked: Bool[Tensor, "batch query key"]
+    model: HookedLVLM = field(repr=False)
+    blocked: Bool[Tensor, "batch query key"] = field(repr=False)
     layers: tuple[int, ...]
     heads: tuple[int, ...] | None = None
     _stack: contextlib.ExitStack | None = field(default=None, repr=False)
