@@ -109,13 +109,14 @@ class ExcludedSample:
 
         if self.reason == "wrong_answer":
             return (
-                f"sample {self.sample_id}: wrong answer {tok(self.answer)}, "
-                f"label {tok(self.target)}"
+                f"sample {self.sample_id} (wrong_answer): the model answers "
+                f"{tok(self.answer)}, the label is {tok(self.target)}"
             )
         gap = self.clean_logit - self.ablated_logit
         return (
-            f"sample {self.sample_id}: clean - all-ablated logit of {tok(self.target)} is "
-            f"{gap:.4g} (clean {self.clean_logit:.4g}, ablated {self.ablated_logit:.4g})"
+            f"sample {self.sample_id} (small_gap): clean - all-ablated logit of "
+            f"{tok(self.target)} is {gap:.4g} "
+            f"(clean {self.clean_logit:.4g}, ablated {self.ablated_logit:.4g})"
         )
 
 
