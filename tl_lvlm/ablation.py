@@ -394,6 +394,7 @@ class _LayerAblation:
         return self.image[:, None, None, :].expand(b, h, q, -1)
 
     def edit_scores(self, scores: Float[Tensor, "batch head q k"], hook) -> Tensor:
+        cols = self._image_columns(scores)
         q = self.seen["q"].transpose(1, 2)  # hook_rot_q is [batch, pos, head, d_head]
         n_heads = q.shape[1]
         cos, sin = (
@@ -403,7 +404,6 @@ class _LayerAblation:
         k_base = self.k_base[None].expand(q.shape[0], -1, -1, -1)
         _, k_rot = self.rope(k_base, k_base, cos, sin)  # [batch, n_kv_heads, n_image, d_head]
         base = torch.matmul(q, self._per_head(k_rot, n_heads).transpose(-1, -2)) * self.scaling
-        cols = self._image_columns(scores)
         clean = scores.gather(-1, cols)
         return scores.scatter(-1, cols, torch.where(self.swap, base.to(scores.dtype), clean))
 
