@@ -70,16 +70,15 @@ Masks = Bool[Tensor, "n_masks n_layers n_heads"] | Bool[Tensor, "n_masks n_layer
 
 @dataclass
 class SharedPrefix:
-    """What every suffix query of one sample attends to, shared by all masks.
+    """The prefix's keys and values, computed once per sample and shared by all masks.
 
-    ``k``, ``k_base`` are post-rotary; ``v_delta`` is ``V_base - V_clean`` at the
-    image columns, the correction an ablated column adds to a head's output.
+    Post-rotary, with two variants side by side along the last axis:
+    ``[..., :d_head]`` is the clean prefix, ``[..., d_head:]`` the prefix with the
+    baseline at the image columns (baseline keys rotated to the image positions).
     """
 
-    k: Float[Tensor, "n_layers n_kv_heads prefix d_head"]
-    v: Float[Tensor, "n_layers n_kv_heads prefix d_head"]
-    k_base: Float[Tensor, "n_layers n_kv_heads n_image d_head"]
-    v_delta: Float[Tensor, "n_layers n_kv_heads n_image d_head"]
+    k: Float[Tensor, "n_layers n_kv_heads prefix two_d_head"]
+    v: Float[Tensor, "n_layers n_kv_heads prefix two_d_head"]
     image: slice
 
 
@@ -107,9 +106,18 @@ def image_ablation_attention(
 ) -> tuple[Float[Tensor, "batch suffix n_heads d_head"], None]:
     """Suffix attention over a shared prefix with image K/V ablated per mask and head.
 
-    Follows HF's eager attention (scores in the model dtype, softmax in fp32,
-    causal among the suffix); ``attention_mask`` is ignored because the engine's
-    rows are unpadded. Returns ``(output [batch, suffix, n_heads, d_head], None)``.
+    Follows HF's eager attention (softmax in fp32, causal among the suffix);
+    ``attention_mask`` is ignored because the engine's rows are unpadded. The
+    (mask, query head in group, query) triples are the rows of one matrix per KV
+    head, multiplied by the batch-1 prefix in a single matmul.
+
+    Per-head masks: row r is scored with ``[q * keep_r, q * ~keep_r] @ [K_clean;
+    K_base]`` and reads ``P @ [V_clean | V_base]`` on the side it keeps, so it sees
+    exactly one of the two key/value sets without a per-mask copy of either.
+    Per-position masks score the image columns against both sets and pick per
+    column; ablated columns add ``P[image] @ (V_base - V_clean)``.
+
+    Returns ``(output [batch, suffix, n_heads, d_head], None)``.
     """
     state: SuffixState | None = kwargs.get(STATE_KWARG)
     if state is None:
@@ -118,33 +126,45 @@ def image_ablation_attention(
             "set the model back to 'eager'"
         )
     prefix, layer = state.prefix, module.layer_idx
-    kp, vp = prefix.k[layer], prefix.v[layer]  # [n_kv, prefix, d]
-    n_kv, n_prefix, d = kp.shape
-    b, n_heads, s, _ = query.shape
-    g = n_heads // n_kv
+    k2, v2 = prefix.k[layer], prefix.v[layer]  # [n_kv, prefix, 2 * d]
+    image = prefix.image
+    b, n_heads, s, d = query.shape
+    n_kv, n_prefix = k2.shape[:2]
+    g, n_rows = n_heads // n_kv, b * n_heads // n_kv * s
     keep = state.keep[layer]  # [n_kv, b, g, 1, n_image or 1]
+    per_head = keep.shape[-1] == 1
 
-    q = query.view(b, n_kv, g, s, d).transpose(0, 1)  # [n_kv, b, g, s, d]
-    rows = q.reshape(n_kv, b * g * s, d)
-    prefix_scores = (torch.matmul(rows, kp.transpose(1, 2)) * scaling).view(n_kv, b, g, s, -1)
-    base_scores = (torch.matmul(rows, prefix.k_base[layer].transpose(1, 2)) * scaling).view(
-        n_kv, b, g, s, -1
-    )
-    image_scores = prefix_scores[..., prefix.image]
-    image_scores.copy_(torch.where(keep, image_scores, base_scores))
+    # Scaling q rather than the scores saves a pass over the largest tensor.
+    q = (query * scaling).view(b, n_kv, g, s, d).transpose(0, 1)  # [n_kv, b, g, s, d]
+    if per_head:
+        kept = keep.to(q.dtype)
+        q2 = torch.cat([q * kept, q * (1 - kept)], -1).reshape(n_kv, n_rows, 2 * d)
+        prefix_scores = torch.matmul(q2, k2.transpose(1, 2)).view(n_kv, b, g, s, n_prefix)
+    else:
+        rows = q.reshape(n_kv, n_rows, d)
+        prefix_scores = torch.matmul(rows, k2[..., :d].transpose(1, 2))
+        prefix_scores = prefix_scores.view(n_kv, b, g, s, n_prefix)
+        base = torch.matmul(rows, k2[:, image, d:].transpose(1, 2)).view(n_kv, b, g, s, -1)
+        clean = prefix_scores[..., image]
+        clean.copy_(torch.where(keep, clean, base))
 
     key_s, value_s = (t.transpose(0, 1)[:, :, None] for t in (key, value))  # [n_kv, b, 1, s, d]
-    suffix_scores = torch.matmul(q, key_s.transpose(-1, -2)) * scaling  # [n_kv, b, g, s, s]
+    suffix_scores = torch.matmul(q, key_s.transpose(-1, -2))  # [n_kv, b, g, s, s]
     causal = torch.ones(s, s, dtype=torch.bool, device=query.device).triu(1)
     suffix_scores.masked_fill_(causal, torch.finfo(suffix_scores.dtype).min)
 
     probs = torch.softmax(torch.cat([prefix_scores, suffix_scores], -1), -1, dtype=torch.float32)
     probs = probs.to(query.dtype)
-    p_prefix, p_suffix = probs[..., :n_prefix], probs[..., n_prefix:]
-    ablated = p_prefix[..., prefix.image] * ~keep
-    out = torch.matmul(p_prefix.reshape(n_kv, b * g * s, n_prefix), vp)
-    out += torch.matmul(ablated.reshape(n_kv, b * g * s, -1), prefix.v_delta[layer])
-    out = out.view(n_kv, b, g, s, d) + torch.matmul(p_suffix, value_s)
+    p_prefix = probs[..., :n_prefix].reshape(n_kv, n_rows, n_prefix)
+    if per_head:
+        out2 = torch.matmul(p_prefix, v2).view(n_kv, b, g, s, 2 * d)
+        out = torch.where(keep, out2[..., :d], out2[..., d:])
+    else:
+        out = torch.matmul(p_prefix, v2[..., :d]).view(n_kv, b, g, s, d)
+        ablated = (probs[..., image] * ~keep).reshape(n_kv, n_rows, -1)
+        delta = v2[:, image, d:] - v2[:, image, :d]
+        out += torch.matmul(ablated, delta).view(n_kv, b, g, s, d)
+    out = out + torch.matmul(probs[..., n_prefix:], value_s)
     return out.permute(1, 3, 0, 2, 4).reshape(b, s, n_heads, d), None
 
 
@@ -267,7 +287,9 @@ class AblationEngine:
             rotary = rotary.original_component
         cos, sin = rotary(k, positions[:, image])  # [1, n_image, d]
         _, k_base = rotary_fn(self.model)(self.baseline.k, self.baseline.k, cos, sin)
-        return SharedPrefix(k, v, k_base, self.baseline.v - v[:, :, image], image)
+        k_alt, v_alt = k.clone(), v.clone()
+        k_alt[:, :, image], v_alt[:, :, image] = k_base, self.baseline.v
+        return SharedPrefix(torch.cat([k, k_alt], -1), torch.cat([v, v_alt], -1), image)
 
     def check_masks(self, masks: Masks | np.ndarray) -> Masks:
         """Validate ``masks`` (as :func:`~tl_lvlm.ablation.check_keep`); return a bool tensor."""
