@@ -89,17 +89,19 @@ class ExcludedSample:
         reason: ``"wrong_answer"`` (greedy answer is not the label) or ``"small_gap"``
             (clean and all-ablated target logits closer than ``min_logit_gap``).
         answer: token id of the model's greedy answer.
-        target: token id whose logit would have been attributed (the label's).
-        clean_logit: target logit with every head kept (NaN for wrong answers).
-        ablated_logit: target logit with every head ablated (NaN for wrong answers).
+        target: token id whose logit would have been attributed.
+        label: token id of the expected answer, or None.
+        clean_logit: target logit with every head kept.
+        ablated_logit: target logit with every head ablated.
     """
 
     sample_id: int
     reason: Literal["wrong_answer", "small_gap"]
     answer: int
     target: int
-    clean_logit: float = float("nan")
-    ablated_logit: float = float("nan")
+    label: int | None
+    clean_logit: float
+    ablated_logit: float
 
     def describe(self, tokenizer=None) -> str:
         """One line for reports; token ids are decoded when a tokenizer is given."""
@@ -110,7 +112,7 @@ class ExcludedSample:
         if self.reason == "wrong_answer":
             return (
                 f"sample {self.sample_id} (wrong_answer): the model answers "
-                f"{tok(self.answer)}, the label is {tok(self.target)}"
+                f"{tok(self.answer)}, the label is {tok(self.label)}"
             )
         gap = self.clean_logit - self.ablated_logit
         return (
@@ -131,6 +133,7 @@ class HeadAttributionResult:
         fits: one :class:`attribution.FitResult` per kept sample (``coef`` flat over
             heads, index ``layer * n_heads + head``).
         answers: int64 ``[n_kept]`` token id of the model's greedy answer.
+        labels: int64 ``[n_kept]`` token id of the expected answer (-1 = no label).
         targets: int64 ``[n_kept]`` token id whose logit was attributed.
         clean_logit: ``[n_kept]`` target logit with every head kept.
         ablated_logit: ``[n_kept]`` target logit with every head ablated.
@@ -147,6 +150,7 @@ class HeadAttributionResult:
     sample_ids: Int[np.ndarray, " n_kept"]
     fits: list[FitResult]
     answers: Int[np.ndarray, " n_kept"]
+    labels: Int[np.ndarray, " n_kept"]
     targets: Int[np.ndarray, " n_kept"]
     clean_logit: Float[np.ndarray, " n_kept"]
     ablated_logit: Float[np.ndarray, " n_kept"]
@@ -218,7 +222,7 @@ class HeadAttributionResult:
 
         Format: :func:`attribution.save_results` with one row per sample (kept and
         excluded, NaN where an excluded sample has no value) and arrays ``status``
-        (index into :data:`STATUS`), ``answer``, ``target``, ``clean_logit``,
+        (index into :data:`STATUS`), ``answer``, ``target``, ``label`` (-1 = none), ``clean_logit``,
         ``ablated_logit``, ``coef`` ``[n, n_layers, n_heads]``, ``intercept``,
         ``r2``, ``pearson``, ``y`` ``[n, n_masks]``, ``y_test`` / ``y_pred``
         ``[n, n_test]``, ``score.{baseline}`` ``[n, n_layers, n_heads]``,
@@ -239,6 +243,7 @@ class HeadAttributionResult:
             "status": np.array([0] * n_kept + [STATUS.index(e.reason) for e in excl], np.int8),
             "answer": np.array(list(self.answers) + [e.answer for e in excl], np.int64),
             "target": np.array(list(self.targets) + [e.target for e in excl], np.int64),
+            "label": np.array(list(self.labels) + [_no_label(e.label) for e in excl], np.int64),
             "clean_logit": np.array(list(self.clean_logit) + [e.clean_logit for e in excl]),
             "ablated_logit": np.array(list(self.ablated_logit) + [e.ablated_logit for e in excl]),
             "coef": rows(self.coef),
@@ -284,6 +289,7 @@ class HeadAttributionResult:
                 reason=STATUS[int(a["status"][i])],
                 answer=int(a["answer"][i]),
                 target=int(a["target"][i]),
+                label=None if a["label"][i] < 0 else int(a["label"][i]),
                 clean_logit=float(a["clean_logit"][i]),
                 ablated_logit=float(a["ablated_logit"][i]),
             )
@@ -314,6 +320,7 @@ class HeadAttributionResult:
             sample_ids=results.sample[kept],
             fits=fits,
             answers=a["answer"][kept],
+            labels=a["label"][kept],
             targets=a["target"][kept],
             clean_logit=a["clean_logit"][kept],
             ablated_logit=a["ablated_logit"][kept],
@@ -444,6 +451,7 @@ def head_attribution(
     if ks.ndim != 1 or ks.size == 0 or ks.min() < 0 or ks.max() > n_components:
         raise ValueError(f"ks must be a non-empty 1-D array of head counts in [0, {n_components}]")
 
+    ids = shard_indices(len(prepared), shard, n_shards)
     kv_baseline, baseline_id = _baseline(model, baseline, reference, prepared)
     config = {
         "kind": RESULTS_KIND,
@@ -470,22 +478,23 @@ def head_attribution(
 
     kept: list[_Kept] = []
     excluded: list[ExcludedSample] = []
-    ids = shard_indices(len(prepared), shard, n_shards)
     for sample_id in tqdm(ids, desc="head attribution", unit="sample", disable=not progress):
         inputs = prepared.inputs(sample_id)
         label = label_ids[sample_id]
         given = target_ids[sample_id] if target_ids[sample_id] is not None else label
         engine = AblationEngine(model, inputs, kv_baseline, target=given, scope=scope)
         answer = int(engine.clean_logits.argmax())
-        if label is not None and label != answer:
-            excluded.append(ExcludedSample(sample_id, "wrong_answer", answer, label))
-            continue
         run = _Run(engine, model.n_layers, model.n_heads)
         clean = float(engine.clean_logit)
         ablated = float(run.logits(np.zeros((1, n_components), dtype=bool))[0])
-        if not clean - ablated >= min_logit_gap:
+        reason = None
+        if label is not None and label != answer:
+            reason = "wrong_answer"
+        elif not clean - ablated >= min_logit_gap:
+            reason = "small_gap"
+        if reason is not None:
             excluded.append(
-                ExcludedSample(sample_id, "small_gap", answer, engine.target, clean, ablated)
+                ExcludedSample(sample_id, reason, answer, engine.target, label, clean, ablated)
             )
             continue
         store = None if store_dir is None else Path(store_dir) / f"sample-{sample_id:06d}"
@@ -503,7 +512,9 @@ def head_attribution(
         )
         y = (logits - ablated) / (clean - ablated)
         result = fit(flat_masks, y, alpha=alpha, l1_ratio=l1_ratio, holdout=holdout, seed=seed)
-        kept.append(_Kept(sample_id, inputs, run, answer, engine.target, clean, ablated, y, result))
+        kept.append(
+            _Kept(sample_id, inputs, run, answer, engine.target, label, clean, ablated, y, result)
+        )
 
     scores, evaluation = {}, None
     if evaluate:
@@ -528,6 +539,7 @@ def head_attribution(
         sample_ids=np.array([k.sample_id for k in kept], dtype=np.int64),
         fits=[k.fit for k in kept],
         answers=np.array([k.answer for k in kept], dtype=np.int64),
+        labels=np.array([_no_label(k.label) for k in kept], dtype=np.int64),
         targets=np.array([k.target for k in kept], dtype=np.int64),
         clean_logit=np.array([k.clean for k in kept]),
         ablated_logit=np.array([k.ablated for k in kept]),
@@ -560,6 +572,7 @@ class _Kept:
     run: _Run
     answer: int
     target: int
+    label: int | None
     clean: float
     ablated: float
     y: np.ndarray
@@ -709,6 +722,10 @@ def _inputs_hash(inputs: LVLMInputs) -> str:
         h.update(json.dumps(list(t.shape)).encode())
         h.update(t.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()
+
+
+def _no_label(label: int | None) -> int:
+    return -1 if label is None else label
 
 
 def _sample_seed(seed: int, sample_id: int) -> int:

@@ -60,14 +60,16 @@ def summarize(
             "name": name(i),
             "target": int(t),
             "target_str": decode(t),
+            "label": None if lab < 0 else int(lab),
             "r2": f.r2,
             "pearson": f.pearson,
             "clean_logit": c,
             "ablated_logit": a,
         }
-        for i, t, f, c, a in zip(
+        for i, t, lab, f, c, a in zip(
             result.sample_ids,
             result.targets,
+            result.labels,
             result.fits,
             result.clean_logit,
             result.ablated_logit,
@@ -83,6 +85,7 @@ def summarize(
             "answer_str": decode(e.answer),
             "target": e.target,
             "target_str": decode(e.target),
+            "label": e.label,
             "clean_logit": e.clean_logit,
             "ablated_logit": e.ablated_logit,
             "description": e.describe(tokenizer),
