@@ -51,6 +51,29 @@ class Evaluation:
         """Completeness curve of each ranking averaged over samples."""
         return {name: v.mean(axis=0) for name, v in self.completeness.items()}
 
+    @classmethod
+    def concatenate(
+        cls, parts: Sequence[Evaluation], ks: ArrayLike, rankings: Sequence[str]
+    ) -> Evaluation:
+        """Stack the samples of several evaluations (same ``ks`` and rankings) in order.
+
+        ``ks`` and ``rankings`` give the shape of the result when ``parts`` is empty.
+        """
+        ks = np.asarray(ks, dtype=np.int64)
+        for part in parts:
+            if not np.array_equal(part.ks, ks) or part.rankings != list(rankings):
+                raise ValueError("evaluations to concatenate must share ks and rankings")
+
+        def stack(kind: str) -> dict[str, np.ndarray]:
+            return {
+                name: np.concatenate(
+                    [getattr(p, kind)[name] for p in parts] or [np.zeros((0, len(ks)))]
+                )
+                for name in rankings
+            }
+
+        return cls(ks=ks, faithfulness=stack("faithfulness"), completeness=stack("completeness"))
+
     def heads_needed(
         self, f_threshold: float = F_THRESHOLD, c_threshold: float = C_THRESHOLD
     ) -> dict[str, int | None]:

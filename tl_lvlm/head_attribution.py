@@ -478,6 +478,7 @@ def head_attribution(
 
     kept: list[_Kept] = []
     excluded: list[ExcludedSample] = []
+    curves: list[Evaluation] = []
     for sample_id in tqdm(ids, desc="head attribution", unit="sample", disable=not progress):
         inputs = prepared.inputs(sample_id)
         label = label_ids[sample_id]
@@ -485,16 +486,17 @@ def head_attribution(
         engine = AblationEngine(model, inputs, kv_baseline, target=given, scope=scope)
         answer = int(engine.clean_logits.argmax())
         run = _Run(engine, model.n_layers, model.n_heads)
-        clean = float(engine.clean_logit)
-        ablated = float(run.logits(np.zeros((1, n_components), dtype=bool))[0])
+        run.ablated = float(run.logits(np.zeros((1, n_components), dtype=bool))[0])
         reason = None
         if label is not None and label != answer:
             reason = "wrong_answer"
-        elif not clean - ablated >= min_logit_gap:
+        elif not run.clean - run.ablated >= min_logit_gap:
             reason = "small_gap"
         if reason is not None:
             excluded.append(
-                ExcludedSample(sample_id, reason, answer, engine.target, label, clean, ablated)
+                ExcludedSample(
+                    sample_id, reason, answer, engine.target, label, run.clean, run.ablated
+                )
             )
             continue
         store = None if store_dir is None else Path(store_dir) / f"sample-{sample_id:06d}"
@@ -510,31 +512,37 @@ def head_attribution(
             progress=progress,
             desc=f"sample {sample_id}",
         )
-        y = (logits - ablated) / (clean - ablated)
+        y = run.normalize(logits)
         result = fit(flat_masks, y, alpha=alpha, l1_ratio=l1_ratio, holdout=holdout, seed=seed)
+        sample_scores = {}
+        if evaluate:
+            # Evaluated now, while the engine exists: engines hold the prefix K/V cache, too
+            # big to keep for every sample of a large model.
+            sample_scores, sample_curves = _evaluate_sample(
+                model, inputs, run, result.coef, baselines, ks, _sample_seed(seed, sample_id),
+                batch_size,
+            )  # fmt: skip
+            curves.append(sample_curves)
         kept.append(
-            _Kept(sample_id, inputs, run, answer, engine.target, label, clean, ablated, y, result)
+            _Kept(
+                sample_id,
+                answer,
+                engine.target,
+                label,
+                run.clean,
+                run.ablated,
+                y,
+                result,
+                sample_scores,
+            )
         )
 
-    scores, evaluation = {}, None
-    if evaluate:
-        scores = _baseline_scores(model, kept, baselines, batch_size, progress)
-        rankings = {HEAD_ATTRIBUTION: [rank_by(k.fit.coef) for k in kept]}
-        for name in baselines:
-            if name == "random":
-                rankings[name] = [
-                    random_ranking(n_components, _sample_seed(seed, k.sample_id)) for k in kept
-                ]
-            else:
-                rankings[name] = [rank_by(s) for s in scores[name]]
-        evaluation = evaluate_rankings(
-            [k.normalized for k in kept],
-            {name: np.reshape(r, (len(kept), n_components)) for name, r in rankings.items()},
-            ks,
-            batch_size=batch_size,
-            progress=progress,
-        )
-
+    shape = (len(kept), model.n_layers, model.n_heads)
+    scores = {
+        name: np.reshape([k.scores[name] for k in kept], shape)
+        for name in baselines
+        if evaluate and name != "random"
+    }
     return HeadAttributionResult(
         sample_ids=np.array([k.sample_id for k in kept], dtype=np.int64),
         fits=[k.fit for k in kept],
@@ -547,29 +555,38 @@ def head_attribution(
         masks=masks,
         excluded=excluded,
         scores=scores,
-        evaluation=evaluation,
+        evaluation=Evaluation.concatenate(curves, ks, config["rankings"]) if evaluate else None,
         config=config,
     )
 
 
 # ---------------------------------------------------------------------- helpers
 class _Run:
-    """Target logits and normalized logits of one sample's engine, on flat numpy masks."""
+    """One sample's engine on flat numpy masks: raw and normalized target logits."""
 
     def __init__(self, engine, n_layers: int, n_heads: int):
         self.engine = engine
         self.shape = (n_layers, n_heads)
+        self.clean = float(engine.clean_logit)
+        self.ablated = float("nan")  # set once the all-ablated mask has run
 
     def logits(self, masks: Bool[np.ndarray, "b n_components"]) -> Float[np.ndarray, " b"]:
         keep = torch.from_numpy(np.ascontiguousarray(masks)).reshape(-1, *self.shape)
         return self.engine.run(keep, progress=False).double().numpy()
 
+    def normalize(self, logits: Float[np.ndarray, " b"]) -> Float[np.ndarray, " b"]:
+        """``(logit - all ablated) / (clean - all ablated)``: 1 = clean, 0 = all ablated."""
+        return (logits - self.ablated) / (self.clean - self.ablated)
+
+    def normalized(self, masks: Bool[np.ndarray, "b n_components"]) -> Float[np.ndarray, " b"]:
+        return self.normalize(self.logits(masks))
+
 
 @dataclass
 class _Kept:
+    """What a kept sample contributes to the result."""
+
     sample_id: int
-    inputs: LVLMInputs
-    run: _Run
     answer: int
     target: int
     label: int | None
@@ -577,9 +594,7 @@ class _Kept:
     ablated: float
     y: np.ndarray
     fit: FitResult
-
-    def normalized(self, masks: Bool[np.ndarray, "b n_components"]) -> Float[np.ndarray, " b"]:
-        return (self.run.logits(masks) - self.ablated) / (self.clean - self.ablated)
+    scores: dict[str, np.ndarray]
 
 
 @dataclass
@@ -719,8 +734,9 @@ def _inputs_hash(inputs: LVLMInputs) -> str:
     """SHA-256 of the tokens and pixels of a batch (identifies samples and references)."""
     h = hashlib.sha256()
     for t in (inputs.input_ids, inputs.pixel_values):
-        h.update(json.dumps(list(t.shape)).encode())
-        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+        h.update(json.dumps([str(t.dtype), *t.shape]).encode())
+        # Bytes through a uint8 view: numpy has no bfloat16.
+        h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
 
 
@@ -732,22 +748,40 @@ def _sample_seed(seed: int, sample_id: int) -> int:
     return int(np.random.SeedSequence([seed, sample_id]).generate_state(1)[0])
 
 
-def _baseline_scores(model, kept: list[_Kept], baselines, batch_size: int, progress: bool):
-    """Per kept sample, the score of each baseline that has one: ``[n_kept, n_layers, n_heads]``."""
-    shape = (len(kept), model.n_layers, model.n_heads)
+def _evaluate_sample(
+    model,
+    inputs: LVLMInputs,
+    run: _Run,
+    coef: Float[np.ndarray, " n_components"],
+    baselines: Sequence[str],
+    ks: Int[np.ndarray, " n_points"],
+    random_seed: int,
+    batch_size: int,
+) -> tuple[dict[str, Float[np.ndarray, " n_components"]], Evaluation]:
+    """One sample's baseline scores, and curves of every ranking ranked by its own scores."""
+    scores = _baseline_scores(model, inputs, run, baselines, batch_size)
+
+    def order(name: str) -> Int[np.ndarray, " n_components"]:
+        return random_ranking(len(coef), random_seed) if name == "random" else rank_by(scores[name])
+
+    rankings = {HEAD_ATTRIBUTION: rank_by(coef), **{name: order(name) for name in baselines}}
+    curves = evaluate_rankings(
+        [run.normalized], rankings, ks, batch_size=batch_size, progress=False
+    )
+    return scores, curves
+
+
+def _baseline_scores(
+    model, inputs: LVLMInputs, run: _Run, baselines: Sequence[str], batch_size: int
+) -> dict[str, Float[np.ndarray, " n_components"]]:
+    """One sample's score of each baseline that has one (``random`` has none), flat over heads."""
     scores = {}
     if any(b in ATTENTION_BASELINES for b in baselines):
-        per_sample = [attention_to_image(model, k.inputs) for k in kept]
-        for name in ATTENTION_BASELINES:
-            if name in baselines:
-                scores[name] = np.reshape([s[name][0].double().numpy() for s in per_sample], shape)
+        attention = attention_to_image(model, inputs)
+        scores.update({b: attention[b][0].double().numpy().ravel() for b in ATTENTION_BASELINES})
     if "single_head" in baselines:
         n_components = model.n_layers * model.n_heads
-        effects = [
-            single_head_effects(
-                k.normalized, n_components, batch_size=batch_size, progress=progress
-            )
-            for k in kept
-        ]
-        scores["single_head"] = np.reshape(effects, shape)
-    return scores
+        scores["single_head"] = single_head_effects(
+            run.normalized, n_components, batch_size=batch_size, progress=False
+        )
+    return {name: scores[name] for name in baselines if name in scores}
