@@ -20,7 +20,8 @@ Traps of the bridge worth knowing (they are not bugs of this package):
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +38,77 @@ from tl_lvlm.templates import (
     split_template,
 )
 
+
+@dataclass(frozen=True)
+class Family:
+    """What HookedLVLM needs to know about one HF LVLM architecture.
+
+    Attributes:
+        name: the family's name in messages and docs.
+        architecture: ``config.architectures[0]``, also the HF model class to load.
+        template: default prompt template; None = derived from the processor's chat
+            template (:func:`template_from_chat`).
+        image_prompt: what a template's ``<image>`` becomes in the text handed to the
+            processor (the processor then expands it into the image tokens).
+        fixed_resolution: True when the processor resizes every image to one square
+            size, so already-processed ``pixel_values`` tensors can be passed; False
+            when the tiling (and the number of image tokens) follows the image size.
+        bidirectional_image: image tokens attend to each other both ways (Gemma 3),
+            not causally.
+        unsupported: why the family is refused, or None.
+    """
+
+    name: str
+    architecture: str
+    template: str | None = None
+    image_prompt: str = IMAGE_PLACEHOLDER
+    fixed_resolution: bool = True
+    bidirectional_image: bool = False
+    unsupported: str | None = None
+
+    #: ``(tokenizer, n_image) -> text`` where the processor expands :attr:`image_prompt`
+    #: into more than the image token repeated in place (None: just that).
+    image_sequence: Callable[[Any, int], str] | None = None
+
+    def expand_image(self, processor, n_image: int) -> str:
+        """The text the processor turns :attr:`image_prompt` into, with ``n_image`` image tokens."""
+        if self.image_sequence is not None:
+            return self.image_sequence(processor.tokenizer, n_image)
+        return self.image_prompt.replace(processor.image_token, processor.image_token * n_image)
+
+
+_NO_VIDEO_PROCESSOR = (
+    "its processor cannot be built without torchvision in transformers 5 (the "
+    "processor class requires a video processor, whose base class only exists with "
+    "torchvision installed), and tl-lvlm's environment cannot install torchvision, so "
+    "this family has never been run here; it is refused rather than shipped untested"
+)
+
+#: Supported and refused families, by HF architecture.
+FAMILIES: dict[str, Family] = {
+    f.architecture: f
+    for f in (
+        Family("LLaVA-1.5", "LlavaForConditionalGeneration", template=LLAVA_15_TEMPLATE),
+        Family("LLaVA-NeXT", "LlavaNextForConditionalGeneration", fixed_resolution=False),
+        Family(
+            "LLaVA-OneVision",
+            "LlavaOnevisionForConditionalGeneration",
+            fixed_resolution=False,
+            unsupported=_NO_VIDEO_PROCESSOR,
+        ),
+        Family(
+            "Qwen2.5-VL",
+            "Qwen2_5_VLForConditionalGeneration",
+            image_prompt="<|vision_start|><|image_pad|><|vision_end|>",
+            fixed_resolution=False,
+            unsupported=_NO_VIDEO_PROCESSOR
+            + " (TransformerLens's Qwen2.5-VL adapter also refuses to load without torchvision)",
+        ),
+    )
+}
+
 #: HF architectures HookedLVLM can load.
-SUPPORTED_ARCHITECTURES = ("LlavaForConditionalGeneration",)
+SUPPORTED_ARCHITECTURES = tuple(a for a, f in FAMILIES.items() if f.unsupported is None)
 
 
 def _architecture(config) -> str:
@@ -46,14 +116,53 @@ def _architecture(config) -> str:
     return archs[0] if archs else type(config).__name__
 
 
-def _check_architecture(config) -> None:
+def family_of(config) -> Family:
+    """The :class:`Family` of an HF config; raises for unsupported architectures.
+
+    Raises:
+        NotImplementedError: a known family that cannot be supported (the reason is
+            in the message).
+        ValueError: an architecture HookedLVLM does not know.
+    """
     arch = _architecture(config)
-    if arch not in SUPPORTED_ARCHITECTURES:
+    family = FAMILIES.get(arch)
+    if family is None:
         raise ValueError(
             f"unsupported architecture {arch!r}: HookedLVLM loads {SUPPORTED_ARCHITECTURES}. "
             "Check that the checkpoint is a LLaVA-style vision-language model and that its "
             "config.json sets `architectures`."
         )
+    if family.unsupported is not None:
+        raise NotImplementedError(f"{family.name} ({arch}) is not supported: {family.unsupported}")
+    return family
+
+
+def template_from_chat(processor, family: Family) -> str | None:
+    """The processor's chat template for one user turn (image, then question), as a template.
+
+    Renders the chat template with the text ``{question}`` after one image and
+    replaces the family's image prompt with ``<image>``. A BOS the template writes
+    itself is dropped when the tokenizer adds one anyway, since the processor
+    tokenizes with special tokens. None when the processor has no chat template.
+    """
+    if not getattr(processor, "chat_template", None):
+        return None
+    messages = [
+        {
+            "role": "user",
+            "content": [{"type": "image"}, {"type": "text", "text": QUESTION_PLACEHOLDER}],
+        }
+    ]
+    text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    text = text.replace(family.image_prompt, IMAGE_PLACEHOLDER)
+    bos = processor.tokenizer.bos_token
+    adds_bos = bos is not None and processor.tokenizer("")["input_ids"][:1] == [
+        processor.tokenizer.bos_token_id
+    ]
+    if adds_bos and text.startswith(bos):
+        text = text[len(bos) :]
+    split_template(text)
+    return text
 
 
 @contextlib.contextmanager
@@ -87,7 +196,14 @@ class HookedLVLM:
     so the images, attention mask and padding-aware positions travel together.
     """
 
-    def __init__(self, bridge, processor, *, template: str = LLAVA_15_TEMPLATE):
+    def __init__(self, bridge, processor, *, template: str | None = None):
+        self.family = family_of(bridge.original_model.config)
+        template = template or self.family.template or template_from_chat(processor, self.family)
+        if template is None:
+            raise ValueError(
+                f"the {self.family.name} processor has no chat template to derive a prompt "
+                "template from; pass template=..., e.g. with <image> and {question}"
+            )
         split_template(template)
         self.bridge = bridge
         self.processor = processor
@@ -106,40 +222,49 @@ class HookedLVLM:
         *,
         device: str | torch.device | None = None,
         dtype: torch.dtype | None = None,
-        template: str = LLAVA_15_TEMPLATE,
+        template: str | None = None,
     ) -> HookedLVLM:
-        """Load a LLaVA checkpoint (hub name, local directory, or a bundled zoo name).
+        """Load an LVLM checkpoint (hub name, local directory, or a bundled zoo name).
+
+        Families: see :data:`FAMILIES` (LLaVA-1.5, LLaVA-NeXT, Gemma 3, ...).
 
         Args:
             name_or_path: e.g. ``"llava-hf/llava-1.5-7b-hf"``, a directory written by
                 ``save_pretrained``, or ``"tl-lvlm/tiny-digits"``.
             device: defaults to CUDA when available, else CPU.
             dtype: defaults to ``torch.float32``.
-            template: prompt template with ``<image>`` and ``{question}``.
+            template: prompt template with ``<image>`` and ``{question}``; None = the
+                family's (LLaVA-1.5's conversation format, else the processor's chat
+                template for one user turn, see :func:`template_from_chat`).
+
+        Raises:
+            ValueError: an architecture HookedLVLM does not know.
+            NotImplementedError: a known family that cannot be supported, with the reason.
         """
-        from transformers import AutoConfig, AutoProcessor, LlavaForConditionalGeneration
+        import transformers
+        from transformers import AutoConfig, AutoProcessor
 
         from tl_lvlm import zoo
 
         path = zoo.resolve(str(name_or_path))
         config = AutoConfig.from_pretrained(path)
-        _check_architecture(config)
+        family = family_of(config)
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         processor = AutoProcessor.from_pretrained(path)
-        hf_model = LlavaForConditionalGeneration.from_pretrained(
+        hf_model = getattr(transformers, family.architecture).from_pretrained(
             path, dtype=dtype or torch.float32, attn_implementation="eager"
         )
         return cls.from_hf(hf_model.to(device).eval(), processor, template=template)
 
     @classmethod
-    def from_hf(cls, hf_model, processor, *, template: str = LLAVA_15_TEMPLATE) -> HookedLVLM:
+    def from_hf(cls, hf_model, processor, *, template: str | None = None) -> HookedLVLM:
         """Wrap a Hugging Face model already in memory, with its processor.
 
         The bridge swaps the model's attention modules for hooked ones in place.
         """
         from transformer_lens.model_bridge import TransformerBridge
 
-        _check_architecture(hf_model.config)
+        family_of(hf_model.config)
         name = str(getattr(hf_model.config, "_name_or_path", "") or "local-llava")
         with _no_processor_reload():
             bridge = TransformerBridge.boot_transformers(
@@ -215,7 +340,12 @@ class HookedLVLM:
             raise ValueError("prepare needs at least one image and one question")
         images, questions = self._broadcast(list(images), questions)
 
-        texts = [template.replace(QUESTION_PLACEHOLDER, q) for q in questions]
+        texts = [
+            template.replace(QUESTION_PLACEHOLDER, q).replace(
+                IMAGE_PLACEHOLDER, self.family.image_prompt
+            )
+            for q in questions
+        ]
         enc = self.processor(images=images, text=texts, return_tensors="pt", padding=True)
         input_ids, attention_mask = enc["input_ids"], enc["attention_mask"]
         if input_ids.shape[1] > self.n_ctx:
@@ -260,6 +390,12 @@ class HookedLVLM:
         )
 
     def _check_pixel_values(self, pixel_values: Tensor) -> Tensor:
+        if not self.family.fixed_resolution:
+            raise ValueError(
+                f"{self.family.name} tiles each image by its size, and the processor's other "
+                "outputs (image sizes, token counts) go with its pixel_values; pass PIL images "
+                "or arrays, not a pixel_values tensor"
+            )
         s = self.image_size
         if pixel_values.ndim != 4 or tuple(pixel_values.shape[1:]) != (3, s, s):
             raise ValueError(
@@ -284,7 +420,8 @@ class HookedLVLM:
         if img.numel() == 0:
             raise ValueError("the processed prompt has no image tokens; check the template")
         n_img = img.numel()
-        expanded = before + IMAGE_PLACEHOLDER * n_img + between + question + after
+        image_text = self.family.expand_image(self.processor, n_img)
+        expanded = before + image_text + between + question + after
         enc = self.tokenizer(expanded, return_offsets_mapping=True)
         if enc["input_ids"] != real.tolist():
             raise ValueError(

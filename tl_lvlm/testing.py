@@ -196,21 +196,30 @@ def build_tiny_llava(
     llava_cfg.pad_token_id = tokenizer.pad_token_id
     torch.manual_seed(cfg.seed)
     model = LlavaForConditionalGeneration(llava_cfg).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.ndim == 2 and "embed" not in name:
-                p.mul_(cfg.init_scale)
+    scale_init(model, cfg.init_scale)
     return model, processor
 
 
+def scale_init(model: torch.nn.Module, scale: float) -> None:
+    """Multiply every weight matrix but the embeddings by ``scale`` (see ``init_scale``)."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.ndim == 2 and "embed" not in name:
+                p.mul_(scale)
+
+
 def save_tiny_llava(path: str | os.PathLike, config: TinyLlavaConfig | None = None) -> Path:
-    """Build a tiny LLaVA and write model + processor with ``save_pretrained``.
+    """Build a tiny LLaVA and write model + processor with ``save_pretrained`` (atomically)."""
+    return save_atomic(path, *build_tiny_llava(config))
+
+
+def save_atomic(path: str | os.PathLike, model, processor) -> Path:
+    """``save_pretrained`` model and processor into ``path``, which must not exist yet.
 
     Writes to a temporary sibling directory and renames it into place, so an
     interrupted save never leaves a half-written checkpoint at ``path``.
     """
     path = Path(path)
-    model, processor = build_tiny_llava(config)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     model.save_pretrained(tmp)

@@ -1,0 +1,38 @@
+"""Tiny checkpoints of the non-LLaVA-1.5 families, saved in HF format and loaded back.
+
+Every family's model is loaded through ``HookedLVLM.from_pretrained(path)``, the
+path a user takes with a hub name; each checkpoint is built once per test run.
+
+A helper module rather than a ``conftest.py``: test modules import from
+``conftest`` by name, and a second one here would shadow ``tests/conftest.py``.
+"""
+
+from __future__ import annotations
+
+import functools
+import tempfile
+from pathlib import Path
+
+import torch
+
+from tl_lvlm import HookedLVLM
+from tl_lvlm.testing_families import BUILDERS, save_tiny_family
+
+#: Families with a tiny builder, i.e. every supported family but LLaVA-1.5 (tests/model).
+FAMILIES = tuple(BUILDERS)
+
+# Removed when the interpreter exits.
+_ROOT = tempfile.TemporaryDirectory(prefix="tl-lvlm-families-")
+
+
+@functools.cache
+def family_path(family: str) -> str:
+    """Directory of ``family``'s tiny checkpoint, written with ``save_pretrained``."""
+    return str(save_tiny_family(family, Path(_ROOT.name) / family))
+
+
+@functools.cache
+def family_model(family: str) -> HookedLVLM:
+    """``family``'s tiny checkpoint loaded with ``HookedLVLM.from_pretrained``."""
+    torch.manual_seed(0)
+    return HookedLVLM.from_pretrained(family_path(family), device="cpu")

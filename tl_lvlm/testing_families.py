@@ -1,0 +1,199 @@
+"""Tiny random checkpoints of the LVLM families beyond LLaVA-1.5, for tests.
+
+Each builder returns a complete Hugging Face model and its real processor
+(PIL-backend image processor, so no torchvision), with a chat template in the
+format of the family's public checkpoints; :func:`save_tiny_family` writes them
+with ``save_pretrained`` so tests load them through
+``HookedLVLM.from_pretrained(path)`` like a hub checkpoint.
+
+Tokenizers come from :func:`tl_lvlm.testing.build_tokenizer` (byte-level BPE)
+with the family's special tokens added, so that image and turn markers are
+single tokens as in the real vocabularies.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tokenizers import AddedToken
+from transformers import PreTrainedTokenizerFast
+
+from tl_lvlm.testing import build_tokenizer, save_atomic, scale_init
+
+#: Questions the tiny tokenizers learn merges for (any other text still tokenizes).
+_QUESTIONS = [
+    "What is the main object in this image? Answer in a single word.",
+    "Which number is written here?",
+]
+
+# Chat templates in the format of the public checkpoints' templates (one turn of
+# images then text; system turns and assistant history rendered as they do).
+_MISTRAL_INST_CHAT = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'user' %}{{ '[INST] ' }}"
+    "{% for c in message['content'] if c['type'] == 'image' %}{{ '<image>\n' }}{% endfor %}"
+    "{% for c in message['content'] if c['type'] == 'text' %}{{ c['text'] }}{% endfor %}"
+    "{{ ' [/INST]' }}"
+    "{% elif message['role'] == 'assistant' %}"
+    "{% for c in message['content'] if c['type'] == 'text' %}{{ ' ' + c['text'] }}{% endfor %}"
+    "{{ eos_token }}{% endif %}{% endfor %}"
+)
+
+
+@dataclass
+class TinyFamilyConfig:
+    """Shapes shared by the tiny family builders (each picks its own vision geometry).
+
+    ``n_kv_heads`` < ``n_heads`` gives grouped-query attention.
+    """
+
+    n_layers: int = 2
+    n_heads: int = 4
+    n_kv_heads: int = 2
+    d_model: int = 64
+    d_mlp: int = 128
+    vision_layers: int = 1
+    vision_d_model: int = 32
+    vision_heads: int = 2
+    bpe_vocab_size: int = 400
+    max_position_embeddings: int = 2048
+    seed: int = 0
+    init_scale: float = 4.0
+
+
+def family_tokenizer(
+    cfg: TinyFamilyConfig,
+    *,
+    specials: list[str],
+    named: dict[str, str] | None = None,
+    bos: bool = True,
+    corpus: list[str] = (),
+) -> PreTrainedTokenizerFast:
+    """:func:`~tl_lvlm.testing.build_tokenizer` plus ``specials`` as special tokens.
+
+    Args:
+        specials: tokens that must never be split (image and turn markers).
+        named: processor-facing names of special tokens, e.g. ``{"boi_token": ...}``
+            (``image_token`` defaults to ``<image>``).
+        bos: prepend BOS as Llama/Gemma tokenizers do; False for Qwen-style ones.
+        corpus: extra text the BPE merges are learned from.
+    """
+    base = build_tokenizer(cfg.bpe_vocab_size, [*_QUESTIONS, *corpus])
+    backend = base.backend_tokenizer
+    backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in specials])
+    if not bos:
+        backend.post_processor = None
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+        extra_special_tokens={"image_token": "<image>", **(named or {})},
+        padding_side="left",
+    )
+
+
+def _text_config(cls, cfg: TinyFamilyConfig, tokenizer, **kwargs):
+    return cls(
+        vocab_size=len(tokenizer),
+        hidden_size=cfg.d_model,
+        intermediate_size=cfg.d_mlp,
+        num_hidden_layers=cfg.n_layers,
+        num_attention_heads=cfg.n_heads,
+        num_key_value_heads=cfg.n_kv_heads,
+        max_position_embeddings=cfg.max_position_embeddings,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+        **kwargs,
+    )
+
+
+def _finish(model_cls, config, cfg: TinyFamilyConfig, tokenizer):
+    config.pad_token_id = tokenizer.pad_token_id
+    torch.manual_seed(cfg.seed)
+    model = model_cls(config).eval()
+    scale_init(model, cfg.init_scale)
+    return model
+
+
+# ------------------------------------------------------------------ LLaVA-NeXT
+#: Tile side of the tiny LLaVA-NeXT (the CLIP tower's input) and its patch size:
+#: 16 features per tile; high-resolution grids of up to 2 x 2 tiles.
+NEXT_TILE, NEXT_PATCH = 28, 7
+NEXT_PINPOINTS = [[28, 56], [56, 28], [56, 56]]
+
+
+def build_tiny_llava_next(cfg: TinyFamilyConfig | None = None):
+    """A tiny ``LlavaNextForConditionalGeneration`` (CLIP + Llama) and ``LlavaNextProcessor``.
+
+    Dynamic tiling is real: the image is split into tiles on one of
+    :data:`NEXT_PINPOINTS`, so the number of image tokens depends on its size.
+    """
+    from transformers import (
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaNextConfig,
+        LlavaNextForConditionalGeneration,
+        LlavaNextImageProcessorPil,
+        LlavaNextProcessor,
+    )
+
+    cfg = cfg or TinyFamilyConfig()
+    tokenizer = family_tokenizer(cfg, specials=[], corpus=["[INST] [/INST]"])
+    image_processor = LlavaNextImageProcessorPil(
+        size={"shortest_edge": NEXT_TILE},
+        crop_size={"height": NEXT_TILE, "width": NEXT_TILE},
+        image_grid_pinpoints=NEXT_PINPOINTS,
+    )
+    processor = LlavaNextProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=NEXT_PATCH,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        chat_template=_MISTRAL_INST_CHAT,
+    )
+    config = LlavaNextConfig(
+        vision_config=_clip(CLIPVisionConfig, cfg, NEXT_TILE, NEXT_PATCH),
+        text_config=_text_config(LlamaConfig, cfg, tokenizer),
+        image_token_id=tokenizer.image_token_id,
+        image_grid_pinpoints=NEXT_PINPOINTS,
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="default",
+        architectures=["LlavaNextForConditionalGeneration"],
+    )
+    return _finish(LlavaNextForConditionalGeneration, config, cfg, tokenizer), processor
+
+
+def _clip(config_cls, cfg: TinyFamilyConfig, image_size: int, patch_size: int, **kwargs):
+    return config_cls(
+        hidden_size=cfg.vision_d_model,
+        intermediate_size=cfg.vision_d_model * 2,
+        num_hidden_layers=cfg.vision_layers,
+        num_attention_heads=cfg.vision_heads,
+        image_size=image_size,
+        patch_size=patch_size,
+        **kwargs,
+    )
+
+
+#: Family name -> builder of ``(hf_model, processor)``.
+BUILDERS: dict[str, Callable] = {
+    "llava_next": build_tiny_llava_next,
+}
+
+
+def save_tiny_family(
+    family: str, path: str | os.PathLike, config: TinyFamilyConfig | None = None
+) -> Path:
+    """Build the tiny ``family`` checkpoint (see :data:`BUILDERS`) and save it at ``path``."""
+    if family not in BUILDERS:
+        raise ValueError(f"unknown family {family!r}; expected one of {tuple(BUILDERS)}")
+    return save_atomic(path, *BUILDERS[family](config))
