@@ -238,7 +238,9 @@ class HeadAttributionResult:
             pad = np.full((n_excl, *kept.shape[1:]), np.nan, dtype=dtype)
             return np.concatenate([kept, pad])
 
-        n_test = self.fits[0].n_test if self.fits else 0
+        # attribution.fit's holdout size; needed when no sample was kept, so that this shard's
+        # arrays still have the row shape of the other shards'.
+        n_test = int(round(self.config["holdout"] * len(self.masks)))
         arrays = {
             "status": np.array([0] * n_kept + [STATUS.index(e.reason) for e in excl], np.int8),
             "answer": np.array(list(self.answers) + [e.answer for e in excl], np.int64),

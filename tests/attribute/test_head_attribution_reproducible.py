@@ -30,9 +30,10 @@ def assert_same(a: HeadAttributionResult, b: HeadAttributionResult) -> None:
 
 @pytest.fixture(scope="module")
 def samples(planted_samples):
-    # Sample 1 gets a label the model does not answer, so exclusions take part too.
-    image, question = planted_samples[1]
-    return [planted_samples[0], (image, question, 7), *planted_samples[2:]]
+    # Samples 2 and 3 get a label the model does not answer: exclusions take part, and
+    # the second of two shards keeps no sample at all.
+    (a, _), (b, _), (c, q), (d, _) = planted_samples
+    return [(a, q), (b, q), (c, q, 7), (d, q, 7)]
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +42,7 @@ def single(planted_model, samples):
 
 
 def test_same_seed_same_masks_outputs_and_coefficients(planted_model, samples, single):
-    assert [e.sample_id for e in single.excluded] == [1]
+    assert [e.sample_id for e in single.excluded] == [2, 3]
     assert_same(single, head_attribution(planted_model, samples, **SETTINGS))
     other = head_attribution(planted_model, samples, seed=1, **SETTINGS)
     assert not np.array_equal(other.masks, single.masks)
@@ -54,6 +55,7 @@ def test_two_shards_merge_into_the_single_run(planted_model, samples, single, tm
         part = head_attribution(planted_model, samples, shard=shard, n_shards=2, **SETTINGS)
         ids = sorted([*part.sample_ids, *(e.sample_id for e in part.excluded)])
         assert ids == [[0, 1], [2, 3]][shard]
+        assert len(part.fits) == [2, 0][shard]
         paths.append(part.save(tmp_path / f"shard-{shard}.safetensors"))
     merged = HeadAttributionResult.merge(paths)
     assert_same(merged, single)
@@ -65,15 +67,15 @@ def test_two_shards_merge_into_the_single_run(planted_model, samples, single, tm
 def test_store_resumes_to_the_same_result(planted_model, samples, single, tmp_path):
     first = head_attribution(planted_model, samples, store_dir=tmp_path, **SETTINGS)
     stores = sorted(p.name for p in tmp_path.iterdir())
-    # One store per kept sample; the wrongly answered one never runs its masks.
-    assert stores == ["sample-000000", "sample-000002", "sample-000003"]
+    # One store per kept sample; wrongly answered ones never run their masks.
+    assert stores == ["sample-000000", "sample-000001"]
     assert_same(first, single)
-    chunk = tmp_path / "sample-000002" / "chunk-000000.npy"
+    chunk = tmp_path / "sample-000001" / "chunk-000000.npy"
     stored = np.load(chunk)
     # A rerun loads the stored logits instead of recomputing them: poison one to see it.
     np.save(chunk, stored + 1.0)
     resumed = head_attribution(planted_model, samples, store_dir=tmp_path, **SETTINGS)
-    row = list(resumed.sample_ids).index(2)
+    row = 1
     gap = resumed.clean_logit[row] - resumed.ablated_logit[row]
     np.testing.assert_allclose(resumed.y[row] - single.y[row], 1.0 / gap)
     # Another seed draws other masks: the store refuses to mix them.
