@@ -26,14 +26,17 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from transformers import AutoTokenizer
+
 from attribution import resolve_shard
-from tl_lvlm.flow_cli import add_flow_parser
+from tl_lvlm import zoo
+from tl_lvlm.flow_cli import DEFAULT_QUESTION, add_flow_parser
 from tl_lvlm.head_attribution import HeadAttributionResult, head_attribution
 from tl_lvlm.images import BUILTIN_IMAGE_SETS, load_image_set
+from tl_lvlm.model import HookedLVLM
 from tl_lvlm.report import format_summary, write_json, write_report
+from tl_lvlm.testing import save_tiny_llava
 
-#: The paper's object-identification question.
-DEFAULT_QUESTION = "What is the main object in this image? Answer in a single word."
 SAMPLES_NAME = "samples.json"
 RESULTS_GLOB = "results*.safetensors"
 DEMO_MODEL = "tl-lvlm/tiny-digits"
@@ -130,8 +133,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def attribute_command(args: argparse.Namespace) -> int:
     """Run ``tl-lvlm attribute`` (see the module doc)."""
-    from tl_lvlm.model import HookedLVLM
-
     shard, n_shards = resolve_shard(args.shard, args.n_shards)
     model = HookedLVLM.from_pretrained(args.model, device=args.device)
     images = load_image_set(
@@ -195,14 +196,10 @@ def report_command(args: argparse.Namespace) -> int:
 
 def demo_command(args: argparse.Namespace) -> int:
     """Run ``tl-lvlm demo``: ``attribute`` on the bundled model with small settings."""
-    from tl_lvlm import zoo
-
     try:
         zoo.resolve(DEMO_MODEL)
         model, images, question = DEMO_MODEL, "digits", zoo.DIGITS_QUESTION
     except FileNotFoundError:
-        from tl_lvlm.testing import save_tiny_llava
-
         model = args.out / "tiny-random-llava"
         if not model.exists():
             save_tiny_llava(model)
@@ -220,10 +217,6 @@ def demo_command(args: argparse.Namespace) -> int:
 
 def _local_tokenizer(name_or_path: str):
     """The run's tokenizer when it is on this machine (never downloads), else None."""
-    from transformers import AutoTokenizer
-
-    from tl_lvlm import zoo
-
     try:
         return AutoTokenizer.from_pretrained(zoo.resolve(name_or_path), local_files_only=True)
     except (OSError, ValueError):
