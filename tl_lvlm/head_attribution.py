@@ -57,7 +57,7 @@ from attribution import (
     save_results,
     shard_indices,
 )
-from tl_lvlm.ablation import ImageKVBaseline, image_kv_baseline
+from tl_lvlm.ablation import BASELINE_KINDS, ImageKVBaseline, check_scope, image_kv_baseline
 from tl_lvlm.baselines import (
     ATTENTION_BASELINES,
     BASELINES,
@@ -504,7 +504,11 @@ def head_attribution(
         store = None if store_dir is None else Path(store_dir) / f"sample-{sample_id:06d}"
         # What the collected logits depend on, so that a store is never reused for another run.
         meta = {key: config[key] for key in STORE_KEYS}
-        meta.update(sample=sample_id, target=engine.target, inputs_sha256=_inputs_hash(inputs))
+        meta.update(
+            sample=sample_id,
+            target=engine.target,
+            inputs_sha256=_sha256(inputs.input_ids, inputs.pixel_values),
+        )
         logits = collect(
             run.logits,
             flat_masks,
@@ -709,20 +713,20 @@ def _check_args(
     unknown = [b for b in baselines if b not in BASELINES]
     if unknown:
         raise ValueError(f"unknown baselines {unknown}; choose from {BASELINES}")
-    if scope not in ("text", "all"):
-        raise ValueError(f"scope must be 'text' or 'all', got {scope!r}")
+    check_scope(scope)
 
 
 def _baseline(model, baseline, reference, samples: _Samples) -> tuple[ImageKVBaseline, str]:
     """The ablation baseline and a string identifying it (for configs and stores)."""
     if isinstance(baseline, ImageKVBaseline):
-        return baseline, "custom"
-    if baseline not in ("mean", "zero"):
-        raise ValueError(f"baseline must be 'mean', 'zero' or an ImageKVBaseline, got {baseline!r}")
+        return baseline, f"custom:{_sha256(baseline.k, baseline.v)[:16]}"
+    if baseline not in BASELINE_KINDS:
+        raise ValueError(
+            f"baseline must be one of {BASELINE_KINDS} or an ImageKVBaseline, got {baseline!r}"
+        )
     inputs = samples.reference_inputs(reference)
-    return image_kv_baseline(
-        model, inputs, kind=baseline
-    ), f"{baseline}:{_inputs_hash(inputs)[:16]}"
+    kv_baseline = image_kv_baseline(model, inputs, kind=baseline)
+    return kv_baseline, f"{baseline}:{_sha256(inputs.input_ids, inputs.pixel_values)[:16]}"
 
 
 def _masks(config: dict[str, Any]) -> Bool[np.ndarray, "n_masks n_layers n_heads"]:
@@ -732,10 +736,10 @@ def _masks(config: dict[str, Any]) -> Bool[np.ndarray, "n_masks n_layers n_heads
     return flat.reshape(-1, n_layers, n_heads)
 
 
-def _inputs_hash(inputs: LVLMInputs) -> str:
-    """SHA-256 of the tokens and pixels of a batch (identifies samples and references)."""
+def _sha256(*tensors: torch.Tensor) -> str:
+    """SHA-256 of tensors' dtypes, shapes and contents (identifies samples and baselines)."""
     h = hashlib.sha256()
-    for t in (inputs.input_ids, inputs.pixel_values):
+    for t in tensors:
         h.update(json.dumps([str(t.dtype), *t.shape]).encode())
         # Bytes through a uint8 view: numpy has no bfloat16.
         h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())

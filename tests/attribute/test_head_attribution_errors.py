@@ -36,9 +36,12 @@ def test_too_few_masks_for_the_heads(tiny_mha, samples):
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        ({"baseline": "median"}, "baseline must be 'mean', 'zero' or an ImageKVBaseline"),
+        (
+            {"baseline": "median"},
+            r"baseline must be one of \('mean', 'zero'\) or an ImageKVBaseline",
+        ),
         ({"baselines": ["attention", "random"]}, r"unknown baselines \['attention'\]"),
-        ({"scope": "image"}, "scope must be 'text' or 'all'"),
+        ({"scope": "image"}, "unknown scope 'image'"),
         ({"batch_size": 0}, "batch_size must be a positive integer"),
         ({"min_logit_gap": -1.0}, "min_logit_gap must be >= 0"),
         ({"ks": [0, 9]}, r"ks must be .* in \[0, 8\]"),

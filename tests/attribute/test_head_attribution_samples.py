@@ -5,12 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from tl_lvlm.ablation import image_kv_baseline
 from tl_lvlm.head_attribution import HeadAttributionResult, head_attribution
 from tl_lvlm.report import summarize
 from tl_lvlm.testing import random_images
 
 pytest_plugins = ["planted_llava"]
 
+QUESTION = "What is the main object in this image? Answer in a single word."
 FAST = dict(n_masks=40, evaluate=False, progress=False)
 
 
@@ -65,3 +67,10 @@ def test_explicit_target_and_reference(planted_model, planted_samples):
     assert other.config["baseline"] != default.config["baseline"]
     assert default.config["baseline"].startswith("mean:")
     assert not np.allclose(other.ablated_logit, default.ablated_logit)
+    # A precomputed baseline is used as given.
+    zero = head_attribution(planted_model, planted_samples[:2], baseline="zero", **FAST)
+    inputs = planted_model.prepare([image for image, _ in planted_samples[:2]], QUESTION)
+    given = image_kv_baseline(planted_model, inputs, kind="zero")
+    custom = head_attribution(planted_model, planted_samples[:2], baseline=given, **FAST)
+    assert custom.config["baseline"].startswith("custom:")
+    np.testing.assert_array_equal(custom.y, zero.y)
