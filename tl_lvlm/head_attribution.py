@@ -31,7 +31,7 @@ import hashlib
 import json
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -159,7 +159,7 @@ class HeadAttributionResult:
     excluded: list[ExcludedSample]
     scores: dict[str, Float[np.ndarray, "n_kept n_layers n_heads"]]
     evaluation: Evaluation | None
-    config: dict[str, Any] = field(default_factory=dict)
+    config: dict[str, Any]
 
     @property
     def n_layers(self) -> int:
