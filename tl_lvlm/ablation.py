@@ -60,8 +60,9 @@ HookList = list[tuple[str, Callable]]
 class ImageKVBaseline:
     """Baseline keys and values at the image positions, per layer and KV head.
 
-    ``k`` is pre-rotary (as at ``hook_k``): it is rotated with the positions of the
-    run it is used in. A baseline only fits inputs with the same ``template`` and
+    ``k`` is what RoPE rotates (``hook_k``, or ``hook_k_normed`` on models with
+    q/k norms such as Gemma 3; see :func:`key_hook`): it is rotated with the
+    positions of the run it is used in. A baseline only fits inputs with the same ``template`` and
     the same (unpadded) ``image_span``; :meth:`check` enforces it.
 
     Attributes:
@@ -134,8 +135,8 @@ def image_kv_baseline(
         model: the model whose keys and values are averaged.
         inputs: reference images with one template (questions may differ: the keys
             and values at image positions only depend on the text before them).
-        kind: ``"mean"``: mean pre-rotary K and V per (layer, KV head, image
-            position) over the rows of ``inputs``; ``"zero"``: zeros.
+        kind: ``"mean"``: mean pre-rotary K (after the q/k norm, if any) and V per
+            (layer, KV head, image position) over the rows of ``inputs``; ``"zero"``: zeros.
         batch_size: rows per forward pass when averaging.
 
     Returns:
@@ -167,23 +168,41 @@ def image_kv_baseline(
     return ImageKVBaseline(k, v, kind, inputs.template, span, n_samples)
 
 
+def key_hook(model: HookedLVLM, layer: int) -> tuple[str, int]:
+    """The hook holding ``layer``'s keys as RoPE receives them, and its position axis.
+
+    ``hook_k`` (``[batch, pos, n_kv_heads, d_head]``) on most models; with q/k norms
+    (Gemma 3) the keys are normalized before RoPE, at ``hook_k_normed``
+    (``[batch, n_kv_heads, pos, d_head]``).
+    """
+    if "k_norm" in model.bridge.blocks[layer].attn.submodules:
+        return f"blocks.{layer}.attn.hook_k_normed", 2
+    return f"blocks.{layer}.attn.hook_k", 1
+
+
 def _sum_hooks(
     model: HookedLVLM, image: Int[Tensor, "batch n_image"], sums: dict[str, Tensor]
 ) -> HookList:
-    """Hooks adding each row's ``hook_k`` / ``hook_v`` at its image positions into ``sums``."""
+    """Hooks adding each row's keys (:func:`key_hook`) and values at its image positions into
+    ``sums``."""
 
-    def add(name: str, layer: int):
-        def hook(t: Float[Tensor, "batch pos n_kv_heads d_head"], hook) -> None:
-            at_image = _gather_positions(t, image, dim=1)  # [batch, n_image, n_kv_heads, d_head]
-            sums[name][layer] += at_image.sum(0).transpose(0, 1).float()
+    def add(name: str, layer: int, pos_dim: int):
+        def hook(t: Tensor, hook) -> None:
+            at_image = _gather_positions(t, image, dim=pos_dim).sum(0)
+            if pos_dim == 1:  # [n_image, n_kv_heads, d_head]
+                at_image = at_image.transpose(0, 1)
+            sums[name][layer] += at_image.float()
 
         return hook
 
-    return [
-        (f"blocks.{layer}.attn.hook_{name}", add(name, layer))
-        for layer in range(model.n_layers)
-        for name in ("k", "v")
-    ]
+    hooks = []
+    for layer in range(model.n_layers):
+        k_name, k_pos = key_hook(model, layer)
+        hooks += [
+            (k_name, add("k", layer, k_pos)),
+            (f"blocks.{layer}.attn.hook_v", add("v", layer, 1)),
+        ]
+    return hooks
 
 
 def check_keep(
@@ -296,11 +315,13 @@ def image_kv_ablation_hooks(
     pos = torch.arange(inputs.seq_len, device=model.device)
     image_end = image[:, -1:] + 1
     # Rows whose queries see the baseline: after the image ("text") or from its
-    # start ("all"); causality then limits an image query to the columns before it.
+    # start ("all"); causality then limits an image query to the columns before it,
+    # unless the family's image tokens attend to each other both ways.
     first_query = image_end if scope == "text" else image[:, :1]
-    affected = (pos[None, :] >= first_query)[:, :, None] & (
-        image[:, None, :] <= pos[None, :, None]
-    )  # [batch, q, n_image]
+    visible = image[:, None, :] <= pos[None, :, None]  # [batch, q, n_image]
+    if model.family.bidirectional_image:
+        visible |= (pos[None, :] < image_end)[:, :, None]
+    affected = (pos[None, :] >= first_query)[:, :, None] & visible
     hooks: HookList = []
     for layer in range(model.n_layers):
         ablated = ~keep[:, layer]  # [batch, n_heads, n_image or 1]

@@ -35,6 +35,7 @@ to share: it falls back to batched forward passes through the hook reference.
 from __future__ import annotations
 
 import contextlib
+import inspect
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -255,11 +256,33 @@ class AblationEngine:
         self.target = int(target)
         self.clean_logit = float(self.clean_logits[self.target])
 
-        pad = int((self.sample.attention_mask[0] == 0).sum())
-        self._ids = self.sample.input_ids[:, pad:]  # [1, seq]
+        self._pad = int((self.sample.attention_mask[0] == 0).sum())
+        self._ids = self.sample.input_ids[:, self._pad :]  # [1, seq]
         self.image_start, self.prefix_len = baseline.image_span
         self.suffix_len = self._ids.shape[1] - self.prefix_len
-        self.prefix = self._build_prefix() if scope == "text" else None
+        if scope == "text":
+            self._check_suffix_attention()
+            self.prefix = self._build_prefix()
+        else:
+            self.prefix = None
+
+    def _check_suffix_attention(self) -> None:
+        """Refuse what :func:`image_ablation_attention` does not implement (it never guesses)."""
+        cfg = self.model.hf_model.model.language_model.config
+        family, n = self.model.family.name, self._ids.shape[1]
+        window = getattr(cfg, "sliding_window", None)
+        if window is not None and getattr(cfg, "use_sliding_window", True) and n > window:
+            raise NotImplementedError(
+                f"{family}: the prompt has {n} tokens, more than the sliding attention window "
+                f"({window}), which the engine's suffix attention does not apply; use "
+                "scope='all' (hook reference) or a shorter prompt"
+            )
+        for cap in ("attn_logit_softcapping", "final_logit_softcapping"):
+            if getattr(cfg, cap, None) is not None:
+                raise NotImplementedError(
+                    f"{family}: this checkpoint sets {cap}, which the engine's suffix run does "
+                    "not apply; use scope='all' (hook reference)"
+                )
 
     @property
     def n_image(self) -> int:
@@ -270,26 +293,56 @@ class AblationEngine:
         """Run the prefix once; rotate the baseline keys to the image positions."""
         hf = self.model.hf_model
         positions = torch.arange(self.prefix_len, device=self.device)[None]
+        # Per-token processor outputs (Gemma 3's token_type_ids) are cut to the prefix.
+        seq = self.sample.input_ids.shape[1]
+        extra = {
+            name: t[:, self._pad : self._pad + self.prefix_len]
+            if t.ndim == 2 and t.shape[1] == seq
+            else t
+            for name, t in self.sample.extra.items()
+        }
         with hf_modules(self.model):
             out = hf.model(
                 input_ids=self._ids[:, : self.prefix_len],
                 pixel_values=self.sample.pixel_values,
                 position_ids=positions,
                 use_cache=True,
-                **self.sample.extra,
+                **extra,
             )
         cache = out.past_key_values.layers
         k = torch.stack([layer.keys[0] for layer in cache])  # [n_layers, n_kv, prefix, d]
         v = torch.stack([layer.values[0] for layer in cache])
         image = slice(self.image_start, self.prefix_len)
-        rotary = hf.model.language_model.rotary_emb
-        if hasattr(rotary, "original_component"):
-            rotary = rotary.original_component
-        cos, sin = rotary(k, positions[:, image])  # [1, n_image, d]
-        _, k_base = rotary_fn(self.model)(self.baseline.k, self.baseline.k, cos, sin)
+        k_base = torch.cat(
+            [
+                rotary_fn(self.model, layer)(base, base, cos, sin)[1]
+                for layer, (base, (cos, sin)) in enumerate(
+                    zip(
+                        self.baseline.k.split(1),
+                        self._rotations(k, positions[:, image]),
+                        strict=True,
+                    )
+                )
+            ]
+        )
         k_alt, v_alt = k.clone(), v.clone()
         k_alt[:, :, image], v_alt[:, :, image] = k_base, self.baseline.v
         return SharedPrefix(torch.cat([k, k_alt], -1), torch.cat([v, v_alt], -1), image)
+
+    def _rotations(
+        self, x: Tensor, positions: Tensor
+    ) -> list[tuple[Float[Tensor, "1 n d_head"], Float[Tensor, "1 n d_head"]]]:
+        """RoPE ``(cos, sin)`` of each layer at ``positions`` ``[1, n]``.
+
+        Layers share one rotary embedding, except where the model gives each layer
+        type its own (Gemma 3: local RoPE for sliding layers, global for the others).
+        """
+        language_model = self.model.hf_model.model.language_model
+        rotary = language_model.rotary_emb
+        rotary = getattr(rotary, "original_component", rotary)
+        if "layer_type" in inspect.signature(rotary.forward).parameters:
+            return [rotary(x, positions, t) for t in language_model.config.layer_types]
+        return [rotary(x, positions)] * self.model.n_layers
 
     def check_masks(self, masks: Masks | np.ndarray) -> Masks:
         """Validate ``masks`` (as :func:`~tl_lvlm.ablation.check_keep`); return a bool tensor."""

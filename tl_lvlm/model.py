@@ -55,6 +55,7 @@ class Family:
             when the tiling (and the number of image tokens) follows the image size.
         bidirectional_image: image tokens attend to each other both ways (Gemma 3),
             not causally.
+        nested_images: the processor takes one list of images per prompt.
         unsupported: why the family is refused, or None.
     """
 
@@ -64,6 +65,7 @@ class Family:
     image_prompt: str = IMAGE_PLACEHOLDER
     fixed_resolution: bool = True
     bidirectional_image: bool = False
+    nested_images: bool = False
     unsupported: str | None = None
 
     #: ``(tokenizer, n_image) -> text`` where the processor expands :attr:`image_prompt`
@@ -75,6 +77,11 @@ class Family:
         if self.image_sequence is not None:
             return self.image_sequence(processor.tokenizer, n_image)
         return self.image_prompt.replace(processor.image_token, processor.image_token * n_image)
+
+
+def _gemma3_image_sequence(tokenizer, n_image: int) -> str:
+    # Gemma3Processor's ``full_image_sequence``: newlines and BOI/EOI markers around.
+    return f"\n\n{tokenizer.boi_token}{tokenizer.image_token * n_image}{tokenizer.eoi_token}\n\n"
 
 
 _NO_VIDEO_PROCESSOR = (
@@ -90,6 +97,14 @@ FAMILIES: dict[str, Family] = {
     for f in (
         Family("LLaVA-1.5", "LlavaForConditionalGeneration", template=LLAVA_15_TEMPLATE),
         Family("LLaVA-NeXT", "LlavaNextForConditionalGeneration", fixed_resolution=False),
+        Family(
+            "Gemma 3",
+            "Gemma3ForConditionalGeneration",
+            image_prompt="<start_of_image>",
+            bidirectional_image=True,
+            nested_images=True,
+            image_sequence=_gemma3_image_sequence,
+        ),
         Family(
             "LLaVA-OneVision",
             "LlavaOnevisionForConditionalGeneration",
@@ -346,6 +361,8 @@ class HookedLVLM:
             )
             for q in questions
         ]
+        if self.family.nested_images:
+            images = [[image] for image in images]
         enc = self.processor(images=images, text=texts, return_tensors="pt", padding=True)
         input_ids, attention_mask = enc["input_ids"], enc["attention_mask"]
         if input_ids.shape[1] > self.n_ctx:

@@ -34,6 +34,11 @@ QUESTIONS = [
 
 #: Family -> decoded (prefix, text between image and question, text after the question).
 EXPECTED_TEXT = {
+    "gemma3": (
+        "<s><start_of_turn>user\n\n\n<start_of_image>",
+        "<end_of_image>\n\n",
+        "<end_of_turn>\n<start_of_turn>model\n",
+    ),
     "llava_next": ("<s>[INST] ", "\n", " [/INST]"),
 }
 
@@ -144,7 +149,9 @@ def test_knockout_matches_masked_hugging_face(family, model):
 
 
 def test_head_attribution_runs_end_to_end(model):
-    samples = [(image, QUESTIONS[0]) for image in random_images(3, 28, seed=7)]
+    # Random models: with these images at least one sample's answer depends on the
+    # image heads (clean above all-ablated) in every family, so the fit runs.
+    samples = [(image, QUESTIONS[0]) for image in random_images(3, 28, seed=4)]
     n_components = model.n_layers * model.n_heads
     result = head_attribution(
         model, samples, n_masks=4 * n_components, min_logit_gap=0.0, progress=False
