@@ -201,8 +201,9 @@ def _no_processor_reload():
 class HookedLVLM:
     """A LLaVA-style vision-language model with TransformerLens hooks.
 
-    Wraps a ``TransformerBridge`` (``self.bridge``) around a Hugging Face
-    ``LlavaForConditionalGeneration`` (``self.hf_model``), with its processor.
+    Wraps a ``TransformerBridge`` (``self.bridge``) around a Hugging Face model
+    (``self.hf_model``) of one of the supported :data:`FAMILIES` (``self.family``:
+    LLaVA-1.5, LLaVA-NeXT, Gemma 3), with its processor.
     Attributes the class does not define are looked up on the bridge, so
     ``model.cfg``, ``model.blocks``, ``model.hook_dict``, ``model.hooks(...)``
     and other TransformerLens tooling work as on a bridge.
