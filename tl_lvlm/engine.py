@@ -407,15 +407,18 @@ class AblationEngine:
             return logits[:, self.target].clone(), logits
         return logits[:, self.target].clone()
 
-    def auto_batch_size(self, max_batch: int = 256) -> int:
-        """Masks per forward pass that fit in free memory.
+    def auto_batch_size(self, max_batch: int | None = None) -> int:
+        """Masks per forward pass that fit in free memory, at most ``max_batch``.
 
         Budget: half the free accelerator memory on CUDA, a quarter of the
         available RAM on CPU (2 GiB when ``psutil`` is missing), divided by an
         estimate of the activations one mask needs (:meth:`_bytes_per_mask`).
+        ``max_batch`` defaults to 512 on CUDA and 32 on CPU, where larger batches
+        are slower once a layer's attention scores no longer fit in cache.
         """
         if self.device.type == "cuda":
             budget = torch.cuda.mem_get_info(self.device)[0] // 2
+            max_batch = max_batch or 512
         else:
             try:
                 import psutil
@@ -423,6 +426,7 @@ class AblationEngine:
                 budget = psutil.virtual_memory().available // 4
             except ImportError:
                 budget = 2 * 2**30
+            max_batch = max_batch or 32
         return int(max(1, min(max_batch, budget // self._bytes_per_mask())))
 
     def _bytes_per_mask(self) -> int:

@@ -99,7 +99,8 @@ def test_numpy_masks_auto_batch_size_and_progress(tiny_gqa, make_setup, capsys):
     s = make_setup(tiny_gqa)
     engine = AblationEngine(tiny_gqa, s.inputs[0], s.baseline)
     masks = random_masks(tiny_gqa, 10)
-    assert 1 <= engine.auto_batch_size() <= 512
+    assert 1 <= engine.auto_batch_size() <= 32  # the CPU default cap
+    assert engine.auto_batch_size(max_batch=3) == 3
     y = engine.run(masks.numpy())
     assert torch.allclose(y, engine.run(masks, batch_size=4, progress=True), atol=1e-5, rtol=0)
     assert "12/12" in capsys.readouterr().err
