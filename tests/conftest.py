@@ -10,16 +10,13 @@ import pytest
 import torch
 
 from tl_lvlm import HookedLVLM
-from tl_lvlm.testing import TinyLlavaConfig, random_images, save_tiny_llava
+from tl_lvlm.testing import TEST_QUESTIONS, TinyLlavaConfig, random_images, save_tiny_llava
 
 # Tiny models are dominated by per-op overhead: one thread is faster than two,
 # and keeps the suite's speed steady when the machine is busy.
 torch.set_num_threads(1)
 
-QUESTIONS = [
-    "What is the main object in this image? Answer in a single word.",
-    "Which number is written here?",
-]
+QUESTIONS = TEST_QUESTIONS
 
 CONFIGS = {
     "mha": TinyLlavaConfig(n_layers=2, n_heads=4, n_kv_heads=4, seed=0),

@@ -41,6 +41,12 @@ from tl_lvlm.templates import (
 IMAGE_TOKEN = IMAGE_PLACEHOLDER
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", IMAGE_TOKEN]
 
+#: Two questions of different lengths, so a batch of them needs padding.
+TEST_QUESTIONS = [
+    "What is the main object in this image? Answer in a single word.",
+    "Which number is written here?",
+]
+
 DIGIT_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 
 # Text the BPE merges are learned from: the templates and the questions used in

@@ -6,11 +6,11 @@ import json
 
 import pytest
 import torch
-from conftest import QUESTIONS
 from transformers import LlavaForConditionalGeneration
 
 from tl_lvlm import HookedLVLM
 from tl_lvlm.templates import CHATML_TEMPLATE, LLAVA_15_TEMPLATE, VICUNA_SYSTEM_TEMPLATE
+from tl_lvlm.testing import TEST_QUESTIONS as QUESTIONS
 
 
 @pytest.mark.parametrize("kind", ["mha", "gqa"])

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 import transformer_lens.patching as tl_patching
-from conftest import QUESTIONS
 
 import tl_lvlm.patching
+from tl_lvlm.testing import TEST_QUESTIONS as QUESTIONS
 from tl_lvlm.testing import random_images
 
 
