@@ -15,10 +15,12 @@ unchanged, so the engine
 The shared prefix is never copied per mask: the attention function folds
 (mask, query head in group, query) into the rows of one matrix per KV head, so
 ``[n_kv, rows, d] @ [n_kv, d, prefix]`` is a single batched matmul against the
-batch-1 prefix. Ablation uses the same two edits as the hook reference
-(:mod:`tl_lvlm.ablation`): ablated image columns are scored against the rotated
-baseline keys, and ``probs[image] @ (V_base - V_clean)`` turns their clean values
-into the baseline.
+batch-1 prefix. The prefix is stored twice side by side, clean and with the
+baseline at the image columns (``[..., 2 * d_head]``); with per-head masks a row
+``[q * keep, q * ~keep]`` then scores exactly the keys its head should see in
+that one matmul, and reads the matching half of ``probs @ [V_clean | V_base]``.
+Per-image-position masks use the hook reference's two edits instead (pick the
+baseline score per column, add ``probs[image] @ (V_base - V_clean)``).
 
 Why the original modules are swapped back. The TransformerLens bridge replaces
 the HF model's submodules in place (``layers[i]`` is a ``BlockBridge``,
