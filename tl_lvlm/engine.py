@@ -30,6 +30,7 @@ puts every wrapped module's ``original_component`` back into the HF module tree
 and selects its attention function on the language model's config; both are
 undone in a ``finally``, so the bridge, its hooks and other threads' view after
 the call are as before (do not run the bridge concurrently with an engine call).
+Hooks attached to the bridge therefore do not fire in the engine's scope-"text" runs.
 Scope ``"all"`` changes the image tokens' own computation, so there is no prefix
 to share: it falls back to batched forward passes through the hook reference.
 """
