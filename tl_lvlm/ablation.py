@@ -318,10 +318,14 @@ def image_kv_ablation_hooks(
     # start ("all"); causality then limits an image query to the columns before it,
     # unless the family's image tokens attend to each other both ways.
     first_query = image_end if scope == "text" else image[:, :1]
-    visible = image[:, None, :] <= pos[None, :, None]  # [batch, q, n_image]
+    # The hooks only touch query rows from the first affected one on (the suffix
+    # for scope "text"), which keeps their tensors small.
+    first = int(first_query.min())
+    rows = pos[first:]
+    visible = image[:, None, :] <= rows[None, :, None]  # [batch, q - first, n_image]
     if model.family.bidirectional_image:
-        visible |= (pos[None, :] < image_end)[:, :, None]
-    affected = (pos[None, :] >= first_query)[:, :, None] & visible
+        visible |= (rows[None, :] < image_end)[:, :, None]
+    affected = (rows[None, :] >= first_query)[:, :, None] & visible
     hooks: HookList = []
     for layer in range(model.n_layers):
         ablated = ~keep[:, layer]  # [batch, n_heads, n_image or 1]
@@ -330,6 +334,7 @@ def image_kv_ablation_hooks(
         state = _LayerAblation(
             layer=layer,
             image=image,
+            first=first,
             swap=ablated[:, :, None, :] & affected[:, None],
             k_base=baseline.k[layer],
             v_base=baseline.v[layer],
@@ -372,8 +377,11 @@ class _LayerAblation:
 
     layer: int
     image: Int[Tensor, "batch n_image"]
-    #: True where query row q of (batch row, head) sees the baseline at an image column.
-    swap: Bool[Tensor, "batch n_heads q n_image"]
+    #: First query row edited; rows before it see no baseline in any batch row.
+    first: int
+    #: True where query row ``first + i`` of (batch row, head) sees the baseline at an
+    #: image column.
+    swap: Bool[Tensor, "batch n_heads q_edited n_image"]
     k_base: Float[Tensor, "n_kv_heads n_image d_head"]
     v_base: Float[Tensor, "n_kv_heads n_image d_head"]
     scaling: float
@@ -415,8 +423,10 @@ class _LayerAblation:
         return self.image[:, None, None, :].expand(b, h, q, -1)
 
     def edit_scores(self, scores: Float[Tensor, "batch head q k"], hook) -> Tensor:
-        cols = self._image_columns(scores)
-        q = self.seen["q"].transpose(1, 2)  # hook_rot_q is [batch, pos, head, d_head]
+        edited = scores[:, :, self.first :]
+        cols = self._image_columns(edited)
+        # hook_rot_q is [batch, pos, head, d_head]
+        q = self.seen["q"][:, self.first :].transpose(1, 2)
         n_heads = q.shape[1]
         cos, sin = (
             _gather_positions(self.seen[n].expand(q.shape[0], -1, -1), self.image, dim=1)
@@ -425,17 +435,19 @@ class _LayerAblation:
         k_base = self.k_base[None].expand(q.shape[0], -1, -1, -1)
         _, k_rot = self.rope(k_base, k_base, cos, sin)  # [batch, n_kv_heads, n_image, d_head]
         base = torch.matmul(q, self._per_head(k_rot, n_heads).transpose(-1, -2)) * self.scaling
-        clean = scores.gather(-1, cols)
-        return scores.scatter(-1, cols, torch.where(self.swap, base.to(scores.dtype), clean))
+        clean = edited.gather(-1, cols)
+        edited = edited.scatter(-1, cols, torch.where(self.swap, base.to(scores.dtype), clean))
+        return scores.slice_scatter(edited, dim=2, start=self.first)
 
     def edit_z(self, z: Float[Tensor, "batch pos head d_head"], hook) -> Tensor:
-        pattern = self.seen["pattern"]
+        pattern = self.seen["pattern"][:, :, self.first :]
         n_heads = pattern.shape[1]
         weights = pattern.gather(-1, self._image_columns(pattern)) * self.swap
         v_clean = _gather_positions(self.seen["v"], self.image, dim=1).transpose(1, 2)
         delta = self._per_head(self.v_base[None] - v_clean, n_heads)  # [batch, head, n_image, d]
         self.seen.clear()
-        return z + torch.matmul(weights, delta).transpose(1, 2).to(z.dtype)
+        dz = torch.matmul(weights, delta).transpose(1, 2).to(z.dtype)
+        return z.slice_scatter(z[:, self.first :] + dz, dim=1, start=self.first)
 
 
 def _gather_positions(t: Tensor, index: Int[Tensor, "batch n"], dim: int) -> Tensor:
