@@ -450,6 +450,7 @@ class AblationEngine:
         return 2 * (scores + hidden + cfg.vocab_size * (item + 4))
 
     def _run_text(self, keep: Masks) -> Float[Tensor, "batch d_vocab"]:
+        """Final-position logits of the suffix run for one batch of masks (HF modules in place)."""
         b, n_layers, n_heads = keep.shape[:3]
         n_kv = self.model.n_kv_heads
         per_position = keep.shape[3] if keep.ndim == 4 else 1
@@ -466,6 +467,7 @@ class AblationEngine:
         return hf.lm_head(hidden[:, -1])
 
     def _run_all(self, keep: Masks) -> Float[Tensor, "batch d_vocab"]:
+        """Final-position logits of whole hooked forwards, the sample repeated per mask."""
         rows = self.sample[[0] * keep.shape[0]]
         hooks = image_kv_ablation_hooks(self.model, rows, self.baseline, keep, scope="all")
         return self.model.run_with_hooks(rows, fwd_hooks=hooks)[:, -1]
