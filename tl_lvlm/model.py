@@ -282,9 +282,13 @@ class HookedLVLM:
 
         family_of(hf_model.config)
         name = str(getattr(hf_model.config, "_name_or_path", "") or "local-llava")
+        tokenizer = processor.tokenizer
+        # TransformerLens reads name_or_path from init_kwargs, which a tokenizer
+        # built in memory lacks; with add_bos_token set it does not re-load it.
+        tokenizer.init_kwargs.setdefault("name_or_path", tokenizer.name_or_path)
         with _no_processor_reload():
             bridge = TransformerBridge.boot_transformers(
-                name, hf_model=hf_model.eval(), tokenizer=processor.tokenizer
+                name, hf_model=hf_model.eval(), tokenizer=tokenizer
             )
         bridge.processor = processor
         return cls(bridge, processor, template=template)

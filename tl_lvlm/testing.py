@@ -124,6 +124,9 @@ def build_tokenizer(vocab_size: int = 400, extra_corpus: list[str] | None = None
         eos_token="</s>",
         unk_token="<unk>",
         pad_token="<pad>",
+        # Says what the post-processor does; without it TransformerLens re-loads
+        # the tokenizer by name to get a BOS-prepending one.
+        add_bos_token=True,
         extra_special_tokens={"image_token": IMAGE_TOKEN},
         padding_side="left",
     )

@@ -205,3 +205,16 @@ def test_unsupported_architecture(tmp_path):
     )
     with pytest.raises(ValueError, match="unsupported architecture 'LlamaForCausalLM'"):
         HookedLVLM.from_pretrained(tmp_path)
+
+
+def test_from_hf_with_a_model_built_in_memory(images):
+    from tl_lvlm.testing import TinyLlavaConfig, build_tiny_llava
+
+    hf, processor = build_tiny_llava(TinyLlavaConfig(seed=3))
+    reference = LlavaForConditionalGeneration(hf.config).eval()
+    reference.load_state_dict(hf.state_dict())
+    model = HookedLVLM.from_hf(hf, processor)
+    inputs = model.prepare(images, QUESTIONS)
+    with torch.no_grad():
+        ref = reference(input_ids=inputs.input_ids, **inputs.model_kwargs()).logits
+        assert (model(inputs) - ref).abs().max().item() <= 1e-4
