@@ -111,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", type=Path, default=Path("out/demo"), help="output directory")
     p.add_argument("--n-samples", type=int, default=8, help="images to attribute")
-    p.add_argument("--n-masks", type=int, default=1000, help="random masks per sample")
+    p.add_argument("--n-masks", type=int, default=800, help="random masks per sample")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=demo_command)
 
