@@ -1,0 +1,367 @@
+"""Token-level flow on held-out digits: attention knockout sweeps and image-token attribution.
+
+Two analyses of the paper on the bundled model, for ``--n-per-digit`` held-out test digits
+of every class (original style):
+
+1. **Attention knockout** (:func:`tl_lvlm.flow_sweep` with :data:`tl_lvlm.PAPER_EDGE_SETS`):
+   a window of ``--window`` layers slides over the decoder and blocks attention along the
+   edges of each edge set. Each experiment is one figure (``flow_text_flow.png``,
+   ``flow_image_flow.png``) of the paper's measure, the relative target logit
+   ``logit(knocked) / logit(clean)``. That ratio keeps the part of the logit the model
+   produces without any image, so ``flow_image_flow.png`` has a second panel that rescales
+   it to the image's share: ``(knocked - no image) / (clean - no image)``, where
+   "no image" blocks every text token from the image in every layer (1 = the knockout
+   keeps all the image's effect on the answer, 0 = none of it). The knockout in all
+   layers at once is in ``results.json`` too.
+2. **Image-token attribution** (:func:`tl_lvlm.image_token_attribution`): the head
+   attribution regression with the 8x8 image patches as components (``--n-masks`` masks,
+   each patch's image K/V replaced by the mean baseline in every head). Overlays on a few
+   samples (``image_attribution_overlays.png``), the mean map, and how the attribution
+   divides between the digit's patches and the background (:func:`tl_lvlm.object_mass`).
+
+**Object mask.** The images are drawn from scikit-learn's 8x8 digit scans
+(:mod:`tl_lvlm.zoo.digits`): the ink map is upsampled 3x to 24x24 and centred on a 32x32
+canvas. The object mask repeats the same geometry on the scan itself: the 8x8 pixels with
+ink above ``--ink-threshold`` (0.5 = half of full ink, 8 of the 16 levels), each expanded
+to a 3x3 block (nearest neighbour) and placed at the digit's offset on the canvas. An image
+patch (4x4 pixels) is an object patch when at least half of it is inside the mask.
+
+Run ``python examples/token_flow_digits.py``; numbers go to ``results.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from _common import (
+    DigitSamples,
+    Stopwatch,
+    checkpoint_info,
+    choose_positions,
+    digit_samples,
+    load_model,
+    make_parser,
+    reference_images,
+    save_figure,
+    stats,
+    write_json,
+)
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+from tqdm.auto import tqdm
+
+from tl_lvlm import (
+    PAPER_EDGE_SETS,
+    FlowSweep,
+    HookedLVLM,
+    flow_sweep,
+    image_kv_baseline,
+    image_token_attribution,
+)
+from tl_lvlm.ablation import ImageKVBaseline
+from tl_lvlm.flow import plot_flow_sweep
+from tl_lvlm.image_attribution import NoImageEffectError, patch_mask, plot_image_attribution
+from tl_lvlm.zoo import DIGITS_QUESTION
+from tl_lvlm.zoo.digits import CANVAS_SIZE, DIGIT_SIZE, digit_arrays
+
+NAME = "token_flow_digits"
+P_ABLATE = 0.75
+#: The edge set of ``image_flow`` that blocks the image from every text token.
+NO_IMAGE = "image read by no text"
+#: Least logit change of removing the image for the image-share rescaling (as
+#: head_attribution's ``min_logit_gap``).
+MIN_IMAGE_GAP = 0.5
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = make_parser(NAME, __doc__.splitlines()[0])
+    parser.add_argument("--n-per-digit", type=int, default=5, help="held-out samples per digit")
+    parser.add_argument(
+        "--window", type=int, default=None, help="knockout window in layers (default: depth / 8)"
+    )
+    parser.add_argument(
+        "--n-masks", type=int, default=2000, help="masks per sample of image-token attribution"
+    )
+    parser.add_argument(
+        "--n-overlays", type=int, default=10, help="samples drawn as overlays (one per digit)"
+    )
+    parser.add_argument(
+        "--ink-threshold", type=float, default=0.5, help="8x8 ink above this is the object"
+    )
+    return parser.parse_args(argv)
+
+
+def object_mask(ink8: np.ndarray, threshold: float) -> np.ndarray:
+    """``[32, 32]`` bool mask of the digit's strokes on the canvas (see the module doc)."""
+    scale = DIGIT_SIZE // ink8.shape[0]
+    strokes = np.kron(ink8 > threshold, np.ones((scale, scale), dtype=bool))
+    canvas = np.zeros((CANVAS_SIZE, CANVAS_SIZE), dtype=bool)
+    margin = (CANVAS_SIZE - DIGIT_SIZE) // 2
+    canvas[margin : margin + DIGIT_SIZE, margin : margin + DIGIT_SIZE] = strokes
+    return canvas
+
+
+# -------------------------------------------------------------------- knockout
+def image_share(sweep: FlowSweep, no_image: np.ndarray) -> dict[str, np.ndarray]:
+    """``[n_windows, n]`` ``(knocked - no image) / (clean - no image)`` per edge set.
+
+    Over the kept samples whose image moves the logit by at least :data:`MIN_IMAGE_GAP`;
+    below that the ratio divides by (almost) nothing.
+    """
+    kept = sweep.kept[sweep.clean[sweep.kept] - no_image[sweep.kept] >= MIN_IMAGE_GAP]
+    clean, floor = sweep.clean[kept], no_image[kept]
+    return {name: (ko[:, kept] - floor) / (clean - floor) for name, ko in sweep.knocked.items()}
+
+
+def sweep_summary(sweep: FlowSweep, all_layers: FlowSweep) -> dict[str, Any]:
+    """Curves, their minimum, and the all-layer knockout of every edge set (mean over kept)."""
+    return {
+        "window": sweep.window,
+        "starts": sweep.starts,
+        "n_kept": len(sweep.kept),
+        "excluded": sweep.excluded,
+        "edges": sweep.edges,
+        "curves": sweep.curves(),
+        "curves_std": {name: sweep.normalized(name).std(1) for name in sweep.knocked},
+        "min_over_windows": {
+            name: {"value": float(c.min()), "first_layer": sweep.starts[int(c.argmin())]}
+            for name, c in sweep.curves().items()
+        },
+        "all_layers": {name: float(c[0]) for name, c in all_layers.curves().items()},
+    }
+
+
+def plot_image_flow(sweep: FlowSweep, shares: dict[str, np.ndarray]) -> Figure:
+    """The paper's relative logit (left) and the image's share of the effect (right)."""
+    fig = Figure(figsize=(10, 3.8), layout="constrained")
+    ax_ratio, ax_share = fig.subplots(1, 2)
+    plot_flow_sweep(sweep, ax=ax_ratio, title=f"Image flow, relative logit (n={len(sweep.kept)})")
+    x = np.asarray(sweep.starts)
+    for name, share in shares.items():
+        mean, std = share.mean(1), share.std(1)
+        (line,) = ax_share.plot(x, mean, marker=".", label=name)
+        ax_share.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.15)
+    ax_share.axhline(1.0, color="gray", linestyle="--", linewidth=1)
+    ax_share.axhline(0.0, color="gray", linestyle=":", linewidth=1)
+    ax_share.set(
+        title="Image flow, share of the image's effect kept",
+        xlabel=f"first layer of the knockout window ({sweep.window} layers)",
+        ylabel="(knocked - no image) / (clean - no image)",
+    )
+    ax_share.xaxis.set_major_locator(MaxNLocator(integer=True))
+    for ax in (ax_ratio, ax_share):
+        ax.legend(fontsize=7)
+    return fig
+
+
+def knockout_sweeps(
+    model: HookedLVLM, samples: DigitSamples, window: int | None
+) -> tuple[dict[str, Any], dict[str, Figure]]:
+    """Run every experiment of :data:`PAPER_EDGE_SETS`; its summary and figures."""
+    inputs = model.prepare(samples.images, DIGITS_QUESTION)
+    targets = samples.target_ids(model)
+    summary, figures = {}, {}
+    for experiment, edges in PAPER_EDGE_SETS.items():
+        sweep = flow_sweep(model, inputs, edges, window, targets=targets)
+        all_layers = flow_sweep(model, inputs, edges, model.n_layers, targets=targets)
+        summary[experiment] = sweep_summary(sweep, all_layers)
+        if NO_IMAGE in edges:
+            shares = image_share(sweep, all_layers.knocked[NO_IMAGE][0])
+            summary[experiment]["image_share"] = {
+                "n_samples": next(iter(shares.values())).shape[1],
+                "curves": {name: share.mean(1) for name, share in shares.items()},
+            }
+            figures[f"flow_{experiment}.png"] = plot_image_flow(sweep, shares)
+        else:
+            figures[f"flow_{experiment}.png"] = plot_flow_sweep(
+                sweep, title=f"{experiment}, relative logit (n={len(sweep.kept)})"
+            )
+    return summary, figures
+
+
+# ------------------------------------------------------- image-token attribution
+def image_attributions(
+    model: HookedLVLM,
+    samples: DigitSamples,
+    baseline: ImageKVBaseline,
+    masks: np.ndarray,
+    n_masks: int,
+    seed: int,
+) -> tuple[list[dict[str, Any]], dict[int, np.ndarray]]:
+    """Image-token attribution and object mass of every correctly answered sample.
+
+    Returns per-sample records (kept or with the reason they were left out) and the
+    ``[grid, grid]`` maps of the kept samples by sample index.
+    """
+    inputs = model.prepare(samples.images, DIGITS_QUESTION)
+    targets = samples.target_ids(model)
+    with torch.no_grad():
+        answers = model(inputs)[:, -1].argmax(-1).tolist()
+    records, maps = [], {}
+    for i in tqdm(range(len(samples)), desc="image-token attribution", unit="sample"):
+        record: dict[str, Any] = {
+            "position": int(samples.positions[i]),
+            "digit": int(samples.labels[i]),
+        }
+        records.append(record)
+        if answers[i] != targets[i]:
+            record["excluded"] = f"wrong answer {model.tokenizer.decode([answers[i]])!r}"
+            continue
+        try:
+            result = image_token_attribution(
+                model,
+                inputs[i],
+                baseline=baseline,
+                target=targets[i],
+                n_masks=n_masks,
+                p_ablate=P_ABLATE,
+                seed=seed,
+                progress=False,
+            )
+        except NoImageEffectError as e:
+            record["excluded"] = str(e)
+            continue
+        mass = result.object_mass(masks[i])
+        maps[i] = result.coef
+        record.update(
+            r2=result.fit.r2,
+            pearson=result.fit.pearson,
+            object_share=mass.object_share,
+            object_area=mass.object_area,
+            mean_object=mass.mean_object,
+            mean_background=mass.mean_background,
+        )
+    return records, maps
+
+
+def object_summary(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Object vs background statistics over the kept samples."""
+    kept = [r for r in records if "excluded" not in r]
+
+    def column(key: str) -> np.ndarray:
+        return np.array([r[key] for r in kept])
+
+    share, area = column("object_share"), column("object_area")
+    mean_obj, mean_bg = column("mean_object"), column("mean_background")
+    return {
+        "n_kept": len(kept),
+        "excluded": {r["position"]: r["excluded"] for r in records if "excluded" in r},
+        "r2": stats(column("r2")),
+        "pearson": stats(column("pearson")),
+        "object_share_of_positive_mass": stats(share),
+        "object_area": stats(area),
+        "background_share_of_positive_mass": stats(1 - share),
+        "share_over_area": stats(share / area),
+        "mean_coef_object": stats(mean_obj),
+        "mean_coef_background": stats(mean_bg),
+        "samples_with_object_share_above_area": float((share > area).mean()),
+    }
+
+
+def plot_overlays(
+    samples: DigitSamples, maps: dict[int, np.ndarray], masks: np.ndarray, chosen: list[int]
+) -> Figure:
+    """Attribution maps over their images, the object patches outlined."""
+    cols = min(5, len(chosen))
+    n_rows = -(-len(chosen) // cols)
+    fig = Figure(figsize=(3.3 * cols, 3.0 * n_rows), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(n_rows, cols)).ravel()
+    for ax, i in zip(axes, chosen, strict=False):
+        plot_image_attribution(
+            maps[i],
+            samples.images[i],
+            object_mask=masks[i],
+            ax=ax,
+            title=f"digit {samples.labels[i]} (test #{samples.positions[i]})",
+        )
+    for ax in axes[len(chosen) :]:
+        ax.set_axis_off()
+    return fig
+
+
+def plot_mean_map(maps: dict[int, np.ndarray], masks: np.ndarray) -> Figure:
+    """Mean attribution map over the kept samples, beside how often a patch is object."""
+    grid = next(iter(maps.values())).shape[0]
+    mean = np.mean(list(maps.values()), axis=0)
+    object_rate = np.mean([patch_mask(masks[i], grid) for i in maps], axis=0)
+    fig = Figure(figsize=(8, 3.5), layout="constrained")
+    ax_map, ax_obj = fig.subplots(1, 2)
+    vmax = float(np.abs(mean).max()) or 1.0
+    im = ax_map.imshow(mean, cmap="RdBu_r", vmin=-vmax, vmax=vmax, interpolation="nearest")
+    fig.colorbar(im, ax=ax_map, label="coefficient")
+    ax_map.set(title=f"Mean image-token attribution (n={len(maps)})", xticks=[], yticks=[])
+    im = ax_obj.imshow(object_rate, cmap="gray_r", vmin=0, vmax=1, interpolation="nearest")
+    fig.colorbar(im, ax=ax_obj, label="fraction of samples")
+    ax_obj.set(title="Patch is an object patch", xticks=[], yticks=[])
+    return fig
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    clock = Stopwatch()
+    model = load_model(args)
+    positions = choose_positions(args.n_per_digit, args.seed)
+    samples = digit_samples(positions, seed=args.seed)
+    ink8 = digit_arrays("test")[0][positions]
+    masks = np.stack([object_mask(ink, args.ink_threshold) for ink in ink8])
+
+    flow, figures = knockout_sweeps(model, samples, args.window)
+    flow_s = clock.seconds
+    reference = model.prepare(
+        reference_images(["original"], args.n_reference, args.seed), DIGITS_QUESTION
+    )
+    baseline = image_kv_baseline(model, reference, kind="mean")
+    records, maps = image_attributions(model, samples, baseline, masks, args.n_masks, args.seed)
+    # One kept sample per digit, the first of each, for the overlays.
+    first = {}
+    for i in maps:
+        first.setdefault(int(samples.labels[i]), i)
+    chosen = [first[d] for d in sorted(first)][: args.n_overlays]
+    figures["image_attribution_overlays.png"] = plot_overlays(samples, maps, masks, chosen)
+    figures["image_attribution_mean.png"] = plot_mean_map(maps, masks)
+    for filename, fig in figures.items():
+        save_figure(fig, args.out / filename)
+
+    results = {
+        "script": NAME,
+        "checkpoint": checkpoint_info(args),
+        "config": {
+            "split": "test",
+            "style": "original",
+            "n_per_digit": args.n_per_digit,
+            "window": flow["text_flow"]["window"],
+            "flow_measure": "logit(knocked) / logit(clean) of the label's token",
+            "image_attribution": {
+                "n_masks": args.n_masks,
+                "p_ablate": P_ABLATE,
+                "baseline": f"mean image K/V of {args.n_reference} training images",
+            },
+            "object_mask": f"8x8 ink > {args.ink_threshold}, 3x nearest upsampling, centred; "
+            "a patch is object when >= half of it is",
+            "seed": args.seed,
+        },
+        "runtime_s": {
+            "flow": flow_s,
+            "image_attribution": round(clock.seconds - flow_s, 1),
+            "total": clock.seconds,
+        },
+        "flow": flow,
+        "image_attribution": object_summary(records),
+        "image_attribution_samples": records,
+        "figures": sorted(figures),
+    }
+    write_json(args.out / "results.json", results)
+    objects = results["image_attribution"]
+    print(
+        f"wrote {args.out}: object share of positive image attribution "
+        f"{objects['object_share_of_positive_mass']['mean']:.2f} on "
+        f"{objects['object_area']['mean']:.2f} of the area, {clock.seconds:.0f} s"
+    )
+
+
+if __name__ == "__main__":
+    main()
