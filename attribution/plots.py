@@ -38,7 +38,7 @@ def plot_heatmap(
     coef = np.asarray(coef, dtype=np.float64)
     if coef.ndim != 2:
         raise ValueError(f"coef must be 2-D [n_layers, n_heads], got shape {coef.shape}")
-    fig, ax = _figure(ax, figsize=(1.5 + 0.25 * coef.shape[1], 1.0 + 0.2 * coef.shape[0]))
+    fig, ax = new_figure(ax, figsize=(1.5 + 0.25 * coef.shape[1], 1.0 + 0.2 * coef.shape[0]))
     vmax = float(np.nanmax(np.abs(coef))) or 1.0
     image = ax.imshow(
         coef,
@@ -51,7 +51,7 @@ def plot_heatmap(
     )
     fig.colorbar(image, ax=ax, label=colorbar_label)
     ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_curves(
@@ -76,7 +76,7 @@ def plot_curves(
     if kind not in DEFAULT_THRESHOLDS:
         raise ValueError(f"kind must be 'faithfulness' or 'completeness', got {kind!r}")
     ks = np.asarray(ks)
-    fig, ax = _figure(ax, figsize=(5, 3.5))
+    fig, ax = new_figure(ax, figsize=(5, 3.5))
     for name, values in curves.items():
         values = np.asarray(values)
         if values.shape != ks.shape:
@@ -94,7 +94,7 @@ def plot_curves(
         ylabel="normalized output",
     )
     ax.legend()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_scatter(
@@ -113,7 +113,7 @@ def plot_scatter(
         raise ValueError(
             f"y_true and y_pred must be 1-D of equal length, got {y_true.shape}, {y_pred.shape}"
         )
-    fig, ax = _figure(ax, figsize=(4, 4))
+    fig, ax = new_figure(ax, figsize=(4, 4))
     ax.scatter(y_true, y_pred, s=6, alpha=0.5)
     if y_true.size:
         lo = float(min(y_true.min(), y_pred.min()))
@@ -127,17 +127,19 @@ def plot_scatter(
         stats.append(f"ρ = {pearson:.3f}")
     if stats:
         ax.text(0.03, 0.97, "\n".join(stats), transform=ax.transAxes, va="top")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
-def _figure(ax: Axes | None, figsize: tuple[float, float]) -> tuple[Figure, Axes]:
+def new_figure(ax: Axes | None, figsize: tuple[float, float]) -> tuple[Figure, Axes]:
+    """``ax`` and its figure when given, else a new constrained-layout figure and its axes."""
     if ax is not None:
         return ax.figure, ax
     fig = Figure(figsize=figsize, layout="constrained")
     return fig, fig.add_subplot()
 
 
-def _save(fig: Figure, path: str | os.PathLike | None) -> Figure:
+def save_figure(fig: Figure, path: str | os.PathLike | None) -> Figure:
+    """Write ``fig`` to ``path`` (PNG at 150 dpi) when a path is given; return it."""
     if path is not None:
         fig.savefig(path, dpi=150)
     return fig

@@ -49,7 +49,7 @@ from matplotlib.ticker import MaxNLocator
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from attribution.plots import _figure, _save
+from attribution.plots import new_figure, save_figure
 from tl_lvlm.inputs import GROUPS, LVLMInputs
 from tl_lvlm.model import HookedLVLM
 
@@ -481,7 +481,7 @@ def plot_flow_sweep(
 
     The band around each curve is ± one standard deviation over samples.
     """
-    fig, ax = _figure(ax, figsize=(5, 3.5))
+    fig, ax = new_figure(ax, figsize=(5, 3.5))
     x = np.asarray(sweep.starts)
     for name, mean in sweep.curves().items():
         std = sweep.normalized(name).std(1)
@@ -495,4 +495,4 @@ def plot_flow_sweep(
     )
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.legend()
-    return _save(fig, path)
+    return save_figure(fig, path)

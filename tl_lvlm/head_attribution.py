@@ -27,8 +27,6 @@ single-process result.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -66,6 +64,7 @@ from tl_lvlm.baselines import (
 )
 from tl_lvlm.engine import AblationEngine
 from tl_lvlm.evaluation import Evaluation, evaluate_rankings
+from tl_lvlm.fingerprint import tensor_sha256
 from tl_lvlm.inputs import LVLMInputs
 from tl_lvlm.templates import split_template
 
@@ -507,7 +506,7 @@ def head_attribution(
         meta.update(
             sample=sample_id,
             target=engine.target,
-            inputs_sha256=_sha256(inputs.input_ids, inputs.pixel_values),
+            inputs_sha256=tensor_sha256(inputs.input_ids, inputs.pixel_values),
         )
         logits = collect(
             run.logits,
@@ -719,14 +718,14 @@ def _check_args(
 def _baseline(model, baseline, reference, samples: _Samples) -> tuple[ImageKVBaseline, str]:
     """The ablation baseline and a string identifying it (for configs and stores)."""
     if isinstance(baseline, ImageKVBaseline):
-        return baseline, f"custom:{_sha256(baseline.k, baseline.v)[:16]}"
+        return baseline, f"custom:{tensor_sha256(baseline.k, baseline.v)[:16]}"
     if baseline not in BASELINE_KINDS:
         raise ValueError(
             f"baseline must be one of {BASELINE_KINDS} or an ImageKVBaseline, got {baseline!r}"
         )
     inputs = samples.reference_inputs(reference)
     kv_baseline = image_kv_baseline(model, inputs, kind=baseline)
-    return kv_baseline, f"{baseline}:{_sha256(inputs.input_ids, inputs.pixel_values)[:16]}"
+    return kv_baseline, f"{baseline}:{tensor_sha256(inputs.input_ids, inputs.pixel_values)[:16]}"
 
 
 def _masks(config: dict[str, Any]) -> Bool[np.ndarray, "n_masks n_layers n_heads"]:
@@ -734,16 +733,6 @@ def _masks(config: dict[str, Any]) -> Bool[np.ndarray, "n_masks n_layers n_heads
     n_layers, n_heads = config["n_layers"], config["n_heads"]
     flat = sample_masks(config["n_masks"], n_layers * n_heads, config["p_ablate"], config["seed"])
     return flat.reshape(-1, n_layers, n_heads)
-
-
-def _sha256(*tensors: torch.Tensor) -> str:
-    """SHA-256 of tensors' dtypes, shapes and contents (identifies samples and baselines)."""
-    h = hashlib.sha256()
-    for t in tensors:
-        h.update(json.dumps([str(t.dtype), *t.shape]).encode())
-        # Bytes through a uint8 view: numpy has no bfloat16.
-        h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
 
 
 def _no_label(label: int | None) -> int:

@@ -18,7 +18,6 @@ tokens), and :func:`plot_image_attribution` overlays the map on the image.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 from dataclasses import dataclass
@@ -33,9 +32,10 @@ from numpy.typing import ArrayLike
 from PIL import Image
 
 from attribution import FitResult, collect, fit, sample_masks
-from attribution.plots import _figure, _save
+from attribution.plots import new_figure, save_figure
 from tl_lvlm.ablation import ImageKVBaseline, image_kv_baseline
 from tl_lvlm.engine import AblationEngine
+from tl_lvlm.fingerprint import tensor_sha256
 from tl_lvlm.inputs import LVLMInputs
 from tl_lvlm.model import HookedLVLM
 
@@ -157,9 +157,9 @@ def image_token_attribution(
     masks = sample_masks(n_masks, n_image, p_ablate, seed)
     meta = {
         "kind": "tl_lvlm.image_token_attribution/1",
-        "inputs_sha256": _sha256(sample.input_ids, sample.pixel_values),
+        "inputs_sha256": tensor_sha256(sample.input_ids, sample.pixel_values),
         "target": engine.target,
-        "baseline_sha256": _sha256(baseline.k, baseline.v),
+        "baseline_sha256": tensor_sha256(baseline.k, baseline.v),
     }
     raw = collect(
         logits,
@@ -181,17 +181,6 @@ def image_token_attribution(
         masks=masks,
         y=y,
     )
-
-
-def _sha256(*tensors: torch.Tensor) -> str:
-    """Identifies the sample and baseline in a store's configuration."""
-    h = hashlib.sha256()
-    for t in tensors:
-        h.update(str(tuple(t.shape)).encode())
-        # numpy has no bfloat16; float32 holds every bf16/fp16 value exactly.
-        t = t.detach().cpu()
-        h.update((t.float() if t.is_floating_point() else t).contiguous().numpy().tobytes())
-    return h.hexdigest()
 
 
 # ------------------------------------------------------------- object vs background
@@ -290,7 +279,7 @@ def plot_image_attribution(
     pixels = np.asarray(Image.fromarray(np.asarray(image)).convert("L"))
     side = min(pixels.shape[:2])
     top, left = (pixels.shape[0] - side) // 2, (pixels.shape[1] - side) // 2
-    fig, ax = _figure(ax, figsize=(4.5, 4))
+    fig, ax = new_figure(ax, figsize=(4.5, 4))
     extent = (0, side, side, 0)
     ax.imshow(pixels[top : top + side, left : left + side], cmap="gray", extent=extent)
     vmax = float(np.abs(coef).max()) or 1.0
@@ -310,4 +299,4 @@ def plot_image_attribution(
         ax.contour(centers, centers, fine, levels=[0.5], colors="k", linewidths=1.5)
     fig.colorbar(overlay, ax=ax, label="coefficient")
     ax.set(title=title, xticks=[], yticks=[])
-    return _save(fig, path)
+    return save_figure(fig, path)
