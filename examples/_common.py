@@ -69,11 +69,16 @@ def make_parser(name: str, description: str) -> argparse.ArgumentParser:
     return parser
 
 
-def load_model(args: argparse.Namespace) -> HookedLVLM:
-    """Set the thread count, create ``args.out`` and load ``args.model``."""
+def load_model(args: argparse.Namespace) -> tuple[HookedLVLM, dict[str, Any]]:
+    """Set the thread count, create ``args.out``, load ``args.model``.
+
+    Returns the model and its :func:`checkpoint_info`, read right after loading so that it
+    describes the weights the run uses even if the checkpoint on disk is replaced later.
+    """
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
-    return HookedLVLM.from_pretrained(args.model)
+    model = HookedLVLM.from_pretrained(args.model)
+    return model, checkpoint_info(args)
 
 
 def checkpoint_info(args: argparse.Namespace) -> dict[str, Any]:

@@ -29,7 +29,6 @@ import numpy as np
 from _common import (
     DigitSamples,
     Stopwatch,
-    checkpoint_info,
     choose_positions,
     digit_samples,
     load_model,
@@ -295,7 +294,7 @@ def plot_stability(stability: dict[str, Any]) -> Figure:
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     clock = Stopwatch()
-    model = load_model(args)
+    model, checkpoint = load_model(args)
     samples = digit_samples(choose_positions(args.n_per_digit, args.seed), seed=args.seed)
     reference = model.prepare(
         reference_images(["original"], args.n_reference, args.seed), DIGITS_QUESTION
@@ -333,7 +332,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     kept = result.sample_ids
     results = {
         "script": NAME,
-        "checkpoint": checkpoint_info(args),
+        "checkpoint": checkpoint,
         "config": {
             "split": "test",
             "style": "original",

@@ -32,7 +32,6 @@ from typing import Any
 import numpy as np
 from _common import (
     Stopwatch,
-    checkpoint_info,
     choose_positions,
     digit_samples,
     load_model,
@@ -234,7 +233,7 @@ def plot_style_heatmaps(means: dict[str, np.ndarray]) -> Figure:
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     clock = Stopwatch()
-    model = load_model(args)
+    model, checkpoint = load_model(args)
     positions = choose_positions(args.n_per_digit, args.seed)
     reference = model.prepare(
         reference_images(args.styles, args.n_reference, args.seed), DIGITS_QUESTION
@@ -303,7 +302,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     results = {
         "script": NAME,
-        "checkpoint": checkpoint_info(args),
+        "checkpoint": checkpoint,
         "config": {
             "split": "test",
             "styles": args.styles,

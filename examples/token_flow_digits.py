@@ -40,7 +40,6 @@ import torch
 from _common import (
     DigitSamples,
     Stopwatch,
-    checkpoint_info,
     choose_positions,
     digit_samples,
     load_model,
@@ -303,7 +302,7 @@ def plot_mean_map(maps: dict[int, np.ndarray], masks: np.ndarray) -> Figure:
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     clock = Stopwatch()
-    model = load_model(args)
+    model, checkpoint = load_model(args)
     positions = choose_positions(args.n_per_digit, args.seed)
     samples = digit_samples(positions, seed=args.seed)
     ink8 = digit_arrays("test")[0][positions]
@@ -328,7 +327,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     results = {
         "script": NAME,
-        "checkpoint": checkpoint_info(args),
+        "checkpoint": checkpoint,
         "config": {
             "split": "test",
             "style": "original",
