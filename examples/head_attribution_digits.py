@@ -287,6 +287,9 @@ def plot_stability(stability: dict[str, Any]) -> Figure:
         ax.plot(ns, values, color="gray", alpha=0.5, marker=".")
         ax.plot(ns, values.mean(1), color="k", marker="o", label="mean")
         ax.set(xscale="log", xlabel="masks per sample", ylabel=label, title=label)
+        # Only the measured values as ticks: log-scale minor labels overlap.
+        ax.set_xticks(ns, [str(n) for n in ns])
+        ax.minorticks_off()
         ax.legend()
     return fig
 

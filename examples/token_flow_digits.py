@@ -292,7 +292,7 @@ def plot_mean_map(maps: dict[int, np.ndarray], masks: np.ndarray) -> Figure:
     vmax = float(np.abs(mean).max()) or 1.0
     im = ax_map.imshow(mean, cmap="RdBu_r", vmin=-vmax, vmax=vmax, interpolation="nearest")
     fig.colorbar(im, ax=ax_map, label="coefficient")
-    ax_map.set(title=f"Mean image-token attribution (n={len(maps)})", xticks=[], yticks=[])
+    ax_map.set(title=f"Mean attribution (n={len(maps)})", xticks=[], yticks=[])
     im = ax_obj.imshow(object_rate, cmap="gray_r", vmin=0, vmax=1, interpolation="nearest")
     fig.colorbar(im, ax=ax_obj, label="fraction of samples")
     ax_obj.set(title="Patch is an object patch", xticks=[], yticks=[])
