@@ -4,15 +4,17 @@ Two analyses of the paper on the bundled model, for ``--n-per-digit`` held-out t
 of every class (original style):
 
 1. **Attention knockout** (:func:`tl_lvlm.flow_sweep` with :data:`tl_lvlm.PAPER_EDGE_SETS`):
-   a window of ``--window`` layers slides over the decoder and blocks attention along the
-   edges of each edge set. Each experiment is one figure (``flow_text_flow.png``,
-   ``flow_image_flow.png``) of the paper's measure, the relative target logit
-   ``logit(knocked) / logit(clean)``. That ratio keeps the part of the logit the model
-   produces without any image, so ``flow_image_flow.png`` has a second panel that rescales
-   it to the image's share: ``(knocked - no image) / (clean - no image)``, where
-   "no image" blocks every text token from the image in every layer (1 = the knockout
-   keeps all the image's effect on the answer, 0 = none of it). The knockout in all
-   layers at once is in ``results.json`` too.
+   a window of layers slides over the decoder and blocks attention along the edges of each
+   edge set. Two window sizes by default (``--windows``): an eighth of the depth, the
+   library's default and the paper's proportion (4 of LLaVA-1.5's 32 layers; 1 layer
+   here), and half of the depth, since in a model this shallow one layer is easily routed
+   around. Each experiment and window is one figure (``flow_{experiment}_window{w}.png``)
+   of the paper's measure, the relative target logit ``logit(knocked) / logit(clean)``.
+   That ratio keeps the part of the logit the model produces without any image, so the
+   ``image_flow`` figures have a second panel that rescales it to the image's share:
+   ``(knocked - no image) / (clean - no image)``, where "no image" blocks every text token
+   from the image in every layer (1 = the knockout keeps all the image's effect on the
+   answer, 0 = none of it). The knockout in all layers at once is in ``results.json`` too.
 2. **Image-token attribution** (:func:`tl_lvlm.image_token_attribution`): the head
    attribution regression with the 8x8 image patches as components (``--n-masks`` masks,
    each patch's image K/V replaced by the mean baseline in every head). Overlays on a few
@@ -80,7 +82,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = make_parser(NAME, __doc__.splitlines()[0])
     parser.add_argument("--n-per-digit", type=int, default=5, help="held-out samples per digit")
     parser.add_argument(
-        "--window", type=int, default=None, help="knockout window in layers (default: depth / 8)"
+        "--windows",
+        type=int,
+        nargs="+",
+        default=None,
+        help="knockout window sizes in layers (default: an eighth and half of the depth)",
     )
     parser.add_argument(
         "--n-masks", type=int, default=2000, help="masks per sample of image-token attribution"
@@ -116,8 +122,8 @@ def image_share(sweep: FlowSweep, no_image: np.ndarray) -> dict[str, np.ndarray]
     return {name: (ko[:, kept] - floor) / (clean - floor) for name, ko in sweep.knocked.items()}
 
 
-def sweep_summary(sweep: FlowSweep, all_layers: FlowSweep) -> dict[str, Any]:
-    """Curves, their minimum, and the all-layer knockout of every edge set (mean over kept)."""
+def sweep_summary(sweep: FlowSweep) -> dict[str, Any]:
+    """Curves (mean and std over kept samples) and their minimum, per edge set."""
     return {
         "window": sweep.window,
         "starts": sweep.starts,
@@ -130,7 +136,6 @@ def sweep_summary(sweep: FlowSweep, all_layers: FlowSweep) -> dict[str, Any]:
             name: {"value": float(c.min()), "first_layer": sweep.starts[int(c.argmin())]}
             for name, c in sweep.curves().items()
         },
-        "all_layers": {name: float(c[0]) for name, c in all_layers.curves().items()},
     }
 
 
@@ -158,27 +163,35 @@ def plot_image_flow(sweep: FlowSweep, shares: dict[str, np.ndarray]) -> Figure:
 
 
 def knockout_sweeps(
-    model: HookedLVLM, samples: DigitSamples, window: int | None
+    model: HookedLVLM, samples: DigitSamples, windows: Sequence[int]
 ) -> tuple[dict[str, Any], dict[str, Figure]]:
-    """Run every experiment of :data:`PAPER_EDGE_SETS`; its summary and figures."""
+    """Every experiment of :data:`PAPER_EDGE_SETS` in all layers and swept with each window.
+
+    Returns the summary (``all_layers``: experiment -> edge set -> relative logit;
+    ``windows``: window -> experiment -> :func:`sweep_summary`) and the figures.
+    """
     inputs = model.prepare(samples.images, DIGITS_QUESTION)
     targets = samples.target_ids(model)
-    summary, figures = {}, {}
+    summary: dict[str, Any] = {"all_layers": {}, "windows": {w: {} for w in windows}}
+    figures = {}
     for experiment, edges in PAPER_EDGE_SETS.items():
-        sweep = flow_sweep(model, inputs, edges, window, targets=targets)
         all_layers = flow_sweep(model, inputs, edges, model.n_layers, targets=targets)
-        summary[experiment] = sweep_summary(sweep, all_layers)
-        if NO_IMAGE in edges:
-            shares = image_share(sweep, all_layers.knocked[NO_IMAGE][0])
-            summary[experiment]["image_share"] = {
-                "n_samples": next(iter(shares.values())).shape[1],
-                "curves": {name: share.mean(1) for name, share in shares.items()},
-            }
-            figures[f"flow_{experiment}.png"] = plot_image_flow(sweep, shares)
-        else:
-            figures[f"flow_{experiment}.png"] = plot_flow_sweep(
-                sweep, title=f"{experiment}, relative logit (n={len(sweep.kept)})"
-            )
+        summary["all_layers"][experiment] = {k: c[0] for k, c in all_layers.curves().items()}
+        for window in windows:
+            sweep = flow_sweep(model, inputs, edges, window, targets=targets)
+            entry = summary["windows"][window][experiment] = sweep_summary(sweep)
+            figure = f"flow_{experiment}_window{window}.png"
+            if NO_IMAGE in edges:
+                shares = image_share(sweep, all_layers.knocked[NO_IMAGE][0])
+                entry["image_share"] = {
+                    "n_samples": next(iter(shares.values())).shape[1],
+                    "curves": {name: share.mean(1) for name, share in shares.items()},
+                }
+                figures[figure] = plot_image_flow(sweep, shares)
+            else:
+                figures[figure] = plot_flow_sweep(
+                    sweep, title=f"{experiment}, relative logit (n={len(sweep.kept)})"
+                )
     return summary, figures
 
 
@@ -308,7 +321,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     ink8 = digit_arrays("test")[0][positions]
     masks = np.stack([object_mask(ink, args.ink_threshold) for ink in ink8])
 
-    flow, figures = knockout_sweeps(model, samples, args.window)
+    depth = model.n_layers
+    windows = args.windows or sorted({max(1, depth // 8), max(1, depth // 2)})
+    flow, figures = knockout_sweeps(model, samples, windows)
     flow_s = clock.seconds
     reference = model.prepare(
         reference_images(["original"], args.n_reference, args.seed), DIGITS_QUESTION
@@ -332,7 +347,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             "split": "test",
             "style": "original",
             "n_per_digit": args.n_per_digit,
-            "window": flow["text_flow"]["window"],
+            "windows": windows,
             "flow_measure": "logit(knocked) / logit(clean) of the label's token",
             "image_attribution": {
                 "n_masks": args.n_masks,
