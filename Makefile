@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/tl-lvlm demo --out $(OUT)/demo
+	$(BIN)/tl-lvlm --threads 1 demo --out $(OUT)/demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

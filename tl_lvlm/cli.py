@@ -26,6 +26,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import torch
 from transformers import AutoTokenizer
 
 from attribution import resolve_shard
@@ -45,6 +46,13 @@ DEMO_MODEL = "tl-lvlm/tiny-digits"
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tl-lvlm", description="Mechanistic interpretability of LLaVA-style models."
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default: torch's choice; 1 is often fastest for small models "
+        "or on a busy machine)",
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -123,6 +131,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``tl-lvlm``; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.threads is not None:
+        if args.threads < 1:
+            parser.error(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError) as err:

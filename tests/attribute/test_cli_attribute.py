@@ -113,3 +113,19 @@ def test_help_lists_the_commands(capsys):
     help_text = capsys.readouterr().out
     for command in ("attribute", "report", "demo", "flow"):
         assert command in help_text
+
+
+def test_threads_option_sets_torch_threads(monkeypatch, tmp_path):
+    import torch
+
+    from tl_lvlm.cli import main
+
+    seen = []
+    monkeypatch.setattr(torch, "set_num_threads", seen.append)
+    # The report of an empty directory fails, after the threads are set.
+    assert main(["--threads", "3", "report", str(tmp_path)]) == 2
+    assert seen == [3]
+    with pytest.raises(SystemExit) as err:
+        main(["--threads", "0", "demo"])
+    assert err.value.code == 2
+    assert seen == [3]
