@@ -197,6 +197,7 @@ def build_tiny_llava(
         vision_config=vision,
         text_config=text,
         image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
+        image_seq_length=cfg.n_image_tokens,
         vision_feature_layer=-2 if cfg.vision_layers > 1 else -1,
         vision_feature_select_strategy="default",
         projector_hidden_act="gelu",
