@@ -36,7 +36,7 @@ from tl_lvlm.head_attribution import HeadAttributionResult, head_attribution
 from tl_lvlm.images import BUILTIN_IMAGE_SETS, load_image_set
 from tl_lvlm.model import HookedLVLM
 from tl_lvlm.report import format_summary, write_json, write_report
-from tl_lvlm.testing import save_tiny_llava
+from tl_lvlm.tiny_llava import save_tiny_llava
 
 SAMPLES_NAME = "samples.json"
 RESULTS_GLOB = "results*.safetensors"

@@ -3,7 +3,7 @@
 Builtins:
 
 ``random``  deterministic random RGB images at the model's image size
-            (:func:`tl_lvlm.testing.random_images`); no labels.
+            (:func:`tl_lvlm.tiny_llava.random_images`); no labels.
 ``digits``  held-out handwritten digits in the ``original`` style
             (:func:`tl_lvlm.zoo.digits.load_digit_images`), labelled with the digit's
             word (``"seven"``), the answer the bundled ``tl-lvlm/tiny-digits`` model gives.
@@ -72,14 +72,14 @@ def load_image_set(
         return _first(_load_dir(path), n)
     name = os.fspath(source)
     if name == "random":
-        from tl_lvlm.testing import random_images
+        from tl_lvlm.tiny_llava import random_images
 
         count = 8 if n is None else n
         return ImageSet(
             random_images(count, image_size, seed), [f"random-{i}" for i in range(count)]
         )
     if name == "digits":
-        from tl_lvlm.testing import DIGIT_WORDS
+        from tl_lvlm.tiny_llava import DIGIT_WORDS
         from tl_lvlm.zoo.digits import load_digit_images
 
         images, labels = load_digit_images(split="test", style="original")

@@ -28,7 +28,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tl_lvlm.testing import DIGIT_WORDS, LLAVA_15_TEMPLATE
+from tl_lvlm.templates import LLAVA_15_TEMPLATE
+from tl_lvlm.tiny_llava import DIGIT_WORDS
 
 CHECKPOINT_DIR = Path(__file__).resolve().parent / "checkpoints"
 

@@ -3,7 +3,7 @@
     python -m tl_lvlm.zoo.train_digits --out DIR [--steps N] [--seed S]
 
 The model is a complete ``LlavaForConditionalGeneration`` built by
-:func:`tl_lvlm.testing.build_tiny_llava` (CLIP vision tower, projector, Llama
+:func:`tl_lvlm.tiny_llava.build_tiny_llava` (CLIP vision tower, projector, Llama
 decoder), trained from scratch, every parameter, on the LLaVA-1.5 prompt
 ``USER: <image>\\nWhat is the main object in this image? Answer in a single word.
 ASSISTANT:`` followed by the digit word and ``</s>``. The loss is cross-entropy on
@@ -37,7 +37,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from tl_lvlm.testing import DIGIT_WORDS, TinyLlavaConfig, build_tiny_llava
+from tl_lvlm.tiny_llava import DIGIT_WORDS, TinyLlavaConfig, build_tiny_llava
 from tl_lvlm.zoo import DIGITS_QUESTION, digit_token_ids, digits_prompt, evaluate_accuracy
 from tl_lvlm.zoo.digits import STYLES, digit_arrays, load_digit_images, render_images
 
