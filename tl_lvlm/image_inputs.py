@@ -50,7 +50,7 @@ def _to_rgb(image, index: int) -> Image.Image:
         return _open(Path(image), which)
     if isinstance(image, np.ndarray):
         return Image.fromarray(_as_uint8_rgb(image, which), mode="RGB")
-    raise TypeError(f"{which} is a {type(image).__name__}; pass {ACCEPTED_IMAGES}")
+    raise TypeError(f"{which} is of type {type(image).__name__}; pass {ACCEPTED_IMAGES}")
 
 
 def _open(path: Path, which: str) -> Image.Image:
@@ -73,12 +73,13 @@ def _as_uint8_rgb(a: np.ndarray, which: str) -> np.ndarray:
     if a.dtype == np.uint8:
         out = a
     elif np.issubdtype(a.dtype, np.floating):
-        if not np.isfinite(a).all() or a.min() < 0.0 or a.max() > 1.0:
-            lo, hi = float(np.nanmin(a)), float(np.nanmax(a))
+        finite = np.isfinite(a)
+        if not finite.all() or a.min() < 0.0 or a.max() > 1.0:
+            values = a[finite]
+            span = f" with values in [{values.min():g}, {values.max():g}]" if values.size else ""
             raise ValueError(
-                f"{described} with values in [{lo:g}, {hi:g}]"
-                f"{' and NaN/inf' if not np.isfinite(a).all() else ''}; float images must be "
-                "intensities in [0, 1] (for 0-255 values use a.astype(np.uint8)); "
+                f"{described}{span}{'' if finite.all() else ' and NaN/inf'}; float images must "
+                "be intensities in [0, 1] (for 0-255 values use a.astype(np.uint8)); "
                 f"pass {ACCEPTED_IMAGES}"
             )
         out = np.rint(a.astype(np.float64) * 255.0).astype(np.uint8)
@@ -100,7 +101,9 @@ def check_questions(questions: Sequence[str], markers: Sequence[str]) -> None:
     """
     for i, question in enumerate(questions):
         if not isinstance(question, str):
-            raise TypeError(f"question {i} is a {type(question).__name__}; questions are strings")
+            raise TypeError(
+                f"question {i} is of type {type(question).__name__}; questions are strings"
+            )
         found = [m for m in markers if m and m in question]
         if found:
             raise ValueError(

@@ -1,31 +1,16 @@
-"""Fixtures of tests/model: the bundled tiny-digits model, its digit images, family models.
-
-Every model has an independent Hugging Face copy loaded from the same checkpoint:
-the bridge swaps the wrapped model's attention modules in place, so the wrapped
-``hf_model`` is no reference.
-"""
+"""Fixtures of tests/model: the bundled tiny-digits model, its digit images, family models."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
-import transformers
+from lvlm_cases import DIGITS, hf_copy
 
 from tl_lvlm import HookedLVLM, zoo
 from tl_lvlm.testing import DIGIT_WORDS
 from tl_lvlm.testing_families import save_tiny_family
 from tl_lvlm.zoo.digits import load_digit_images
-
-DIGITS = "tl-lvlm/tiny-digits"
-DIGIT_QUESTION = "What is the main object in this image? Answer in a single word."
-
-
-def hf_copy(path) -> torch.nn.Module:
-    """An independent Hugging Face model loaded from ``path`` (eager attention, eval)."""
-    config = transformers.AutoConfig.from_pretrained(path)
-    cls = getattr(transformers, config.architectures[0])
-    return cls.from_pretrained(path, attn_implementation="eager").eval()
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import DIGIT_QUESTION, hf_copy
+from lvlm_cases import DIGIT_QUESTION, hf_copy
 
 from tl_lvlm import HookedLVLM
 from tl_lvlm.embed_hook import _language_model, hook_embed_at_residual_input
