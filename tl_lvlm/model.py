@@ -5,6 +5,11 @@ block, ``run_with_cache``, ``run_with_hooks``); this class adds what an LVLM
 needs on top: the processor, prompt templates, token groups, and images carried
 through every call.
 
+Through this class's calls, ``hook_embed`` fires on the merged text and image
+embeddings that enter the residual stream (:mod:`tl_lvlm.embed_hook`); through
+``model.bridge`` or ``model.hf_model`` directly it fires on the token embedding,
+where image positions hold the ``<image>`` token's embedding.
+
 Traps of the bridge worth knowing (they are not bugs of this package):
 
 - On LLaVA, ``vision_encoder.hook_out`` fires on the CLIP tower's output, but

@@ -193,3 +193,24 @@ def test_the_embed_hook_point_is_restored_after_a_run(tiny_mha, images):
             _language_model(tiny_mha)(input_ids=torch.tensor([[1, 2]]))
     assert tiny_mha.bridge.embed.hook_out is hook_point
     assert tiny_mha.bridge.hook_dict["hook_embed"] is hook_point
+
+
+def test_backward_hooks_on_hook_embed_see_the_image_features_gradient(digits_model, digit_images):
+    # Attribution patching reads gradients at hook_embed; at image positions they are
+    # the gradients of the projected image features.
+    m = digits_model
+    inputs = m.prepare(digit_images[0][4], DIGIT_QUESTION)
+    grads = {}
+
+    def save(grad, hook):
+        grads[hook.name] = grad
+
+    names = ("hook_embed", "vision_projector.hook_out")
+    logits = m.run_with_hooks(inputs, bwd_hooks=[(n, save) for n in names], reset_hooks_end=False)
+    logits[0, -1].max().backward()
+    m.reset_hooks()
+    start, end = inputs.image_span(0)
+    assert grads["embed.hook_out"][0, start:end].abs().sum() > 1e-3
+    assert torch.allclose(
+        grads["embed.hook_out"][0, start:end], grads["vision_projector.hook_out"][0], atol=1e-6
+    )
