@@ -24,7 +24,6 @@ import contextlib
 from collections.abc import Iterator
 
 from torch import nn
-from transformer_lens.hook_points import HookPoint
 
 
 def _language_model(model) -> nn.Module:
@@ -44,6 +43,9 @@ def hook_embed_at_residual_input(model) -> Iterator[None]:
             ``inputs_embeds`` (a family that embeds inside the language model, where
             the image features cannot have been merged before it).
     """
+    # Imported here: importing tl_lvlm does not import TransformerLens.
+    from transformer_lens.hook_points import HookPoint
+
     embed = model.bridge.embed
     hook_point = embed.hook_out
 
