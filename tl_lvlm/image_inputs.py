@@ -3,7 +3,8 @@
 Images become RGB ``PIL.Image`` objects before they reach the processor, so every
 accepted form of one picture gives the same ``pixel_values``:
 
-- a ``PIL.Image`` (any mode; converted to RGB),
+- a ``PIL.Image`` (any mode; transparency is composited onto white, as the Hugging
+  Face image processors do),
 - a ``uint8`` array ``HxWx3`` (RGB) or ``HxW`` (grayscale, repeated into RGB),
 - a float array in ``[0, 1]``, ``HxWx3`` or ``HxW``, read as intensities (0 = black,
   1 = white) and quantized to 8 bits (``round(255 * x)``) like an image file,
@@ -45,7 +46,7 @@ def to_rgb_images(images) -> list[Image.Image]:
 def _to_rgb(image, index: int) -> Image.Image:
     which = f"image {index}"
     if isinstance(image, Image.Image):
-        return image if image.mode == "RGB" else image.convert("RGB")
+        return _rgb(image)
     if isinstance(image, (str, os.PathLike)):
         return _open(Path(image), which)
     if isinstance(image, np.ndarray):
@@ -58,9 +59,20 @@ def _open(path: Path, which: str) -> Image.Image:
         raise ValueError(f"{which}: no image file at {str(path)!r}; pass {ACCEPTED_IMAGES}")
     try:
         with Image.open(path) as img:
-            return img.convert("RGB")
+            return _rgb(img.copy())  # a copy outlives the closed file
     except (UnidentifiedImageError, OSError) as e:
         raise ValueError(f"{which}: {str(path)!r} is not a readable image file ({e})") from None
+
+
+def _rgb(image: Image.Image) -> Image.Image:
+    if image.mode == "RGB":
+        return image
+    if "A" in image.getbands() or "transparency" in image.info:
+        # transformers' convert_to_rgb: transparent pixels become white.
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return image.convert("RGB")
 
 
 def _as_uint8_rgb(a: np.ndarray, which: str) -> np.ndarray:

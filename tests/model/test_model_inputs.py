@@ -80,6 +80,19 @@ def test_float_intensities_are_not_read_as_0_to_255(digits_model, digit_images):
     assert torch.equal(extremes.pixel_values[1], ones.pixel_values[0])
 
 
+def test_transparency_is_composited_onto_white_as_the_processor_does(tiny_mha, tmp_path):
+    rng = np.random.default_rng(0)
+    rgba = Image.fromarray(rng.integers(0, 256, (28, 28, 4), dtype=np.uint8), mode="RGBA")
+    rgba.save(tmp_path / "rgba.png")
+    by_processor = tiny_mha.processor(images=[rgba], text=["<image>"], return_tensors="pt")
+    for image in (rgba, tmp_path / "rgba.png"):
+        inputs = tiny_mha.prepare(image, "What is it?")
+        assert torch.equal(inputs.pixel_values, by_processor["pixel_values"])
+    # Not vacuous: dropping the alpha channel gives other pixels.
+    dropped = tiny_mha.prepare(rgba.convert("RGB"), "What is it?")
+    assert not torch.equal(dropped.pixel_values, by_processor["pixel_values"])
+
+
 ACCEPTED = re.escape(ACCEPTED_IMAGES)
 
 
