@@ -5,6 +5,11 @@ block, ``run_with_cache``, ``run_with_hooks``); this class adds what an LVLM
 needs on top: the processor, prompt templates, token groups, and images carried
 through every call.
 
+Through this class's calls, ``hook_embed`` fires on the merged text and image
+embeddings that enter the residual stream (:mod:`tl_lvlm.embed_hook`); through
+``model.bridge`` or ``model.hf_model`` directly it fires on the token embedding,
+where image positions hold the ``<image>`` token's embedding.
+
 Traps of the bridge worth knowing (they are not bugs of this package):
 
 - On LLaVA, ``vision_encoder.hook_out`` fires on the CLIP tower's output, but
@@ -30,6 +35,8 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from tl_lvlm.embed_hook import hook_embed_at_residual_input
+from tl_lvlm.image_inputs import check_questions, to_rgb_images
 from tl_lvlm.inputs import GROUPS, LVLMInputs
 from tl_lvlm.templates import (
     IMAGE_PLACEHOLDER,
@@ -37,6 +44,7 @@ from tl_lvlm.templates import (
     QUESTION_PLACEHOLDER,
     split_template,
 )
+from tl_lvlm.unembed import folded_residual_directions
 
 
 @dataclass(frozen=True)
@@ -339,13 +347,23 @@ class HookedLVLM:
         """Process images and questions into :class:`LVLMInputs` with token groups.
 
         Args:
-            images: one image or a list (PIL images, ``HxWx3`` uint8 arrays), or a
+            images: one image or a list: PIL images, uint8 arrays ``HxWx3`` or ``HxW``
+                (grayscale), float arrays in ``[0, 1]`` (``HxWx3`` or ``HxW``), or paths
+                to image files (see :mod:`tl_lvlm.image_inputs`); or a
                 ``[batch, 3, H, W]`` tensor of already-processed ``pixel_values``.
-            questions: one question or a list. A single image or question is
-                broadcast against a list of the other.
+            questions: one question or a list, without an image placeholder (the
+                template places the image). A single image or question is broadcast
+                against a list of the other.
             template: overrides the model's template for this call.
 
         Rows are left-padded; every row's final token is at position ``-1``.
+
+        Raises:
+            TypeError: an image of another type or array dtype (the message names
+                the accepted forms).
+            ValueError: an array of another shape, a float array outside ``[0, 1]``,
+                a path that is not an image file, or a question containing the image
+                placeholder.
         """
         template = template or self.template
         before, between, after = split_template(template)
@@ -353,11 +371,12 @@ class HookedLVLM:
         if isinstance(images, Tensor):
             pixel_values = self._check_pixel_values(images)
             images = [self._blank_image()] * pixel_values.shape[0]
-        elif not isinstance(images, (list, tuple)):
-            images = [images]
+        else:
+            images = to_rgb_images(images)
         questions = [questions] if isinstance(questions, str) else list(questions)
-        if not images or not questions:
-            raise ValueError("prepare needs at least one image and one question")
+        if not questions:
+            raise ValueError("prepare needs at least one question")
+        check_questions(questions, (IMAGE_PLACEHOLDER, getattr(self.processor, "image_token", "")))
         images, questions = self._broadcast(list(images), questions)
 
         texts = [
@@ -470,23 +489,40 @@ class HookedLVLM:
     # --------------------------------------------------------------- running
     def forward(self, inputs: LVLMInputs, **kwargs) -> Float[Tensor, "batch pos d_vocab"]:
         """Logits for every position (kwargs go to the bridge's forward)."""
-        return self.bridge(inputs.input_ids, **inputs.model_kwargs(), **kwargs)
+        with hook_embed_at_residual_input(self):
+            return self.bridge(inputs.input_ids, **inputs.model_kwargs(), **kwargs)
 
     __call__ = forward
 
     def run_with_cache(self, inputs: LVLMInputs, **kwargs):
-        """``(logits, ActivationCache)``; kwargs as for the bridge (``names_filter``, ...)."""
-        return self.bridge.run_with_cache(inputs.input_ids, **inputs.model_kwargs(), **kwargs)
+        """``(logits, ActivationCache)``; kwargs as for the bridge (``names_filter``, ...).
+
+        ``hook_embed`` holds what enters the residual stream, the projected image
+        features at image positions (see :mod:`tl_lvlm.embed_hook`), and
+        ``cache.logit_attrs`` uses :meth:`tokens_to_residual_directions`.
+        """
+        with hook_embed_at_residual_input(self):
+            logits, cache = self.bridge.run_with_cache(
+                inputs.input_ids, **inputs.model_kwargs(), **kwargs
+            )
+        # The cache asks its model for tokens_to_residual_directions (logit_attrs).
+        cache.model = self
+        return logits, cache
 
     def run_with_hooks(self, inputs: LVLMInputs, fwd_hooks=(), bwd_hooks=(), **kwargs):
-        """Logits of a run with ``fwd_hooks`` ``[(hook_name or filter, fn), ...]`` attached."""
-        return self.bridge.run_with_hooks(
-            inputs.input_ids,
-            fwd_hooks=list(fwd_hooks),
-            bwd_hooks=list(bwd_hooks),
-            **inputs.model_kwargs(),
-            **kwargs,
-        )
+        """Logits of a run with ``fwd_hooks`` ``[(hook_name or filter, fn), ...]`` attached.
+
+        An edit of ``hook_embed`` at image positions edits the image features the
+        language model reads (see :mod:`tl_lvlm.embed_hook`).
+        """
+        with hook_embed_at_residual_input(self):
+            return self.bridge.run_with_hooks(
+                inputs.input_ids,
+                fwd_hooks=list(fwd_hooks),
+                bwd_hooks=list(bwd_hooks),
+                **inputs.model_kwargs(),
+                **kwargs,
+            )
 
     @torch.no_grad()
     def answer(self, inputs: LVLMInputs) -> tuple[Int[Tensor, " batch"], list[str]]:
@@ -495,9 +531,102 @@ class HookedLVLM:
         ids = logits.argmax(-1)
         return ids, [self.tokenizer.decode([int(i)]) for i in ids]
 
-    def to_str_tokens(self, inputs: LVLMInputs, row: int = 0) -> list[str]:
-        """Decoded string of every token of one row (padding included)."""
-        return [self.tokenizer.decode([int(t)]) for t in inputs.input_ids[row]]
+    def to_str_tokens(
+        self,
+        input: LVLMInputs | str | list | Tensor | np.ndarray,
+        prepend_bos: bool | None = None,
+        padding_side: str | None = None,
+        *,
+        row: int = 0,
+    ) -> list[str] | list[list[str]]:
+        """Decoded string of every token, as TransformerLens's ``to_str_tokens``.
+
+        Takes what the bridge's ``to_str_tokens`` takes (a string or list of strings,
+        tokenized with ``prepend_bos`` / ``padding_side``; a 1-D token tensor or array,
+        or a 2-D one with one row) and also :class:`LVLMInputs` (row ``row``, padding
+        and image tokens included) and a 2-D token tensor of several rows (one list
+        per row).
+        """
+        if isinstance(input, LVLMInputs):
+            input = input.input_ids[row]
+        if isinstance(input, Tensor) and input.ndim == 2 and input.shape[0] > 1:
+            return [self.bridge.to_str_tokens(r) for r in input]
+        return self.bridge.to_str_tokens(input, prepend_bos, padding_side)
+
+    def tokens_to_residual_directions(self, tokens) -> Float[Tensor, "... d_model"]:
+        """Unembedding directions with the final norm's weight folded in.
+
+        As ``HookedTransformer`` with ``fold_ln=True``: dotted with a stack from
+        ``cache.apply_ln_to_stack``, they give its contribution to the logit, so
+        ``cache.logit_attrs`` adds up (see :mod:`tl_lvlm.unembed`).
+        """
+        return folded_residual_directions(self, tokens)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        inputs: LVLMInputs,
+        max_new_tokens: int = 16,
+        *,
+        return_type: str = "str",
+        do_sample: bool = False,
+        verbose: bool = False,
+        **kwargs,
+    ) -> list[str] | Int[Tensor, "batch new"]:
+        """Continue every row of ``inputs``, with its image, through the bridge.
+
+        Hooks attached to the model fire at every step (``hook_embed`` as in
+        :meth:`run_with_hooks`). Greedy by default, unlike TransformerLens's
+        ``generate``, which samples: the tokens are those of the Hugging Face
+        model's own ``generate(..., do_sample=False)``.
+
+        Args:
+            inputs: from :meth:`prepare`; token ids alone are refused, since they
+                would run without the image.
+            max_new_tokens: at most this many tokens per row; a row stops at the
+                end-of-sequence token (``stop_at_eos=False`` to go on).
+            return_type: ``"str"``, the decoded continuation of each row (special
+                tokens dropped), or ``"tokens"``, the new token ids.
+            do_sample, verbose, kwargs: for ``TransformerBridge.generate``
+                (``temperature``, ``top_k``, ``top_p``, ``stop_at_eos``,
+                ``eos_token_id``, ``use_past_kv_cache``, ...).
+
+        Returns:
+            ``list[str]`` with one continuation per row, or ``[batch, n_new]`` token ids
+            (after a row has stopped, its remaining places hold the end-of-sequence id).
+        """
+        if not isinstance(inputs, LVLMInputs):
+            raise TypeError(
+                f"generate takes LVLMInputs from model.prepare(image, question), got "
+                f"{type(inputs).__name__}: token ids alone would run without the image "
+                "(its <image> tokens embedded as text); use model.generate(inputs) or "
+                "model.bind(inputs).generate()"
+            )
+        if return_type not in ("str", "tokens"):
+            raise ValueError(f"return_type must be 'str' or 'tokens', got {return_type!r}")
+        carried = sorted(kwargs.keys() & _CARRIED_BY_INPUTS)
+        if carried:
+            raise TypeError(
+                f"generate got {', '.join(carried)}: the images, attention mask and "
+                "positions come with inputs, and the output is the continuation only; "
+                "for the prompt's cache use run_with_cache(inputs)"
+            )
+        with hook_embed_at_residual_input(self):
+            out = self.bridge.generate(
+                inputs.input_ids,
+                max_new_tokens=max_new_tokens,
+                do_sample=do_sample,
+                verbose=verbose,
+                return_type="tokens",
+                pixel_values=inputs.pixel_values,
+                attention_mask=inputs.attention_mask,
+                **inputs.extra,
+                **kwargs,
+            )
+        new = out[:, inputs.seq_len :]
+        if return_type == "tokens":
+            return new
+        return self.tokenizer.batch_decode(new, skip_special_tokens=True)
 
     def bind(self, inputs: LVLMInputs) -> BoundLVLM:
         """A view of the model that runs token-only calls with ``inputs``' images.
@@ -510,7 +639,11 @@ class HookedLVLM:
 
 
 class BoundLVLM:
-    """A :class:`HookedLVLM` whose token-only calls carry one batch's images."""
+    """A :class:`HookedLVLM` whose token-only calls carry one batch's images.
+
+    Calls that take ``tokens`` run only the bound ``input_ids``; everything else is
+    the model's (``bound.to_str_tokens``, ``bound.cfg``, ...).
+    """
 
     def __init__(self, model: HookedLVLM, inputs: LVLMInputs):
         self.model = model
@@ -527,20 +660,40 @@ class BoundLVLM:
         return self.inputs.model_kwargs()
 
     def forward(self, tokens: Tensor, **kwargs):
-        return self.model.bridge(tokens, **self._kwargs(tokens), **kwargs)
+        kwargs = {**self._kwargs(tokens), **kwargs}
+        with hook_embed_at_residual_input(self.model):
+            return self.model.bridge(tokens, **kwargs)
 
     __call__ = forward
 
     def run_with_hooks(self, tokens: Tensor, *args, **kwargs):
-        return self.model.bridge.run_with_hooks(tokens, *args, **self._kwargs(tokens), **kwargs)
+        kwargs = {**self._kwargs(tokens), **kwargs}
+        with hook_embed_at_residual_input(self.model):
+            return self.model.bridge.run_with_hooks(tokens, *args, **kwargs)
 
     def run_with_cache(self, tokens: Tensor, *args, **kwargs):
-        return self.model.bridge.run_with_cache(tokens, *args, **self._kwargs(tokens), **kwargs)
+        kwargs = {**self._kwargs(tokens), **kwargs}
+        with hook_embed_at_residual_input(self.model):
+            logits, cache = self.model.bridge.run_with_cache(tokens, *args, **kwargs)
+        cache.model = self.model
+        return logits, cache
+
+    def generate(self, tokens: Tensor | None = None, max_new_tokens: int = 16, **kwargs):
+        """:meth:`HookedLVLM.generate` on the bound inputs (``tokens``: their input_ids)."""
+        if tokens is not None:
+            self._kwargs(tokens)
+        return self.model.generate(self.inputs, max_new_tokens, **kwargs)
 
     def __getattr__(self, name: str) -> Any:
         if name in ("model", "inputs"):
             raise AttributeError(name)
-        return getattr(self.model.bridge, name)
+        return getattr(self.model, name)
+
+
+#: ``TransformerBridge.generate`` arguments that :meth:`HookedLVLM.generate` sets itself.
+_CARRIED_BY_INPUTS = frozenset(
+    {"input", "pixel_values", "attention_mask", "position_ids", "return_cache", "output_logits"}
+)
 
 
 def _pad_rows(rows: list[Tensor]) -> Int[Tensor, "batch n"]:

@@ -1,0 +1,124 @@
+"""What :meth:`HookedLVLM.prepare` accepts as images and questions.
+
+Images become RGB ``PIL.Image`` objects before they reach the processor, so every
+accepted form of one picture gives the same ``pixel_values``:
+
+- a ``PIL.Image`` (any mode; transparency is composited onto white, as the Hugging
+  Face image processors do),
+- a ``uint8`` array ``HxWx3`` (RGB) or ``HxW`` (grayscale, repeated into RGB),
+- a float array in ``[0, 1]``, ``HxWx3`` or ``HxW``, read as intensities (0 = black,
+  1 = white) and quantized to 8 bits (``round(255 * x)``) like an image file,
+- a ``str`` or ``pathlib.Path`` to an image file.
+
+Anything else raises before the processor sees it, with a message naming the
+accepted forms (never the array's values).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+ACCEPTED_IMAGES = (
+    "a PIL image, a uint8 array HxWx3 or HxW (grayscale), a float array in [0, 1] "
+    "HxWx3 or HxW, or a str/pathlib.Path to an image file"
+)
+
+
+def to_rgb_images(images) -> list[Image.Image]:
+    """One image or a list/tuple of images, each in an accepted form, as RGB PIL images.
+
+    Raises:
+        TypeError: an object of another type, or an array of another dtype.
+        ValueError: an array of another shape, a float array outside ``[0, 1]`` (or
+            with NaN), a path that is not a readable image file, an empty list.
+    """
+    items = list(images) if isinstance(images, (list, tuple)) else [images]
+    if not items:
+        raise ValueError(f"prepare needs at least one image: {ACCEPTED_IMAGES}")
+    return [_to_rgb(image, i) for i, image in enumerate(items)]
+
+
+def _to_rgb(image, index: int) -> Image.Image:
+    which = f"image {index}"
+    if isinstance(image, Image.Image):
+        return _rgb(image)
+    if isinstance(image, (str, os.PathLike)):
+        return _open(Path(image), which)
+    if isinstance(image, np.ndarray):
+        return Image.fromarray(_as_uint8_rgb(image, which), mode="RGB")
+    raise TypeError(f"{which} is of type {type(image).__name__}; pass {ACCEPTED_IMAGES}")
+
+
+def _open(path: Path, which: str) -> Image.Image:
+    if not path.is_file():
+        raise ValueError(f"{which}: no image file at {str(path)!r}; pass {ACCEPTED_IMAGES}")
+    try:
+        with Image.open(path) as img:
+            return _rgb(img.copy())  # a copy outlives the closed file
+    except (UnidentifiedImageError, OSError) as e:
+        raise ValueError(f"{which}: {str(path)!r} is not a readable image file ({e})") from None
+
+
+def _rgb(image: Image.Image) -> Image.Image:
+    if image.mode == "RGB":
+        return image
+    if "A" in image.getbands() or "transparency" in image.info:
+        # transformers' convert_to_rgb: transparent pixels become white.
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def _as_uint8_rgb(a: np.ndarray, which: str) -> np.ndarray:
+    described = f"{which} is an array of shape {tuple(a.shape)} and dtype {a.dtype}"
+    if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[2] != 3) or 0 in a.shape:
+        hint = (
+            " (channels first? use a.transpose(1, 2, 0))" if a.ndim == 3 and a.shape[0] == 3 else ""
+        )
+        raise ValueError(f"{described}{hint}; pass {ACCEPTED_IMAGES}")
+    if a.dtype == np.uint8:
+        out = a
+    elif np.issubdtype(a.dtype, np.floating):
+        finite = np.isfinite(a)
+        if not finite.all() or a.min() < 0.0 or a.max() > 1.0:
+            values = a[finite]
+            span = f" with values in [{values.min():g}, {values.max():g}]" if values.size else ""
+            raise ValueError(
+                f"{described}{span}{'' if finite.all() else ' and NaN/inf'}; float images must "
+                "be intensities in [0, 1] (for 0-255 values use a.astype(np.uint8)); "
+                f"pass {ACCEPTED_IMAGES}"
+            )
+        out = np.rint(a.astype(np.float64) * 255.0).astype(np.uint8)
+    else:
+        raise TypeError(
+            f"{described}; pass {ACCEPTED_IMAGES} (for 0-255 integers use a.astype(np.uint8))"
+        )
+    if out.ndim == 2:
+        out = np.repeat(out[:, :, None], 3, axis=2)
+    return np.ascontiguousarray(out)
+
+
+def check_questions(questions: Sequence[str], markers: Sequence[str]) -> None:
+    """Refuse questions that contain an image marker: the template places the one image.
+
+    Raises:
+        TypeError: a question that is not a string.
+        ValueError: a question containing one of ``markers`` (e.g. ``"<image>"``).
+    """
+    for i, question in enumerate(questions):
+        if not isinstance(question, str):
+            raise TypeError(
+                f"question {i} is of type {type(question).__name__}; questions are strings"
+            )
+        found = [m for m in markers if m and m in question]
+        if found:
+            raise ValueError(
+                f"question {i} contains {found[0]!r}, but the template already places the "
+                "image; pass the question text alone (prepare puts it after the image)"
+            )
