@@ -296,7 +296,6 @@ class AblationEngine:
         with hf_modules(self.model):
             out = self.model.hf_model.model(
                 input_ids=self._ids[:, : self.prefix_len],
-                pixel_values=self.sample.pixel_values,
                 position_ids=positions,
                 use_cache=True,
                 **family.prefix_inputs(self.sample, self.prefix_len),

@@ -22,7 +22,13 @@ import torch
 from tokenizers import AddedToken
 from transformers import PreTrainedTokenizerFast
 
-from tl_lvlm.testing import build_tokenizer, save_atomic, scale_init
+from tl_lvlm.testing import (
+    TinyLlavaConfig,
+    build_tiny_llava,
+    build_tokenizer,
+    save_atomic,
+    scale_init,
+)
 
 #: Questions the tiny tokenizers learn merges for (any other text still tokenizes).
 _QUESTIONS = [
@@ -266,8 +272,32 @@ def build_tiny_gemma3(cfg: TinyFamilyConfig | None = None):
     return model, processor
 
 
+# ------------------------------------------------------------------ LLaVA-1.5
+def build_tiny_llava_15(cfg: TinyFamilyConfig | None = None):
+    """:func:`tl_lvlm.testing.build_tiny_llava` with the shared shapes (28 x 28 CLIP input,
+    16 image tokens, grouped-query attention)."""
+    cfg = cfg or TinyFamilyConfig()
+    return build_tiny_llava(
+        TinyLlavaConfig(
+            n_layers=cfg.n_layers,
+            n_heads=cfg.n_heads,
+            n_kv_heads=cfg.n_kv_heads,
+            d_model=cfg.d_model,
+            d_mlp=cfg.d_mlp,
+            vision_layers=cfg.vision_layers,
+            vision_d_model=cfg.vision_d_model,
+            vision_heads=cfg.vision_heads,
+            bpe_vocab_size=cfg.bpe_vocab_size,
+            max_position_embeddings=cfg.max_position_embeddings,
+            seed=cfg.seed,
+            init_scale=cfg.init_scale,
+        )
+    )
+
+
 #: Family name -> builder of ``(hf_model, processor)``.
 BUILDERS: dict[str, Callable] = {
+    "llava": build_tiny_llava_15,
     "llava_next": build_tiny_llava_next,
     "gemma3": build_tiny_gemma3,
 }

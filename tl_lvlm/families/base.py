@@ -334,15 +334,18 @@ class LVLMFamily:
             )
 
     def prefix_inputs(self, sample: LVLMInputs, end: int) -> dict[str, Tensor]:
-        """Processor outputs for the engine's run of the unpadded prompt's first ``end`` tokens.
+        """Forward kwargs (images included) for the engine's run of the unpadded prompt's first
+        ``end`` tokens, besides ``input_ids`` and ``position_ids``.
 
-        ``sample`` is one row; the :attr:`sequence_inputs` are cut like the tokens.
+        ``sample`` is one row: its :meth:`model_kwargs` without the attention mask (the
+        run is unpadded), the :attr:`sequence_inputs` cut like the tokens.
         """
         pad = sample.padding(0)
-        return {
-            name: t[:, pad : pad + end] if name in self.sequence_inputs else t
-            for name, t in sample.extra.items()
-        }
+        kwargs = self.model_kwargs(sample)
+        del kwargs["attention_mask"], kwargs["position_ids"]
+        for name in self.sequence_inputs:
+            kwargs[name] = kwargs[name][:, pad : pad + end]
+        return kwargs
 
     # ----------------------------------------------------------- hook reference
     def ablation_hooks(self, model, inputs: LVLMInputs, baseline, keep: Tensor, scope: str):
