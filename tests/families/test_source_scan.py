@@ -93,3 +93,15 @@ def test_no_architecture_specific_code_outside_families(path):
         f"{path.relative_to(PACKAGE)} names {found}: architecture-specific code belongs in "
         "tl_lvlm/families/ (an LVLMFamily attribute or method)"
     )
+
+
+def test_left_padding_arithmetic_lives_in_inputs():
+    """Padding counts and padding-aware positions come from ``tl_lvlm.inputs`` only."""
+    patterns = (r"==\s*0\)\.sum", r"\.cumsum\(")
+    offenders = [
+        p.relative_to(PACKAGE).as_posix()
+        for p in sorted(PACKAGE.rglob("*.py"))
+        if p.name != "inputs.py"
+        and any(re.search(pat, _code_without_docstrings(p.read_text())) for pat in patterns)
+    ]
+    assert not offenders, f"left-padding arithmetic outside tl_lvlm/inputs.py in {offenders}"

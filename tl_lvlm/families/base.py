@@ -120,13 +120,23 @@ class LVLMFamily:
 
     @classmethod
     def boot_bridge(cls, name: str, hf_model: torch.nn.Module, tokenizer):
-        """Wrap ``hf_model`` in a TransformerLens ``TransformerBridge`` (in place)."""
+        """Wrap ``hf_model`` in a TransformerLens ``TransformerBridge`` (in place).
+
+        The bridge picks its adapter by ``config.architectures``; a registered family
+        may name an architecture of its own, so the boot sees the HF class's name.
+        """
         from transformer_lens.model_bridge import TransformerBridge
 
-        with _no_processor_reload():
-            return TransformerBridge.boot_transformers(
-                name, hf_model=hf_model.eval(), tokenizer=tokenizer
-            )
+        config = hf_model.config
+        named = config.architectures
+        config.architectures = [type(hf_model).__name__]
+        try:
+            with _no_processor_reload():
+                return TransformerBridge.boot_transformers(
+                    name, hf_model=hf_model.eval(), tokenizer=tokenizer
+                )
+        finally:
+            config.architectures = named
 
     # ---------------------------------------------------------------- analyses
     @classmethod
