@@ -1,4 +1,4 @@
-"""``HookedLVLM.from_pretrained(..., dtype=...)``: "auto", names and torch dtypes; bad values refused."""
+"""``HookedLVLM.from_pretrained(..., dtype=...)``: "auto", names, torch dtypes; bad ones refused."""
 
 from __future__ import annotations
 
