@@ -305,6 +305,32 @@ def image_kv_ablation_hooks(
     return model.family.ablation_hooks(model, inputs, baseline, keep, scope)
 
 
+def ablated_queries(
+    model: HookedLVLM, inputs: LVLMInputs, scope: Scope
+) -> tuple[int, Bool[Tensor, "batch q_edited n_image"]]:
+    """Which (query, image column) pairs of each row see the baseline of an ablated head.
+
+    Returns ``(first, affected)``: ``first`` is the first query row any batch row
+    edits; ``affected[b, i, j]`` is True where query ``first + i`` of row ``b`` reads
+    image column ``j`` and sees the baseline there. Hook references only touch query
+    rows from ``first`` on (the suffix for scope ``"text"``), which keeps their
+    tensors small.
+    """
+    image = inputs.image  # [batch, n_image] padded positions; rows share n_image
+    pos = torch.arange(inputs.seq_len, device=model.device)
+    image_end = image[:, -1:] + 1
+    # Rows whose queries see the baseline: after the image ("text") or from its
+    # start ("all"); causality then limits an image query to the columns before it,
+    # unless the family's image tokens attend to each other both ways.
+    first_query = image_end if scope == "text" else image[:, :1]
+    first = int(first_query.min())
+    rows = pos[first:]
+    visible = image[:, None, :] <= rows[None, :, None]  # [batch, q - first, n_image]
+    if model.family.bidirectional_image:
+        visible |= (rows[None, :] < image_end)[:, :, None]
+    return first, (rows[None, :] >= first_query)[:, :, None] & visible
+
+
 def score_edit_hooks(
     model: HookedLVLM,
     inputs: LVLMInputs,
@@ -320,20 +346,7 @@ def score_edit_hooks(
     whose heads are all kept get no hooks.
     """
     image = inputs.image  # [batch, n_image] padded positions; rows share n_image
-    pos = torch.arange(inputs.seq_len, device=model.device)
-    image_end = image[:, -1:] + 1
-    # Rows whose queries see the baseline: after the image ("text") or from its
-    # start ("all"); causality then limits an image query to the columns before it,
-    # unless the family's image tokens attend to each other both ways.
-    first_query = image_end if scope == "text" else image[:, :1]
-    # The hooks only touch query rows from the first affected one on (the suffix
-    # for scope "text"), which keeps their tensors small.
-    first = int(first_query.min())
-    rows = pos[first:]
-    visible = image[:, None, :] <= rows[None, :, None]  # [batch, q - first, n_image]
-    if model.family.bidirectional_image:
-        visible |= (rows[None, :] < image_end)[:, :, None]
-    affected = (rows[None, :] >= first_query)[:, :, None] & visible
+    first, affected = ablated_queries(model, inputs, scope)
     hooks: HookList = []
     for layer in range(model.n_layers):
         ablated = ~keep[:, layer]  # [batch, n_heads, n_image or 1]

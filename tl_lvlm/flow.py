@@ -209,12 +209,15 @@ class Knockout:
 
     Attributes:
         model: the model the hooks are for.
+        inputs: the batch they are for (families that recompute attention read its
+            position ids and attention mask).
         blocked: ``[batch, query, key]``, True where the edges block attention.
         layers: layers whose attention is edited.
         heads: query heads edited in each of those layers (None = all).
     """
 
     model: HookedLVLM = field(repr=False)
+    inputs: LVLMInputs = field(repr=False)
     blocked: Bool[Tensor, "batch query key"] = field(repr=False)
     layers: tuple[int, ...]
     heads: tuple[int, ...] | None = None
@@ -289,7 +292,7 @@ def knockout(
     model.family.check_knockout(model.bridge, layers)
     blocked = knockout_mask(inputs, edges)
     _check_rows_keep_a_key(inputs, blocked)
-    return Knockout(model, blocked, layers, heads)
+    return Knockout(model, inputs, blocked, layers, heads)
 
 
 # ---------------------------------------------------------------- window sweep

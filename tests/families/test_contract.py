@@ -45,6 +45,13 @@ EXPECTED_TEXT = {
         "<end_of_image>\n\n",
         "<end_of_turn>\n<start_of_turn>model\n",
     ),
+    "llava_onevision": ("<|im_start|>user ", "\n", "<|im_end|><|im_start|>assistant\n"),
+    "qwen2_5_vl": (
+        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
+        "<|vision_start|>",
+        "<|vision_end|>",
+        "<|im_end|>\n<|im_start|>assistant\n",
+    ),
 }
 
 N_RANDOM_MASKS = 32

@@ -1,14 +1,23 @@
-"""LLaVA-OneVision (``LlavaOnevisionForConditionalGeneration``): refused until its family lands."""
+"""LLaVA-OneVision (``LlavaOnevisionForConditionalGeneration``): SigLIP, a 2-layer projector,
+a Qwen2 decoder, anyres tiling.
+
+Quirks: the image is a base image (the SigLIP square, ``(image_size / patch)**2``
+tokens) followed by the anyres tiles' features, unpadded to the image's aspect, with
+one newline token after each row of tile features; all of them are ``<image>``
+tokens, so the image group holds the base image, the tiles and the newlines. The
+decoder is Qwen2 with ordinary RoPE, which TransformerBridge reimplements (as on
+LLaVA), so the default hooks, engine and knockout apply. Without torchvision the
+processor is built without its video processor (:mod:`tl_lvlm.families.processors`).
+"""
 
 from __future__ import annotations
 
-from tl_lvlm.families.base import LVLMFamily
+from pathlib import Path
 
-NO_VIDEO_PROCESSOR = (
-    "its processor cannot be built without torchvision in transformers 5 (the "
-    "processor class requires a video processor, whose base class only exists with "
-    "torchvision installed), and tl-lvlm's environment cannot install torchvision, so "
-    "this family has never been run here; it is refused rather than shipped untested"
+from tl_lvlm.families.base import LVLMFamily
+from tl_lvlm.families.processors import (
+    llava_onevision_processor_class,
+    load_image_processor_only,
 )
 
 
@@ -16,4 +25,14 @@ class LlavaOnevisionFamily(LVLMFamily):
     name = "LLaVA-OneVision"
     architecture = "LlavaOnevisionForConditionalGeneration"
     fixed_resolution = False
-    unsupported = NO_VIDEO_PROCESSOR
+    refused_analyses = {
+        "image_attribution": (
+            "its image tokens are a base image followed by anyres tiles with a newline token "
+            "per row of tile features, two grids of the same image rather than one patch grid "
+            "of one image region, so an image-token map has no single layout on the image"
+        )
+    }
+
+    @classmethod
+    def load_processor(cls, path: str | Path):
+        return load_image_processor_only(llava_onevision_processor_class(), path)

@@ -102,7 +102,9 @@ def qwen2_5_vl_processor(image_processor, tokenizer, chat_template: str | None =
     return qwen2_5_vl_processor_class()(image_processor, tokenizer, chat_template=chat_template)
 
 
-def llava_onevision_processor(image_processor, tokenizer, chat_template: str | None = None, **kwargs):
+def llava_onevision_processor(
+    image_processor, tokenizer, chat_template: str | None = None, **kwargs
+):
     """A ``LlavaOnevisionProcessor`` of ``image_processor`` and ``tokenizer``, no video
     processor; ``kwargs`` as for the processor (``num_image_tokens``, ...)."""
     return llava_onevision_processor_class()(
