@@ -1,5 +1,5 @@
 """LLaVA-OneVision specifics: the processor without torchvision, the image group's layout
-(base image, anyres tiles, newline tokens), the refusal of image-token maps."""
+(base image, anyres tiles, newline tokens), image-token maps on the base image's grid."""
 
 from __future__ import annotations
 
@@ -12,7 +12,9 @@ import torch
 from PIL import Image
 from tiny_families import family_model, family_path
 
+from tl_lvlm.families import PatchGeometry
 from tl_lvlm.families.processors import torchvision_available
+from tl_lvlm.image_attribution import image_token_attribution
 from tl_lvlm.testing_families import OV_PATCH, OV_TILE
 
 QUESTIONS = [
@@ -82,7 +84,27 @@ def test_image_group_is_base_image_then_tiles_with_newlines(model):
         assert torch.equal(is_newline, expected)
 
 
-def test_image_token_maps_are_refused_with_the_reason(model):
-    sample = model.prepare(_images((28, 40)), QUESTIONS[0])
-    with pytest.raises(NotImplementedError, match="LLaVA-OneVision does not support image.*tiles"):
-        model.family.patch_geometry(model.processor, sample)
+def test_image_token_map_is_the_base_image_grid(model):
+    """The map is the base image's 4 x 4 grid over the whole (stretched) image; the tiles'
+    and newlines' tokens are ablated too but left out of the map."""
+    sample = model.prepare(_images((28, 40), seed=3), QUESTIONS[1])
+    with torch.no_grad():
+        target = int(model.final_logits(sample).argmax())
+    result = image_token_attribution(
+        model,
+        sample,
+        baseline="zero",
+        target=target,
+        n_masks=80,
+        min_logit_gap=-1e9,
+        progress=False,
+    )
+    n_image = sample.positions("image", 0).numel()
+    assert n_image == SIDE**2 + 4 * (6 + 1)
+    assert result.geometry == PatchGeometry(SIDE, SIDE, "stretch", tokens=tuple(range(SIDE**2)))
+    assert result.coef.shape == (SIDE, SIDE)
+    # An object on the left quarter of the image covers the base grid's first column.
+    mask = np.zeros((28, 40), bool)
+    mask[:, :10] = True
+    mass = result.object_mass(mask)
+    assert (mass.n_object, mass.n_background) == (SIDE, SIDE * (SIDE - 1))

@@ -16,7 +16,9 @@ from transformers import Qwen2_5_VLForConditionalGeneration
 
 from tl_lvlm.ablation import image_kv_ablation_hooks, image_kv_baseline
 from tl_lvlm.engine import AblationEngine
+from tl_lvlm.families import PatchGeometry
 from tl_lvlm.families.processors import torchvision_available
+from tl_lvlm.image_attribution import image_token_attribution
 from tl_lvlm.testing import random_images
 from tl_lvlm.testing_families import QWEN_MERGE, QWEN_PATCH
 
@@ -188,3 +190,25 @@ def test_patch_geometry_is_the_merged_grid_of_the_resized_image(model):
     assert (geometry.rows, geometry.cols) == (32 // side, 40 // side)
     assert geometry.crop == "stretch"
     assert geometry.n_tokens == sample.positions("image", 0).numel()
+
+
+def test_image_token_attribution_maps_the_merged_grid(model):
+    sample = model.prepare(_images((28, 40), seed=3), QUESTIONS[1])
+    with torch.no_grad():
+        target = int(model.final_logits(sample).argmax())
+    result = image_token_attribution(
+        model,
+        sample,
+        baseline="zero",
+        target=target,
+        n_masks=60,
+        min_logit_gap=-1e9,
+        progress=False,
+    )
+    assert result.coef.shape == (4, 5)
+    assert result.geometry == PatchGeometry(4, 5, "stretch")
+    # The grid covers the whole image: an object on its left fifth is the first column.
+    mask = np.zeros((28, 40), bool)
+    mask[:, :8] = True
+    mass = result.object_mass(mask)
+    assert (mass.n_object, mass.n_background) == (4, 16)

@@ -8,6 +8,10 @@ tokens, so the image group holds the base image, the tiles and the newlines. The
 decoder is Qwen2 with ordinary RoPE, which TransformerBridge reimplements (as on
 LLaVA), so the default hooks, engine and knockout apply. Without torchvision the
 processor is built without its video processor (:mod:`tl_lvlm.families.processors`).
+
+Image-token maps are drawn on the base image's grid, which covers the whole image
+(resized to the square, not cropped); the tile and newline tokens are ablated with
+the rest in image-token attribution but are not drawn.
 """
 
 from __future__ import annotations
@@ -15,24 +19,33 @@ from __future__ import annotations
 from pathlib import Path
 
 from tl_lvlm.families.base import LVLMFamily
+from tl_lvlm.families.geometry import PatchGeometry
 from tl_lvlm.families.processors import (
     llava_onevision_processor_class,
     load_image_processor_only,
 )
+from tl_lvlm.inputs import LVLMInputs
 
 
 class LlavaOnevisionFamily(LVLMFamily):
     name = "LLaVA-OneVision"
     architecture = "LlavaOnevisionForConditionalGeneration"
     fixed_resolution = False
-    refused_analyses = {
-        "image_attribution": (
-            "its image tokens are a base image followed by anyres tiles with a newline token "
-            "per row of tile features, two grids of the same image rather than one patch grid "
-            "of one image region, so an image-token map has no single layout on the image"
-        )
-    }
 
     @classmethod
     def load_processor(cls, path: str | Path):
         return load_image_processor_only(llava_onevision_processor_class(), path)
+
+    def patch_geometry(self, processor, sample: LVLMInputs) -> PatchGeometry:
+        """The base image's grid: the first ``(image_size / patch)**2`` image tokens, over the
+        whole image (tiles and newlines are left out of the map)."""
+        self.require("image_attribution")
+        vision = self.config.vision_config
+        side = int(vision.image_size) // int(vision.patch_size)
+        n_image = sample.positions("image", 0).numel()
+        if n_image < side * side:
+            raise ValueError(
+                f"{self.name}: the prompt has {n_image} image tokens, fewer than the base "
+                f"image's {side} x {side}"
+            )
+        return PatchGeometry(side, side, "stretch", tokens=tuple(range(side * side)))
