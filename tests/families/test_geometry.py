@@ -49,6 +49,7 @@ def test_region_and_token_subset():
 @pytest.mark.parametrize(
     "family, want",
     [("llava", PatchGeometry(4, 4, "center")), ("gemma3", PatchGeometry(4, 4, "stretch"))],
+    ids=["llava", "gemma3"],
 )
 def test_family_geometry(family, want):
     model = family_model(family)
