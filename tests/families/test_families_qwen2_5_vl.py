@@ -18,6 +18,7 @@ from tl_lvlm.ablation import image_kv_ablation_hooks, image_kv_baseline
 from tl_lvlm.engine import AblationEngine
 from tl_lvlm.families import PatchGeometry
 from tl_lvlm.families.processors import torchvision_available
+from tl_lvlm.flow import knockout
 from tl_lvlm.image_attribution import image_token_attribution
 from tl_lvlm.testing import random_images
 from tl_lvlm.testing_families import QWEN_MERGE, QWEN_PATCH
@@ -149,8 +150,11 @@ def test_bridge_is_booted_without_the_torchvision_check_only_while_loading(model
     names = [f"blocks.1.attn.hook_{n}" for n in ("q", "k", "v", "z", "attn_scores", "pattern")]
     inputs = model.prepare(random_images(1, 28, seed=0), QUESTIONS[0])
     with torch.no_grad():
-        model.run_with_hooks(inputs, fwd_hooks=[(n, record(n)) for n in names])
+        hooked = model.run_with_hooks(inputs, fwd_hooks=[(n, record(n)) for n in names])
+        logits, cache = model.run_with_cache(inputs, names_filter=names[3])
     assert fired == set(names)
+    assert torch.equal(logits, hooked)
+    assert cache[names[3]].shape == (1, inputs.seq_len, model.n_heads, model.d_head)
 
 
 def test_score_edits_are_discarded_so_the_reference_recomputes_attention(model):
@@ -212,3 +216,15 @@ def test_image_token_attribution_maps_the_merged_grid(model):
     mask[:, :8] = True
     mass = result.object_mass(mask)
     assert (mass.n_object, mass.n_background) == (4, 16)
+
+
+def test_recomputed_hooks_refuse_a_sliding_window_they_do_not_apply(model, monkeypatch):
+    sample = model.prepare(random_images(1, 28, seed=2), QUESTIONS[0])
+    baseline = image_kv_baseline(model, sample, "zero")
+    monkeypatch.setattr(model.family.decoder_config, "sliding_window", sample.seq_len - 1)
+    keep = torch.zeros(1, model.n_layers, model.n_heads, dtype=torch.bool)
+    with pytest.raises(NotImplementedError, match="Qwen2.5-VL: the recomputed.*sliding window"):
+        image_kv_ablation_hooks(model, sample, baseline, keep)
+    with pytest.raises(NotImplementedError, match="Qwen2.5-VL: the recomputed.*sliding window"):
+        with knockout(model, sample, ("image", "final"), [0]):
+            pass

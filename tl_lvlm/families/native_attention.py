@@ -53,7 +53,7 @@ def _gather_rows(t: Float[Tensor, "batch pos d"], index: Int[Tensor, "batch n"])
 class _Recompute:
     """One layer's recomputed attention from ``hook_q/k/v``, written into ``hook_z``.
 
-    ``edit(scores, q, hook)`` returns ``(scores, out_fn, rows)``: the edited
+    ``edit(scores, q, v, hook)`` returns ``(scores, out_fn, rows)``: the edited
     pre-softmax scores ``[batch, head, q_edited, key]``, a function that turns the
     probabilities into the edited output ``[batch, head, q_edited, d_head]``, and
     which ``[batch, head, q_edited]`` rows take that output (the rest keep ``hook_z``).
@@ -86,10 +86,6 @@ class _Recompute:
 
     def edit_z(self, z: Float[Tensor, "batch pos head d_head"], hook) -> Tensor:
         family = self.model.family
-        if family.bidirectional_image:
-            raise NotImplementedError(
-                f"{family.name}: recomputed attention implements causal attention only"
-            )
         # hook_q/k/v are [batch, pos, heads, d_head]; attention works on [batch, heads, pos, d].
         q, k, v = (self.seen.pop(n).transpose(1, 2) for n in ("q", "k", "v"))
         if q.shape[0] != self.cos.shape[0] or q.shape[2] != self.cos.shape[1]:
@@ -114,8 +110,27 @@ class _Recompute:
         return z.slice_scatter(edited, dim=1, start=self.first)
 
 
-def _key_ok(inputs: LVLMInputs) -> Bool[Tensor, "batch pos"]:
-    return inputs.attention_mask.bool()
+def _recomputable(model: HookedLVLM, inputs: LVLMInputs) -> Bool[Tensor, "batch pos"]:
+    """The keys each row may attend to (its attention mask), after refusing what the
+    recomputation does not implement: it never guesses."""
+    family, cfg = model.family, model.family.decoder_config
+    window = getattr(cfg, "sliding_window", None)
+    reasons = [
+        "image tokens attend to each other both ways" if family.bidirectional_image else None,
+        f"the prompt is longer than the sliding window ({window})"
+        if window is not None and inputs.seq_len > window
+        else None,
+        "the config sets attn_logit_softcapping"
+        if getattr(cfg, "attn_logit_softcapping", None) is not None
+        else None,
+    ]
+    reasons = [r for r in reasons if r]
+    if reasons:
+        raise NotImplementedError(
+            f"{family.name}: the recomputed-attention hooks implement causal eager attention "
+            f"only, but {'; '.join(reasons)}"
+        )
+    return inputs.attention_mask.bool().to(model.device)
 
 
 def recomputed_ablation_hooks(
@@ -132,6 +147,7 @@ def recomputed_ablation_hooks(
     """
     from tl_lvlm.ablation import ablated_queries
 
+    key_ok = _recomputable(model, inputs)
     first, affected = ablated_queries(model, inputs, scope)
     image = inputs.image.to(model.device)
     rotations = _rotations(model, inputs)
@@ -147,7 +163,7 @@ def recomputed_ablation_hooks(
             layer, k_base, _gather_rows(cos, image), _gather_rows(sin, image)
         )
         edit = _swap_image_kv(model, layer, image, swap, k_base, baseline.v[layer])
-        state = _Recompute(model, layer, cos, sin, _key_ok(inputs), first, edit)
+        state = _Recompute(model, layer, cos, sin, key_ok, first, edit)
         hooks += state.hooks()
     return hooks
 
@@ -184,6 +200,7 @@ def recomputed_knockout_hooks(model: HookedLVLM, knockout: Knockout) -> HookList
     """Knockout hooks by recomputed attention: the blocked pairs get the dtype's minimum
     score (``knockout.mask_scores``), in the query rows (and heads) that have one."""
     inputs = knockout.inputs
+    key_ok = _recomputable(model, inputs)
     rows = knockout.blocked.to(model.device).any(-1)[:, None]  # [batch, 1, q]
     if knockout.heads is not None:
         heads = torch.zeros(model.n_heads, dtype=torch.bool, device=model.device)
@@ -199,5 +216,5 @@ def recomputed_knockout_hooks(model: HookedLVLM, knockout: Knockout) -> HookList
     hooks: HookList = []
     for layer in knockout.layers:
         cos, sin = rotations[layer]
-        hooks += _Recompute(model, layer, cos, sin, _key_ok(inputs), 0, edit).hooks()
+        hooks += _Recompute(model, layer, cos, sin, key_ok, 0, edit).hooks()
     return hooks

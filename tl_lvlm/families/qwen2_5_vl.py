@@ -92,7 +92,8 @@ class Qwen2_5_VLFamily(LVLMFamily):
     def boot_bridge(cls, name: str, hf_model: torch.nn.Module, tokenizer):
         if torchvision_available():
             return super().boot_bridge(name, hf_model, tokenizer)
-        with _adapter_without_torchvision_check(cls.architecture):
+        # The bridge selects its adapter by the HF class's name (see the base class).
+        with _adapter_without_torchvision_check(type(hf_model).__name__):
             return super().boot_bridge(name, hf_model, tokenizer)
 
     # ----------------------------------------------------------------- inputs
