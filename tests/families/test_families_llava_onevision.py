@@ -108,3 +108,13 @@ def test_image_token_map_is_the_base_image_grid(model):
     mask[:, :10] = True
     mass = result.object_mass(mask)
     assert (mass.n_object, mass.n_background) == (SIDE, SIDE * (SIDE - 1))
+
+
+def test_with_torchvision_the_standard_processor_is_used(monkeypatch):
+    """Where torchvision is installed, ``AutoProcessor`` loads the saved files (here it gets
+    as far as needing torchvision for the video processor, so the files are complete)."""
+    import tl_lvlm.families.processors as processors
+
+    monkeypatch.setattr(processors, "torchvision_available", lambda: True)
+    with pytest.raises(ImportError, match="LlavaOnevisionVideoProcessor requires the Torchvision"):
+        type(family_model("llava_onevision").family).load_processor(family_path("llava_onevision"))

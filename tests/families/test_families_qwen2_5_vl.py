@@ -228,3 +228,22 @@ def test_recomputed_hooks_refuse_a_sliding_window_they_do_not_apply(model, monke
     with pytest.raises(NotImplementedError, match="Qwen2.5-VL: the recomputed.*sliding window"):
         with knockout(model, sample, ("image", "final"), [0]):
             pass
+
+
+def test_with_torchvision_the_standard_processor_and_adapter_are_used(monkeypatch):
+    """Where torchvision is installed, loading takes the standard path: ``AutoProcessor`` on
+    the saved files (here it gets as far as needing torchvision for the video processor, so
+    the files are complete) and TransformerLens's own adapter, whose check is then met."""
+    import tl_lvlm.families.processors as processors
+    import tl_lvlm.families.qwen2_5_vl as qwen
+
+    monkeypatch.setattr(processors, "torchvision_available", lambda: True)
+    monkeypatch.setattr(qwen, "torchvision_available", lambda: True)
+    path = family_path("qwen2_5_vl")
+    with pytest.raises(ImportError, match="Qwen2VLVideoProcessor requires the Torchvision"):
+        qwen.Qwen2_5_VLFamily.load_processor(path)
+    hf = Qwen2_5_VLForConditionalGeneration.from_pretrained(path)
+    with pytest.raises(
+        ImportError, match="Qwen2_5_VLArchitectureAdapter needs the optional torchvision"
+    ):
+        qwen.Qwen2_5_VLFamily.boot_bridge(path, hf, family_model("qwen2_5_vl").tokenizer)

@@ -33,7 +33,13 @@ def torchvision_available() -> bool:
 
 
 class _SavedAsStandard:
-    """Mixin: ``processor_config.json`` names the standard processor class, not this one."""
+    """Mixin: save as the standard processor, so that ``AutoProcessor`` loads the files.
+
+    ``processor_config.json`` names the standard class, and the image processor's
+    settings are also written to the legacy ``preprocessor_config.json``, as the public
+    checkpoints ship them: ``AutoVideoProcessor`` builds the video processor from that
+    file where torchvision is installed.
+    """
 
     standard_class: str
 
@@ -41,6 +47,11 @@ class _SavedAsStandard:
         out = super().to_dict()
         out["processor_class"] = self.standard_class
         return out
+
+    def save_pretrained(self, save_directory, **kwargs):
+        saved = super().save_pretrained(save_directory, **kwargs)
+        self.image_processor.save_pretrained(save_directory)
+        return saved
 
 
 @functools.cache
