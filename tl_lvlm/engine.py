@@ -8,9 +8,9 @@ unchanged, so the engine
 2. runs only the text suffix (about 20 tokens for LLaVA-1.5, against about 620
    for the whole prompt) for a batch of masks, through the Hugging Face decoder
    with a custom attention function (``transformers.AttentionInterface``,
-   registered as :data:`ATTENTION_NAME` when an engine first runs) that scores each suffix query against
-   the shared prefix and picks clean or baseline image K/V per (mask, layer,
-   query head), or per image position too.
+   registered as :data:`ATTENTION_NAME` when an engine first runs) that scores
+   each suffix query against the shared prefix and picks clean or baseline image
+   K/V per (mask, layer, query head), or per image position too.
 
 The shared prefix is never copied per mask: the attention function folds
 (mask, query head in group, query) into the rows of one matrix per KV head, so
