@@ -291,6 +291,7 @@ def image_kv_ablation_hooks(
         by default :func:`score_edit_hooks`).
     """
     check_scope(scope)
+    model.family.require("ablation")
     baseline.check(model, inputs)
     keep = check_keep(
         keep,

@@ -250,6 +250,7 @@ class AblationEngine:
                 f"AblationEngine runs one sample: pass a single-row LVLMInputs such as "
                 f"inputs[i], got {got}"
             )
+        model.family.require("ablation")
         unpadded_image_span(sample)  # rejects a sample without image tokens
         baseline.check(model, sample)
         self.model = model

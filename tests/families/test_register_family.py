@@ -26,7 +26,9 @@ from tl_lvlm.families import (
     registered_families,
     unregister_family,
 )
+from tl_lvlm.flow import knockout
 from tl_lvlm.head_attribution import head_attribution
+from tl_lvlm.image_attribution import image_token_attribution
 from tl_lvlm.testing import random_images, save_atomic
 from tl_lvlm.testing_families import build_tiny_llava_15
 
@@ -124,3 +126,31 @@ def test_bad_registrations_are_refused():
 
     with pytest.raises(ValueError, match="must set the class attributes `name` and"):
         register_family(Nameless)
+
+
+def test_refused_analyses_are_refused_by_name(model, monkeypatch):
+    reasons = {
+        "ablation": "no ablation here",
+        "engine": "no engine here",
+        "knockout": "no knockout here",
+        "image_attribution": "no maps here",
+    }
+    monkeypatch.setattr(QALlavaFamily, "refused_analyses", reasons)
+    sample = model.prepare(random_images(1, 28, seed=1), QUESTION)
+    baseline = image_kv_baseline(model, sample, "zero")
+    keep = torch.ones(1, model.n_layers, model.n_heads, dtype=torch.bool)
+    with pytest.raises(NotImplementedError, match="QA LLaVA does not support ablation: no abl"):
+        image_kv_ablation_hooks(model, sample, baseline, keep)
+    with pytest.raises(NotImplementedError, match="QA LLaVA does not support ablation"):
+        AblationEngine(model, sample, baseline)
+    monkeypatch.setattr(QALlavaFamily, "refused_analyses", {"engine": reasons["engine"]})
+    with pytest.raises(NotImplementedError, match="QA LLaVA does not support engine: no engine"):
+        AblationEngine(model, sample, baseline)
+    AblationEngine(model, sample, baseline, scope="all")  # the hook reference still runs
+    monkeypatch.setattr(QALlavaFamily, "refused_analyses", reasons)
+    with pytest.raises(NotImplementedError, match="QA LLaVA does not support knockout: no k"):
+        knockout(model, sample, ("image", "final"))
+    with pytest.raises(NotImplementedError, match="does not support image attribution: no maps"):
+        image_token_attribution(model, sample, baseline="zero", n_masks=20, progress=False)
+    with pytest.raises(ValueError, match="unknown analysis 'flow'"):
+        QALlavaFamily.supports("flow")

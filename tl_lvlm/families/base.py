@@ -27,10 +27,11 @@ from tl_lvlm.inputs import LVLMInputs
 from tl_lvlm.templates import IMAGE_PLACEHOLDER, QUESTION_PLACEHOLDER, split_template
 
 #: Analyses a family may refuse (:attr:`LVLMFamily.refused_analyses`):
-#: ``"engine"``: the shared-prefix :class:`~tl_lvlm.engine.AblationEngine` (scope "text");
-#: ``"knockout"``: attention knockout through ``hook_attn_scores``;
-#: ``"head_attribution"``; ``"image_attribution"``: image-token maps and object masks.
-ANALYSES = ("engine", "knockout", "head_attribution", "image_attribution")
+#: ``"ablation"``: image-K/V head ablation (the hook reference, and so head and image
+#: attribution); ``"engine"``: the shared-prefix :class:`~tl_lvlm.engine.AblationEngine`
+#: (scope "text"); ``"knockout"``: attention knockout; ``"image_attribution"``:
+#: image-token maps and object masks.
+ANALYSES = ("ablation", "engine", "knockout", "image_attribution")
 
 
 def _unwrapped(module: torch.nn.Module) -> torch.nn.Module:
