@@ -247,3 +247,11 @@ def test_with_torchvision_the_standard_processor_and_adapter_are_used(monkeypatc
         ImportError, match="Qwen2_5_VLArchitectureAdapter needs the optional torchvision"
     ):
         qwen.Qwen2_5_VLFamily.boot_bridge(path, hf, family_model("qwen2_5_vl").tokenizer)
+
+
+def test_default_image_size_is_a_square_of_16_by_16_merged_patches(model):
+    # Used for the CLI's random images; Qwen2.5-VL's vision config has no image size.
+    assert model.image_size == 16 * QWEN_PATCH * QWEN_MERGE
+    sample = model.prepare(random_images(1, model.image_size, seed=0), QUESTIONS[0])
+    grid = model.family.patch_geometry(model.processor, sample)
+    assert grid.rows == grid.cols  # a square image stays square (within max_pixels)

@@ -132,6 +132,14 @@ class Qwen2_5_VLFamily(LVLMFamily):
             "position_ids": self.position_ids(inputs),
         }
 
+    @property
+    def image_size(self) -> int:
+        """Qwen2.5-VL takes images of any size; this is the side of a square of 16 x 16 merged
+        patches (448 pixels on the public checkpoints), for where a default size is needed
+        (random images)."""
+        vision = self.config.vision_config
+        return 16 * int(vision.patch_size) * int(vision.spatial_merge_size)
+
     # ------------------------------------------------------------ hook reference
     def ablation_hooks(self, model, inputs: LVLMInputs, baseline, keep: Tensor, scope: str):
         """Recomputed attention (the bridge keeps Qwen's M-RoPE attention native)."""
