@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-from matplotlib.axes import Axes
-from matplotlib.figure import Figure
 from numpy.typing import ArrayLike
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 DEFAULT_THRESHOLDS = {"faithfulness": 0.8, "completeness": 0.2}
 
@@ -132,6 +134,9 @@ def plot_scatter(
 
 def new_figure(ax: Axes | None, figsize: tuple[float, float]) -> tuple[Figure, Axes]:
     """``ax`` and its figure when given, else a new constrained-layout figure and its axes."""
+    # Imported here: importing attribution (or tl_lvlm) does not load matplotlib.
+    from matplotlib.figure import Figure
+
     if ax is not None:
         return ax.figure, ax
     fig = Figure(figsize=figsize, layout="constrained")

@@ -4,6 +4,8 @@ The main entry points; each step is also a function of its own module:
 
 - :class:`HookedLVLM` (``tl_lvlm.model``): load, ``prepare`` inputs with token groups, run with
   hooks or a cache.
+- ``tl_lvlm.families``: one :class:`LVLMFamily` per architecture; :func:`register_family`
+  adds one.
 - ``tl_lvlm.ablation``: image-K/V head ablation hooks (the reference) and mean/zero baselines.
 - ``tl_lvlm.engine``: :class:`AblationEngine`, the same ablation for thousands of masks, fast.
 - ``tl_lvlm.head_attribution``: the paper's head attribution with baselines and evaluation.
@@ -19,6 +21,7 @@ from tl_lvlm.ablation import (
     image_kv_baseline,
 )
 from tl_lvlm.engine import AblationEngine
+from tl_lvlm.families import LVLMFamily, PatchGeometry, register_family
 from tl_lvlm.flow import PAPER_EDGE_SETS, FlowSweep, Knockout, flow_sweep, knockout
 from tl_lvlm.head_attribution import HeadAttributionResult, answer_token_id, head_attribution
 from tl_lvlm.image_attribution import ImageAttribution, image_token_attribution, object_mass
@@ -39,7 +42,9 @@ __all__ = [
     "ImageAttribution",
     "ImageKVBaseline",
     "Knockout",
+    "LVLMFamily",
     "LVLMInputs",
+    "PatchGeometry",
     "answer_token_id",
     "flow_sweep",
     "head_attribution",
@@ -49,5 +54,6 @@ __all__ = [
     "image_token_attribution",
     "knockout",
     "object_mass",
+    "register_family",
 ]
 __version__ = "0.1.0"

@@ -34,7 +34,7 @@ many masks on one sample.
 from __future__ import annotations
 
 import contextlib
-import sys
+import functools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Literal
@@ -60,8 +60,8 @@ HookList = list[tuple[str, Callable]]
 class ImageKVBaseline:
     """Baseline keys and values at the image positions, per layer and KV head.
 
-    ``k`` is what RoPE rotates (``hook_k``, or ``hook_k_normed`` on models with
-    q/k norms such as Gemma 3; see :func:`key_hook`): it is rotated with the
+    ``k`` is what RoPE rotates (the family's key hook, :func:`key_hook`: ``hook_k``,
+    or ``hook_k_normed`` on models with q/k norms): it is rotated with the
     positions of the run it is used in. A baseline only fits inputs with the same ``template`` and
     the same (unpadded) ``image_span``; :meth:`check` enforces it.
 
@@ -121,7 +121,7 @@ def unpadded_image_span(inputs: LVLMInputs, row: int = 0) -> tuple[int, int]:
             "with an <image> placeholder (prepare it with model.prepare(image, question))"
         )
     start, end = inputs.image_span(row)
-    pad = int((inputs.attention_mask[row] == 0).sum())
+    pad = inputs.padding(row)
     return start - pad, end - pad
 
 
@@ -169,15 +169,9 @@ def image_kv_baseline(
 
 
 def key_hook(model: HookedLVLM, layer: int) -> tuple[str, int]:
-    """The hook holding ``layer``'s keys as RoPE receives them, and its position axis.
-
-    ``hook_k`` (``[batch, pos, n_kv_heads, d_head]``) on most models; with q/k norms
-    (Gemma 3) the keys are normalized before RoPE, at ``hook_k_normed``
-    (``[batch, n_kv_heads, pos, d_head]``).
-    """
-    if "k_norm" in model.bridge.blocks[layer].attn.submodules:
-        return f"blocks.{layer}.attn.hook_k_normed", 2
-    return f"blocks.{layer}.attn.hook_k", 1
+    """The hook holding ``layer``'s keys as RoPE receives them, and its position axis
+    (:meth:`~tl_lvlm.families.LVLMFamily.key_hook` of the model's family)."""
+    return model.family.key_hook(layer)
 
 
 def _sum_hooks(
@@ -266,13 +260,9 @@ def check_scope(scope: str) -> None:
 
 
 def rotary_fn(model: HookedLVLM, layer: int = 0) -> Callable:
-    """The ``apply_rotary_pos_emb(q, k, cos, sin)`` of the language model's HF attention code.
-
-    Baseline keys are rotated with the very function the model uses, so that a
-    baseline equal to the clean keys reproduces the clean scores bit for bit.
-    """
-    hf_attn = model.bridge.blocks[layer].attn.original_component
-    return sys.modules[type(hf_attn).__module__].apply_rotary_pos_emb
+    """The ``apply_rotary_pos_emb(q, k, cos, sin)`` of ``layer``'s HF attention code
+    (:meth:`~tl_lvlm.families.LVLMFamily.rotary_fn` of the model's family)."""
+    return model.family.rotary_fn(layer)
 
 
 def image_kv_ablation_hooks(
@@ -296,10 +286,12 @@ def image_kv_ablation_hooks(
             ``"all"``: image queries too.
 
     Returns:
-        ``[(hook_name, fn), ...]`` for ``model.run_with_hooks(inputs, fwd_hooks=...)``;
-        layers whose heads are all kept get no hooks.
+        ``[(hook_name, fn), ...]`` for ``model.run_with_hooks(inputs, fwd_hooks=...)``,
+        built by the model's family (:meth:`~tl_lvlm.families.LVLMFamily.ablation_hooks`;
+        by default :func:`score_edit_hooks`).
     """
     check_scope(scope)
+    model.family.require("ablation")
     baseline.check(model, inputs)
     keep = check_keep(
         keep,
@@ -311,6 +303,20 @@ def image_kv_ablation_hooks(
     if keep.ndim == 3:
         keep = keep[..., None]
     baseline = baseline.to(model.device, model.hf_model.dtype)
+    return model.family.ablation_hooks(model, inputs, baseline, keep, scope)
+
+
+def ablated_queries(
+    model: HookedLVLM, inputs: LVLMInputs, scope: Scope
+) -> tuple[int, Bool[Tensor, "batch q_edited n_image"]]:
+    """Which (query, image column) pairs of each row see the baseline of an ablated head.
+
+    Returns ``(first, affected)``: ``first`` is the first query row any batch row
+    edits; ``affected[b, i, j]`` is True where query ``first + i`` of row ``b`` reads
+    image column ``j`` and sees the baseline there. Hook references only touch query
+    rows from ``first`` on (the suffix for scope ``"text"``), which keeps their
+    tensors small.
+    """
     image = inputs.image  # [batch, n_image] padded positions; rows share n_image
     pos = torch.arange(inputs.seq_len, device=model.device)
     image_end = image[:, -1:] + 1
@@ -318,14 +324,30 @@ def image_kv_ablation_hooks(
     # start ("all"); causality then limits an image query to the columns before it,
     # unless the family's image tokens attend to each other both ways.
     first_query = image_end if scope == "text" else image[:, :1]
-    # The hooks only touch query rows from the first affected one on (the suffix
-    # for scope "text"), which keeps their tensors small.
     first = int(first_query.min())
     rows = pos[first:]
     visible = image[:, None, :] <= rows[None, :, None]  # [batch, q - first, n_image]
     if model.family.bidirectional_image:
         visible |= (rows[None, :] < image_end)[:, :, None]
-    affected = (rows[None, :] >= first_query)[:, :, None] & visible
+    return first, (rows[None, :] >= first_query)[:, :, None] & visible
+
+
+def score_edit_hooks(
+    model: HookedLVLM,
+    inputs: LVLMInputs,
+    baseline: ImageKVBaseline,
+    keep: Bool[Tensor, "batch n_layers n_heads n_image_or_1"],
+    *,
+    scope: Scope = "text",
+) -> HookList:
+    """The hook reference's edits of ``hook_attn_scores`` and ``hook_z`` (module docstring).
+
+    Arguments as validated by :func:`image_kv_ablation_hooks` (``keep`` with a last
+    axis of ``n_image`` or 1, ``baseline`` on the model's device and dtype). Layers
+    whose heads are all kept get no hooks.
+    """
+    image = inputs.image  # [batch, n_image] padded positions; rows share n_image
+    first, affected = ablated_queries(model, inputs, scope)
     hooks: HookList = []
     for layer in range(model.n_layers):
         ablated = ~keep[:, layer]  # [batch, n_heads, n_image or 1]
@@ -338,8 +360,8 @@ def image_kv_ablation_hooks(
             swap=ablated[:, :, None, :] & affected[:, None],
             k_base=baseline.k[layer],
             v_base=baseline.v[layer],
-            scaling=float(model.bridge.blocks[layer].attn.original_component.scaling),
-            rope=rotary_fn(model, layer),
+            scaling=model.family.attention_scaling(layer),
+            rotate=functools.partial(model.family.rotate_keys, layer),
         )
         hooks += state.hooks()
     return hooks
@@ -385,7 +407,8 @@ class _LayerAblation:
     k_base: Float[Tensor, "n_kv_heads n_image d_head"]
     v_base: Float[Tensor, "n_kv_heads n_image d_head"]
     scaling: float
-    rope: Callable
+    #: ``(k, cos, sin) -> k`` rotated as this layer's attention rotates keys.
+    rotate: Callable
     seen: dict[str, Tensor] = field(default_factory=dict)
 
     def hooks(self) -> HookList:
@@ -433,7 +456,7 @@ class _LayerAblation:
             for n in ("cos", "sin")
         )  # [batch, n_image, d_head]
         k_base = self.k_base[None].expand(q.shape[0], -1, -1, -1)
-        _, k_rot = self.rope(k_base, k_base, cos, sin)  # [batch, n_kv_heads, n_image, d_head]
+        k_rot = self.rotate(k_base, cos, sin)  # [batch, n_kv_heads, n_image, d_head]
         base = torch.matmul(q, self._per_head(k_rot, n_heads).transpose(-1, -2)) * self.scaling
         clean = edited.gather(-1, cols)
         edited = edited.scatter(-1, cols, torch.where(self.swap, base.to(scores.dtype), clean))

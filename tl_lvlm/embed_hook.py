@@ -15,20 +15,13 @@ block 0 at every position (``hook_embed == blocks.0.hook_resid_pre``), and an ed
 of ``hook_embed`` is what block 0 reads. Hooks are the user's own: the hook point
 object, its name and its registered hooks are unchanged, it only fires elsewhere,
 once per forward. Any family whose language model is called with merged
-``inputs_embeds`` (LLaVA-1.5, LLaVA-NeXT, Gemma 3) works the same way.
+``inputs_embeds`` (every registered family) works the same way.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-
-from torch import nn
-
-
-def _language_model(model) -> nn.Module:
-    """The decoder that takes the merged ``inputs_embeds`` (embeddings to final norm)."""
-    return model.hf_model.model.language_model
 
 
 @contextlib.contextmanager
@@ -59,7 +52,7 @@ def hook_embed_at_residual_input(model) -> Iterator[None]:
             )
         return args, {**kwargs, "inputs_embeds": hook_point(embeds)}
 
-    handle = _language_model(model).register_forward_pre_hook(fire, with_kwargs=True)
+    handle = model.family.decoder.register_forward_pre_hook(fire, with_kwargs=True)
     # A bare hook point stands in inside the token embedding (an identity there).
     embed._modules["hook_out"] = HookPoint()
     try:

@@ -8,9 +8,9 @@ unchanged, so the engine
 2. runs only the text suffix (about 20 tokens for LLaVA-1.5, against about 620
    for the whole prompt) for a batch of masks, through the Hugging Face decoder
    with a custom attention function (``transformers.AttentionInterface``,
-   registered as :data:`ATTENTION_NAME`) that scores each suffix query against
-   the shared prefix and picks clean or baseline image K/V per (mask, layer,
-   query head), or per image position too.
+   registered as :data:`ATTENTION_NAME` when an engine first runs) that scores
+   each suffix query against the shared prefix and picks clean or baseline image
+   K/V per (mask, layer, query head), or per image position too.
 
 The shared prefix is never copied per mask: the attention function folds
 (mask, query head in group, query) into the rows of one matrix per KV head, so
@@ -38,7 +38,7 @@ to share: it falls back to batched forward passes through the hook reference.
 from __future__ import annotations
 
 import contextlib
-import inspect
+import functools
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -48,7 +48,6 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 from tqdm.auto import tqdm
-from transformers import AttentionInterface
 
 from tl_lvlm.ablation import (
     ImageKVBaseline,
@@ -56,7 +55,6 @@ from tl_lvlm.ablation import (
     check_keep,
     check_scope,
     image_kv_ablation_hooks,
-    rotary_fn,
     unpadded_image_span,
 )
 from tl_lvlm.inputs import LVLMInputs
@@ -172,7 +170,16 @@ def image_ablation_attention(
     return out.permute(1, 3, 0, 2, 4).reshape(b, s, n_heads, d), None
 
 
-AttentionInterface.register(ATTENTION_NAME, image_ablation_attention)
+@functools.cache
+def register_attention() -> None:
+    """Register :func:`image_ablation_attention` with transformers as :data:`ATTENTION_NAME`.
+
+    Done when an engine first runs, not at import: importing tl_lvlm changes nothing
+    in transformers.
+    """
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(ATTENTION_NAME, image_ablation_attention)
 
 
 @contextlib.contextmanager
@@ -195,15 +202,17 @@ def hf_modules(model: HookedLVLM, attn_implementation: str | None = None) -> Ite
                 setattr(module, name, child)
             unwrap(child)
 
-    text_config = model.hf_model.model.language_model.config
-    attn_before = text_config._attn_implementation
+    if attn_implementation == ATTENTION_NAME:
+        register_attention()
+    decoder_config = model.family.decoder_config
+    attn_before = decoder_config._attn_implementation
     try:
         unwrap(model.hf_model)
         if attn_implementation is not None:
-            text_config._attn_implementation = attn_implementation
+            decoder_config._attn_implementation = attn_implementation
         yield
     finally:
-        text_config._attn_implementation = attn_before
+        decoder_config._attn_implementation = attn_before
         for module, name, child in reversed(undo):
             setattr(module, name, child)
 
@@ -241,6 +250,7 @@ class AblationEngine:
                 f"AblationEngine runs one sample: pass a single-row LVLMInputs such as "
                 f"inputs[i], got {got}"
             )
+        model.family.require("ablation")
         unpadded_image_span(sample)  # rejects a sample without image tokens
         baseline.check(model, sample)
         self.model = model
@@ -250,7 +260,7 @@ class AblationEngine:
         self.sample = sample.to(self.device)
         self.baseline = baseline.to(self.device, self.dtype)
         with torch.no_grad():
-            self.clean_logits = model(self.sample)[0, -1].float().cpu()
+            self.clean_logits = model.final_logits(self.sample)[0].cpu()
         vocab = self.clean_logits.shape[0]
         if target is None:
             target = int(self.clean_logits.argmax())
@@ -259,8 +269,10 @@ class AblationEngine:
         self.target = int(target)
         self.clean_logit = float(self.clean_logits[self.target])
 
-        self._pad = int((self.sample.attention_mask[0] == 0).sum())
+        self._pad = self.sample.padding(0)
         self._ids = self.sample.input_ids[:, self._pad :]  # [1, seq]
+        #: Position ids of the unpadded prompt, ``[..., 1, seq]`` (the family's layout).
+        self._positions = model.family.position_ids(self.sample)[..., self._pad :]
         self.image_start, self.prefix_len = baseline.image_span
         self.suffix_len = self._ids.shape[1] - self.prefix_len
         if scope == "text":
@@ -271,21 +283,7 @@ class AblationEngine:
 
     def _check_suffix_attention(self) -> None:
         """Refuse what :func:`image_ablation_attention` does not implement (it never guesses)."""
-        cfg = self.model.hf_model.model.language_model.config
-        family, n = self.model.family.name, self._ids.shape[1]
-        window = getattr(cfg, "sliding_window", None)
-        if window is not None and getattr(cfg, "use_sliding_window", True) and n > window:
-            raise NotImplementedError(
-                f"{family}: the prompt has {n} tokens, more than the sliding attention window "
-                f"({window}), which the engine's suffix attention does not apply; use "
-                "scope='all' (hook reference) or a shorter prompt"
-            )
-        for cap in ("attn_logit_softcapping", "final_logit_softcapping"):
-            if getattr(cfg, cap, None) is not None:
-                raise NotImplementedError(
-                    f"{family}: this checkpoint sets {cap}, which the engine's suffix run does "
-                    "not apply; use scope='all' (hook reference)"
-                )
+        self.model.family.check_engine(self._ids.shape[1])
 
     @property
     def n_image(self) -> int:
@@ -294,58 +292,31 @@ class AblationEngine:
     @torch.no_grad()
     def _build_prefix(self) -> SharedPrefix:
         """Run the prefix once; rotate the baseline keys to the image positions."""
-        hf = self.model.hf_model
-        positions = torch.arange(self.prefix_len, device=self.device)[None]
-        # Per-token processor outputs (Gemma 3's token_type_ids) are cut to the prefix.
-        seq = self.sample.input_ids.shape[1]
-        extra = {
-            name: t[:, self._pad : self._pad + self.prefix_len]
-            if t.ndim == 2 and t.shape[1] == seq
-            else t
-            for name, t in self.sample.extra.items()
-        }
+        family = self.model.family
+        positions = self._positions[..., : self.prefix_len]
         with hf_modules(self.model):
-            out = hf.model(
+            out = self.model.hf_model.model(
                 input_ids=self._ids[:, : self.prefix_len],
-                pixel_values=self.sample.pixel_values,
                 position_ids=positions,
                 use_cache=True,
-                **extra,
+                **family.prefix_inputs(self.sample, self.prefix_len),
             )
         cache = out.past_key_values.layers
         k = torch.stack([layer.keys[0] for layer in cache])  # [n_layers, n_kv, prefix, d]
         v = torch.stack([layer.values[0] for layer in cache])
         image = slice(self.image_start, self.prefix_len)
+        rotations = family.rotations(k, positions[..., image])
         k_base = torch.cat(
             [
-                rotary_fn(self.model, layer)(base, base, cos, sin)[1]
+                family.rotate_keys(layer, base, cos, sin)
                 for layer, (base, (cos, sin)) in enumerate(
-                    zip(
-                        self.baseline.k.split(1),
-                        self._rotations(k, positions[:, image]),
-                        strict=True,
-                    )
+                    zip(self.baseline.k.split(1), rotations, strict=True)
                 )
             ]
         )
         k_alt, v_alt = k.clone(), v.clone()
         k_alt[:, :, image], v_alt[:, :, image] = k_base, self.baseline.v
         return SharedPrefix(torch.cat([k, k_alt], -1), torch.cat([v, v_alt], -1), image)
-
-    def _rotations(
-        self, x: Tensor, positions: Tensor
-    ) -> list[tuple[Float[Tensor, "1 n d_head"], Float[Tensor, "1 n d_head"]]]:
-        """RoPE ``(cos, sin)`` of each layer at ``positions`` ``[1, n]``.
-
-        Layers share one rotary embedding, except where the model gives each layer
-        type its own (Gemma 3: local RoPE for sliding layers, global for the others).
-        """
-        language_model = self.model.hf_model.model.language_model
-        rotary = language_model.rotary_emb
-        rotary = getattr(rotary, "original_component", rotary)
-        if "layer_type" in inspect.signature(rotary.forward).parameters:
-            return [rotary(x, positions, t) for t in language_model.config.layer_types]
-        return [rotary(x, positions)] * self.model.n_layers
 
     def check_masks(self, masks: Masks | np.ndarray) -> Masks:
         """Validate ``masks`` (as :func:`~tl_lvlm.ablation.check_keep`); return a bool tensor."""
@@ -438,7 +409,7 @@ class AblationEngine:
         Dominated by attention scores ``[n_heads, queries, keys]`` (several copies,
         the softmax in fp32) and the MLP's ``[queries, d_mlp]``; doubled for slack.
         """
-        cfg = self.model.hf_model.config.text_config
+        cfg = self.model.family.decoder_config
         item = torch.finfo(self.dtype).bits // 8
         n_heads, n_image = self.model.n_heads, self.n_image
         seq = self._ids.shape[1]
@@ -456,18 +427,17 @@ class AblationEngine:
         per_position = keep.shape[3] if keep.ndim == 4 else 1
         layout = keep.reshape(b, n_layers, n_kv, n_heads // n_kv, 1, per_position)
         state = SuffixState(self.prefix, layout.permute(1, 2, 0, 3, 4, 5))
-        hf = self.model.hf_model
-        positions = torch.arange(self.prefix_len, self._ids.shape[1], device=self.device)[None]
-        hidden = hf.model.language_model(
+        family = self.model.family
+        hidden = family.decoder(
             input_ids=self._ids[:, self.prefix_len :].expand(b, -1),
-            position_ids=positions,
+            position_ids=self._positions[..., self.prefix_len :],
             use_cache=False,
             **{STATE_KWARG: state},
         ).last_hidden_state
-        return hf.lm_head(hidden[:, -1])
+        return family.final_logits(hidden[:, -1])
 
     def _run_all(self, keep: Masks) -> Float[Tensor, "batch d_vocab"]:
         """Final-position logits of whole hooked forwards, the sample repeated per mask."""
         rows = self.sample[[0] * keep.shape[0]]
         hooks = image_kv_ablation_hooks(self.model, rows, self.baseline, keep, scope="all")
-        return self.model.run_with_hooks(rows, fwd_hooks=hooks)[:, -1]
+        return self.model.final_logits(rows, hooks)

@@ -23,12 +23,13 @@ relative target logit ``logit(knocked) / logit(clean)``, as the paper reports th
 relative change of the answer's logit; the ``(knocked - ref) / (clean - ref)``
 normalization of head attribution would need a reference run per edge set.
 
-Knockout needs an attention component that computes the scores itself and lets
-hook edits flow into its softmax. TransformerBridge's plain ``AttentionBridge``
-instead runs the Hugging Face attention module and fires ``hook_attn_scores``
-afterwards on what that module returned (e.g. the text attention of Qwen2.5-VL):
-there an edit is discarded. :func:`knockout` refuses such models rather than
-returning a silent no-op.
+The hooks come from the model's family
+(:meth:`~tl_lvlm.families.LVLMFamily.knockout_hooks`): by default they edit the
+scores, which needs an attention component that computes them itself and lets
+hook edits flow into its softmax. Where TransformerBridge keeps attention native
+and fires ``hook_attn_scores`` after the fact, an edit would be discarded:
+:func:`knockout` refuses such models (``LVLMFamily.check_knockout``) rather than
+returning a silent no-op, unless the family brings hooks of its own.
 """
 
 from __future__ import annotations
@@ -38,20 +39,20 @@ import json
 import os
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from jaxtyping import Bool, Float, Int
-from matplotlib.axes import Axes
-from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from attribution.plots import new_figure, save_figure
 from tl_lvlm.inputs import GROUPS, LVLMInputs
 from tl_lvlm.model import HookedLVLM
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 #: Shorthands accepted wherever a group name is: alias -> groups.
 GROUP_ALIASES: dict[str, tuple[str, ...]] = {"text": ("question", "role", "final")}
@@ -193,28 +194,6 @@ def _check_heads(model: HookedLVLM, heads: Sequence[int] | None) -> tuple[int, .
     return tuple(sorted(set(heads)))
 
 
-def check_scores_editable(model: HookedLVLM, layers: Sequence[int]) -> None:
-    """Raise ``NotImplementedError`` where edits to ``hook_attn_scores`` are discarded.
-
-    The plain ``AttentionBridge`` runs the wrapped HF attention module and fires
-    ``hook_attn_scores`` afterwards, on its *post*-softmax weights; subclasses
-    that reimplement ``forward`` (``PositionEmbeddingsAttentionBridge`` on LLaVA's
-    Llama, ...) compute the scores themselves and feed hook edits into the softmax.
-    """
-    from transformer_lens.model_bridge.generalized_components.attention import AttentionBridge
-
-    for layer in layers:
-        attn = model.blocks[layer].attn
-        if type(attn).forward is AttentionBridge.forward:
-            raise NotImplementedError(
-                f"blocks.{layer}.attn is a {type(attn).__name__} that runs the Hugging Face "
-                "attention module natively and fires hook_attn_scores after the fact, so "
-                "attention knockout through that hook would silently do nothing on this "
-                "architecture. Knockout needs an attention bridge that recomputes attention "
-                "(e.g. PositionEmbeddingsAttentionBridge, as on LLaVA)."
-            )
-
-
 @dataclass
 class Knockout:
     """Score hooks blocking attention along edges in a window of layers.
@@ -230,20 +209,25 @@ class Knockout:
 
     Attributes:
         model: the model the hooks are for.
+        inputs: the batch they are for (families that recompute attention read its
+            position ids and attention mask).
         blocked: ``[batch, query, key]``, True where the edges block attention.
         layers: layers whose attention is edited.
         heads: query heads edited in each of those layers (None = all).
     """
 
     model: HookedLVLM = field(repr=False)
+    inputs: LVLMInputs = field(repr=False)
     blocked: Bool[Tensor, "batch query key"] = field(repr=False)
     layers: tuple[int, ...]
     heads: tuple[int, ...] | None = None
     _stack: contextlib.ExitStack | None = field(default=None, repr=False)
 
-    def _hook(
+    def mask_scores(
         self, scores: Float[Tensor, "batch head query key"], hook
     ) -> Float[Tensor, "batch head query key"]:
+        """Hook on pre-softmax scores: the blocked pairs (of the chosen heads) get the
+        dtype's minimum."""
         if scores.shape[:1] + scores.shape[2:] != self.blocked.shape:
             raise ValueError(
                 f"{hook.name}: scores of shape {tuple(scores.shape)} do not fit a knockout "
@@ -259,8 +243,9 @@ class Knockout:
 
     @property
     def fwd_hooks(self) -> list[tuple[str, Callable]]:
-        """``[(hook name, fn), ...]`` for ``run_with_hooks`` / ``model.hooks``."""
-        return [(f"blocks.{layer}.attn.hook_attn_scores", self._hook) for layer in self.layers]
+        """``[(hook name, fn), ...]`` for ``run_with_hooks`` / ``model.hooks`` (the family's
+        :meth:`~tl_lvlm.families.LVLMFamily.knockout_hooks`)."""
+        return self.model.family.knockout_hooks(self)
 
     def __enter__(self) -> Knockout:
         if self._stack is not None:
@@ -304,10 +289,10 @@ def knockout(
     """
     layers = _check_layers(model, layers)
     heads = _check_heads(model, heads)
-    check_scores_editable(model, layers)
+    model.family.check_knockout(model.bridge, layers)
     blocked = knockout_mask(inputs, edges)
     _check_rows_keep_a_key(inputs, blocked)
-    return Knockout(model, blocked, layers, heads)
+    return Knockout(model, inputs, blocked, layers, heads)
 
 
 # ---------------------------------------------------------------- window sweep
@@ -389,8 +374,9 @@ def _edge_json(edges: Sequence[Edge]) -> list[list[list[str]]]:
 def _target_logits(
     model: HookedLVLM, inputs: LVLMInputs, targets: Int[Tensor, " batch"], fwd_hooks=()
 ) -> Float[Tensor, " batch"]:
-    logits = model.run_with_hooks(inputs, fwd_hooks=fwd_hooks)[:, -1]
-    return logits.gather(-1, targets[:, None])[:, 0].float()
+    """fp32 final-position logits of ``targets`` in a run with ``fwd_hooks``."""
+    logits = model.final_logits(inputs, fwd_hooks)
+    return logits.gather(-1, targets.to(logits.device)[:, None])[:, 0]
 
 
 def flow_sweep(
@@ -440,10 +426,11 @@ def flow_sweep(
     for lo in range(0, n, batch_size):
         rows = list(range(lo, min(lo + batch_size, n)))
         batch = samples[rows]
-        logits = model(batch)[:, -1].detach()
+        with torch.no_grad():
+            logits = model.final_logits(batch)
         predicted[rows] = logits.argmax(-1).cpu()
         batch_targets = targets[rows] if given else logits.argmax(-1)
-        clean[rows] = logits.gather(-1, batch_targets[:, None])[:, 0].float().cpu()
+        clean[rows] = logits.gather(-1, batch_targets[:, None])[:, 0].cpu()
         for name, edge_list in edge_lists.items():
             for i, start in enumerate(starts):
                 ko = knockout(model, batch, edge_list, range(start, start + window))
@@ -481,6 +468,10 @@ def plot_flow_sweep(
 
     The band around each curve is ± one standard deviation over samples.
     """
+    from matplotlib.ticker import MaxNLocator
+
+    from attribution.plots import new_figure, save_figure
+
     fig, ax = new_figure(ax, figsize=(5, 3.5))
     x = np.asarray(sweep.starts)
     for name, mean in sweep.curves().items():

@@ -8,8 +8,10 @@ queries, and ElasticNet maps masks to the normalized target logit
     y = (logit(mask) - logit(all ablated)) / (logit(clean) - logit(all ablated)).
 
 A coefficient is a patch's attribution (positive: keeping the patch raises the
-answer's logit). LLaVA lays its image tokens out row by row over the vision
-tower's patch grid, so the ``n_image`` coefficients reshape to ``[grid, grid]``.
+answer's logit). The model's family says how its image tokens lie on the image
+(:class:`~tl_lvlm.families.PatchGeometry`: LLaVA-1.5 lays them out row by row over
+the CLIP patch grid of the centre crop), so the ``n_image`` coefficients reshape to
+a ``[rows, cols]`` map; families without one grid refuse, naming the reason.
 
 :func:`object_mass` compares the attribution on an object's patches with the
 background's (the paper: image information sits in object *and* background
@@ -18,26 +20,27 @@ tokens), and :func:`plot_image_attribution` overlays the map on the image.
 
 from __future__ import annotations
 
-import math
 import os
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
 from jaxtyping import Bool, Float
-from matplotlib.axes import Axes
-from matplotlib.figure import Figure
 from numpy.typing import ArrayLike
 from PIL import Image
 
 from attribution import FitResult, collect, fit, sample_masks
-from attribution.plots import new_figure, save_figure
 from tl_lvlm.ablation import ImageKVBaseline, image_kv_baseline
 from tl_lvlm.engine import AblationEngine
+from tl_lvlm.families.geometry import PatchGeometry
 from tl_lvlm.fingerprint import tensor_sha256
 from tl_lvlm.inputs import LVLMInputs
 from tl_lvlm.model import HookedLVLM
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 
 class NoImageEffectError(ValueError):
@@ -49,40 +52,33 @@ class ImageAttribution:
     """Attribution of one sample's target logit to its image patches.
 
     Attributes:
-        coef: ``[grid, grid]`` attribution per patch, row-major as the image tokens.
+        coef: ``[rows, cols]`` attribution per patch of the family's patch grid.
         fit: the ElasticNet fit (flat ``coef`` over image positions, held-out R², ρ).
         target: token id whose logit is attributed.
         clean_logit: target logit with every image position kept.
         ablated_logit: target logit with every image position ablated.
         masks: bool ``[n_masks, n_image]`` (True = position kept).
         y: ``[n_masks]`` normalized target logit of every mask.
+        geometry: where the map's patches lie on the image (None: a square map over
+            the image's central square).
     """
 
-    coef: Float[np.ndarray, "grid grid"]
+    coef: Float[np.ndarray, "rows cols"]
     fit: FitResult
     target: int
     clean_logit: float
     ablated_logit: float
     masks: Bool[np.ndarray, "n_masks n_image"]
     y: Float[np.ndarray, " n_masks"]
+    geometry: PatchGeometry | None = field(default=None)
 
     @property
     def grid(self) -> int:
         return int(self.coef.shape[0])
 
     def object_mass(self, object_mask: ArrayLike) -> ObjectMass:
-        """:func:`object_mass` of this map."""
-        return object_mass(self.coef, object_mask)
-
-
-def _grid(n_image: int) -> int:
-    grid = math.isqrt(n_image)
-    if grid * grid != n_image:
-        raise ValueError(
-            f"{n_image} image tokens do not form a square patch grid; image-token maps need "
-            "one square grid of patches (LLaVA-1.5 style, not multi-crop layouts)"
-        )
-    return grid
+        """:func:`object_mass` of this map, the object mask placed by its patch geometry."""
+        return object_mass(self.coef, object_mask, self.geometry)
 
 
 def image_token_attribution(
@@ -124,12 +120,14 @@ def image_token_attribution(
         progress: show a progress bar.
 
     Returns:
-        :class:`ImageAttribution` with a ``[grid, grid]`` map.
+        :class:`ImageAttribution` with a ``[rows, cols]`` map.
 
     Raises:
         NoImageEffectError: ``clean - all ablated < min_logit_gap``.
-        ValueError: a ``"mean"`` baseline without reference, a non-square image grid.
+        ValueError: a ``"mean"`` baseline without reference.
+        NotImplementedError: the family has no single patch grid for its image tokens.
     """
+    geometry = model.family.patch_geometry(model.processor, sample)
     if isinstance(baseline, str):
         if baseline == "mean" and reference is None:
             raise ValueError(
@@ -139,7 +137,6 @@ def image_token_attribution(
         baseline = image_kv_baseline(model, sample if reference is None else reference, baseline)
     engine = AblationEngine(model, sample, baseline, target=target)
     n_layers, n_heads, n_image = model.n_layers, model.n_heads, engine.n_image
-    grid = _grid(n_image)
 
     def logits(keep: Bool[np.ndarray, "b n_image"]) -> Float[np.ndarray, " b"]:
         # One position mask applies to every head of every layer (a free expand).
@@ -173,13 +170,14 @@ def image_token_attribution(
     y = (raw - ablated) / (clean - ablated)
     result = fit(masks, y, alpha=alpha, l1_ratio=l1_ratio, holdout=holdout, seed=seed)
     return ImageAttribution(
-        coef=result.coef.reshape(grid, grid),
+        coef=geometry.to_map(result.coef),
         fit=result,
         target=engine.target,
         clean_logit=clean,
         ablated_logit=ablated,
         masks=masks,
         y=y,
+        geometry=geometry,
     )
 
 
@@ -207,41 +205,41 @@ class ObjectMass:
     n_background: int
 
 
-def patch_mask(object_mask: ArrayLike, grid: int) -> Bool[np.ndarray, "grid grid"]:
+def patch_mask(object_mask: ArrayLike, grid: int | PatchGeometry) -> Bool[np.ndarray, "rows cols"]:
     """Object mask of the image (``[height, width]``) -> which patches are object patches.
 
-    The mask is cropped to its central square, as CLIP's processor crops the image
-    (after resizing its shorter side), and a patch is an object patch when at least
-    half of its area is object.
+    ``grid``: the map's :class:`~tl_lvlm.families.PatchGeometry` (the family's crop or
+    resize), or the side of a square grid over the central square, as CLIP's
+    processor crops the image. A patch is an object patch when at least half of its
+    area is object.
     """
-    mask = np.asarray(object_mask)
-    if mask.ndim != 2 or min(mask.shape) < 1:
-        raise ValueError(f"object_mask must be a 2-D [height, width] array, got {mask.shape}")
-    h, w = mask.shape
-    side = min(h, w)
-    top, left = (h - side) // 2, (w - side) // 2
-    square = mask[top : top + side, left : left + side].astype(np.float32)
-    area = Image.fromarray(square, mode="F").resize((grid, grid), Image.Resampling.BOX)
-    return np.asarray(area) >= 0.5
+    if not isinstance(grid, PatchGeometry):
+        grid = PatchGeometry(grid, grid, "center")
+    return grid.patch_mask(object_mask)
 
 
-def object_mass(coef: Float[np.ndarray, "grid grid"], object_mask: ArrayLike) -> ObjectMass:
+def object_mass(
+    coef: Float[np.ndarray, "rows cols"],
+    object_mask: ArrayLike,
+    geometry: PatchGeometry | None = None,
+) -> ObjectMass:
     """Attribution on object vs background patches (see :class:`ObjectMass`).
 
     Args:
-        coef: ``[grid, grid]`` attribution map.
+        coef: ``[rows, cols]`` attribution map.
         object_mask: ``[height, width]`` binary mask of the object over the image the
             map was computed for (nonzero = object).
+        geometry: where the map lies on the image (``ImageAttribution.geometry``);
+            None = a square map over the image's central square.
     """
     coef = np.asarray(coef, dtype=np.float64)
-    if coef.ndim != 2 or coef.shape[0] != coef.shape[1]:
-        raise ValueError(f"coef must be a square [grid, grid] map, got shape {coef.shape}")
-    on_object = patch_mask(object_mask, coef.shape[0])
+    geometry = _geometry(coef, geometry)
+    on_object = geometry.patch_mask(object_mask)
     n_object = int(on_object.sum())
     if n_object in (0, on_object.size):
         where = "no" if n_object == 0 else "every"
         raise ValueError(
-            f"the object mask covers {where} patch of the {coef.shape[0]}x{coef.shape[0]} grid "
+            f"the object mask covers {where} patch of the {coef.shape[0]}x{coef.shape[1]} grid "
             "(a patch counts as object when half of it is), so object and background cannot "
             "be compared"
         )
@@ -257,31 +255,49 @@ def object_mass(coef: Float[np.ndarray, "grid grid"], object_mask: ArrayLike) ->
     )
 
 
+def _geometry(
+    coef: Float[np.ndarray, "rows cols"], geometry: PatchGeometry | None
+) -> PatchGeometry:
+    """``geometry`` checked against the map; None = a square map over the central square."""
+    if geometry is None:
+        if coef.ndim != 2 or coef.shape[0] != coef.shape[1]:
+            raise ValueError(f"coef must be a square [grid, grid] map, got shape {coef.shape}")
+        return PatchGeometry(coef.shape[0], coef.shape[0], "center")
+    if coef.shape != geometry.shape:
+        raise ValueError(f"coef has shape {coef.shape} but the patch grid is {geometry.shape}")
+    return geometry
+
+
 def plot_image_attribution(
-    coef: Float[np.ndarray, "grid grid"],
+    coef: Float[np.ndarray, "rows cols"],
     image: Image.Image | np.ndarray,
     path: str | os.PathLike | None = None,
     *,
     object_mask: ArrayLike | None = None,
+    geometry: PatchGeometry | None = None,
     title: str = "Image-token attribution",
     alpha: float = 0.6,
     ax: Axes | None = None,
 ) -> Figure:
-    """Overlay a ``[grid, grid]`` attribution map on the image (its central square, in gray).
+    """Overlay a ``[rows, cols]`` attribution map on the image region it covers, in gray.
 
-    ``image`` is a PIL image or a ``[height, width(, 3)]`` uint8 array.
+    ``image`` is a PIL image or a ``[height, width(, 3)]`` uint8 array; ``geometry``
+    (``ImageAttribution.geometry``) places the map, None = a square map over the
+    image's central square.
 
     Diverging colors centered at 0 (red: keeping the patch raises the answer's logit);
     with ``object_mask`` the object's patches are outlined.
     """
+    from attribution.plots import new_figure, save_figure
+
     coef = np.asarray(coef, dtype=np.float64)
     # Grayscale underneath, so that the image's colors do not read as attribution.
     pixels = np.asarray(Image.fromarray(np.asarray(image)).convert("L"))
-    side = min(pixels.shape[:2])
-    top, left = (pixels.shape[0] - side) // 2, (pixels.shape[1] - side) // 2
+    geometry = _geometry(coef, geometry)
+    top, left, height, width = geometry.region(*pixels.shape[:2])
     fig, ax = new_figure(ax, figsize=(4.5, 4))
-    extent = (0, side, side, 0)
-    ax.imshow(pixels[top : top + side, left : left + side], cmap="gray", extent=extent)
+    extent = (0, width, height, 0)
+    ax.imshow(pixels[top : top + height, left : left + width], cmap="gray", extent=extent)
     vmax = float(np.abs(coef).max()) or 1.0
     overlay = ax.imshow(
         coef,
@@ -294,9 +310,10 @@ def plot_image_attribution(
     )
     if object_mask is not None:
         # Upsampled with repeats, so that the outline follows the patch edges.
-        fine = np.kron(patch_mask(object_mask, coef.shape[0]), np.ones((16, 16)))
-        centers = (np.arange(fine.shape[0]) + 0.5) * side / fine.shape[0]
-        ax.contour(centers, centers, fine, levels=[0.5], colors="k", linewidths=1.5)
+        fine = np.kron(geometry.patch_mask(object_mask), np.ones((16, 16)))
+        ys = (np.arange(fine.shape[0]) + 0.5) * height / fine.shape[0]
+        xs = (np.arange(fine.shape[1]) + 0.5) * width / fine.shape[1]
+        ax.contour(xs, ys, fine, levels=[0.5], colors="k", linewidths=1.5)
     fig.colorbar(overlay, ax=ax, label="coefficient")
     ax.set(title=title, xticks=[], yticks=[])
     return save_figure(fig, path)

@@ -16,13 +16,27 @@ prompt, never from hard-coded positions.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields, replace
+from typing import TYPE_CHECKING
 
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+if TYPE_CHECKING:
+    from tl_lvlm.families import LVLMFamily
+
 GROUPS = ("prefix", "image", "question", "role", "final")
 """Token group names, in prompt order."""
+
+
+def left_padding(attention_mask: Int[Tensor, "batch pos"]) -> Int[Tensor, " batch"]:
+    """Left-padding tokens per row (prompts are left-padded: padding is the mask's zeros)."""
+    return (attention_mask == 0).sum(-1)
+
+
+def padding_position_ids(attention_mask: Int[Tensor, "batch pos"]) -> Int[Tensor, "batch pos"]:
+    """Positions that skip left padding, so a padded row equals its unpadded run."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
 @dataclass
@@ -48,6 +62,9 @@ class LVLMInputs:
     questions: list[str] = field(default_factory=list)
     #: Extra processor outputs the model needs (e.g. ``image_sizes``).
     extra: dict[str, Tensor] = field(default_factory=dict)
+    #: The model's family, which turns these inputs into forward kwargs
+    #: (:meth:`model_kwargs`); set by ``HookedLVLM.prepare``.
+    family: LVLMFamily | None = field(default=None, repr=False, compare=False)
 
     @property
     def batch_size(self) -> int:
@@ -59,8 +76,15 @@ class LVLMInputs:
 
     @property
     def position_ids(self) -> Int[Tensor, "batch pos"]:
-        """Positions that ignore left padding, so a padded row equals its unpadded run."""
-        return (self.attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        """Positions that ignore left padding, so a padded row equals its unpadded run.
+
+        Families with other position ids (M-RoPE) give theirs in :meth:`model_kwargs`.
+        """
+        return padding_position_ids(self.attention_mask)
+
+    def padding(self, row: int = 0) -> int:
+        """Number of left-padding tokens of ``row``."""
+        return int(left_padding(self.attention_mask[row : row + 1])[0])
 
     def group(self, name: str) -> Int[Tensor, "batch n"]:
         """Index tensor of a token group by name (see :data:`GROUPS`)."""
@@ -93,13 +117,14 @@ class LVLMInputs:
         return start, end
 
     def model_kwargs(self) -> dict[str, Tensor]:
-        """Keyword arguments for the bridge / HF forward besides ``input_ids``."""
-        return {
-            "pixel_values": self.pixel_values,
-            "attention_mask": self.attention_mask,
-            "position_ids": self.position_ids,
-            **self.extra,
-        }
+        """Keyword arguments for the bridge / HF forward besides ``input_ids``
+        (:meth:`tl_lvlm.families.LVLMFamily.model_kwargs` of the inputs' family)."""
+        if self.family is None:
+            raise ValueError(
+                "these inputs carry no model family to build forward arguments; prepare them "
+                "with model.prepare(images, questions)"
+            )
+        return self.family.model_kwargs(self)
 
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> LVLMInputs:
         """Move tensors to ``device``; ``dtype`` casts ``pixel_values`` only."""

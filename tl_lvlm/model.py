@@ -24,9 +24,7 @@ Traps of the bridge worth knowing (they are not bugs of this package):
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,182 +34,40 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from tl_lvlm.embed_hook import hook_embed_at_residual_input
+from tl_lvlm.families import FAMILIES, SUPPORTED_ARCHITECTURES, LVLMFamily, family_of
 from tl_lvlm.image_inputs import check_questions, to_rgb_images
-from tl_lvlm.inputs import GROUPS, LVLMInputs
-from tl_lvlm.templates import (
-    IMAGE_PLACEHOLDER,
-    LLAVA_15_TEMPLATE,
-    QUESTION_PLACEHOLDER,
-    split_template,
-)
+from tl_lvlm.inputs import GROUPS, LVLMInputs, left_padding
+from tl_lvlm.templates import IMAGE_PLACEHOLDER, QUESTION_PLACEHOLDER, split_template
 from tl_lvlm.unembed import folded_residual_directions
 
-
-@dataclass(frozen=True)
-class Family:
-    """What HookedLVLM needs to know about one HF LVLM architecture.
-
-    Attributes:
-        name: the family's name in messages and docs.
-        architecture: ``config.architectures[0]``, also the HF model class to load.
-        template: default prompt template; None = derived from the processor's chat
-            template (:func:`template_from_chat`).
-        image_prompt: what a template's ``<image>`` becomes in the text handed to the
-            processor (the processor then expands it into the image tokens).
-        fixed_resolution: True when the processor resizes every image to one square
-            size, so already-processed ``pixel_values`` tensors can be passed; False
-            when the tiling (and the number of image tokens) follows the image size.
-        bidirectional_image: image tokens attend to each other both ways (Gemma 3),
-            not causally.
-        nested_images: the processor takes one list of images per prompt.
-        unsupported: why the family is refused, or None.
-    """
-
-    name: str
-    architecture: str
-    template: str | None = None
-    image_prompt: str = IMAGE_PLACEHOLDER
-    fixed_resolution: bool = True
-    bidirectional_image: bool = False
-    nested_images: bool = False
-    unsupported: str | None = None
-
-    #: ``(tokenizer, n_image) -> text`` where the processor expands :attr:`image_prompt`
-    #: into more than the image token repeated in place (None: just that).
-    image_sequence: Callable[[Any, int], str] | None = None
-
-    def expand_image(self, processor, n_image: int) -> str:
-        """The text the processor turns :attr:`image_prompt` into, with ``n_image`` image tokens."""
-        if self.image_sequence is not None:
-            return self.image_sequence(processor.tokenizer, n_image)
-        return self.image_prompt.replace(processor.image_token, processor.image_token * n_image)
+__all__ = ["FAMILIES", "SUPPORTED_ARCHITECTURES", "BoundLVLM", "HookedLVLM", "family_of"]
 
 
-def _gemma3_image_sequence(tokenizer, n_image: int) -> str:
-    # Gemma3Processor's ``full_image_sequence``: newlines and BOI/EOI markers around.
-    return f"\n\n{tokenizer.boi_token}{tokenizer.image_token * n_image}{tokenizer.eoi_token}\n\n"
+#: Accepted ``dtype`` strings of :meth:`HookedLVLM.from_pretrained`.
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-_NO_VIDEO_PROCESSOR = (
-    "its processor cannot be built without torchvision in transformers 5 (the "
-    "processor class requires a video processor, whose base class only exists with "
-    "torchvision installed), and tl-lvlm's environment cannot install torchvision, so "
-    "this family has never been run here; it is refused rather than shipped untested"
-)
-
-#: Supported and refused families, by HF architecture.
-FAMILIES: dict[str, Family] = {
-    f.architecture: f
-    for f in (
-        Family("LLaVA-1.5", "LlavaForConditionalGeneration", template=LLAVA_15_TEMPLATE),
-        Family("LLaVA-NeXT", "LlavaNextForConditionalGeneration", fixed_resolution=False),
-        Family(
-            "Gemma 3",
-            "Gemma3ForConditionalGeneration",
-            image_prompt="<start_of_image>",
-            bidirectional_image=True,
-            nested_images=True,
-            image_sequence=_gemma3_image_sequence,
-        ),
-        Family(
-            "LLaVA-OneVision",
-            "LlavaOnevisionForConditionalGeneration",
-            fixed_resolution=False,
-            unsupported=_NO_VIDEO_PROCESSOR,
-        ),
-        Family(
-            "Qwen2.5-VL",
-            "Qwen2_5_VLForConditionalGeneration",
-            image_prompt="<|vision_start|><|image_pad|><|vision_end|>",
-            fixed_resolution=False,
-            unsupported=_NO_VIDEO_PROCESSOR
-            + " (TransformerLens's Qwen2.5-VL adapter also refuses to load without torchvision)",
-        ),
+def resolve_dtype(dtype: str | torch.dtype, device: str | torch.device) -> torch.dtype:
+    """``"auto"`` (bf16 on CUDA, fp32 elsewhere), a name from :data:`DTYPES`, or a torch dtype."""
+    if isinstance(dtype, torch.dtype) and dtype in DTYPES.values():
+        return dtype
+    if dtype == "auto":
+        return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+    if isinstance(dtype, str) and dtype in DTYPES:
+        return DTYPES[dtype]
+    raise ValueError(
+        f"unsupported dtype {dtype!r}; expected 'auto', one of {tuple(DTYPES)}, or the "
+        "matching torch dtype (torch.float32, torch.bfloat16, torch.float16)"
     )
-}
-
-#: HF architectures HookedLVLM can load.
-SUPPORTED_ARCHITECTURES = tuple(a for a, f in FAMILIES.items() if f.unsupported is None)
-
-
-def _architecture(config) -> str:
-    archs = getattr(config, "architectures", None) or []
-    return archs[0] if archs else type(config).__name__
-
-
-def family_of(config) -> Family:
-    """The :class:`Family` of an HF config; raises for unsupported architectures.
-
-    Raises:
-        NotImplementedError: a known family that cannot be supported (the reason is
-            in the message).
-        ValueError: an architecture HookedLVLM does not know.
-    """
-    arch = _architecture(config)
-    family = FAMILIES.get(arch)
-    if family is None:
-        raise ValueError(
-            f"unsupported architecture {arch!r}: HookedLVLM loads {SUPPORTED_ARCHITECTURES}. "
-            "Check that the checkpoint is a LLaVA-style vision-language model and that its "
-            "config.json sets `architectures`."
-        )
-    if family.unsupported is not None:
-        raise NotImplementedError(f"{family.name} ({arch}) is not supported: {family.unsupported}")
-    return family
-
-
-def template_from_chat(processor, family: Family) -> str | None:
-    """The processor's chat template for one user turn (image, then question), as a template.
-
-    Renders the chat template with the text ``{question}`` after one image and
-    replaces the family's image prompt with ``<image>``. A BOS the template writes
-    itself is dropped when the tokenizer adds one anyway, since the processor
-    tokenizes with special tokens. None when the processor has no chat template.
-    """
-    if not getattr(processor, "chat_template", None):
-        return None
-    messages = [
-        {
-            "role": "user",
-            "content": [{"type": "image"}, {"type": "text", "text": QUESTION_PLACEHOLDER}],
-        }
-    ]
-    text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    text = text.replace(family.image_prompt, IMAGE_PLACEHOLDER)
-    bos = processor.tokenizer.bos_token
-    adds_bos = bos is not None and processor.tokenizer("")["input_ids"][:1] == [
-        processor.tokenizer.bos_token_id
-    ]
-    if adds_bos and text.startswith(bos):
-        text = text[len(bos) :]
-    split_template(text)
-    return text
-
-
-@contextlib.contextmanager
-def _no_processor_reload():
-    """Stop the bridge's boot from re-loading the processor by name.
-
-    We hand the bridge our processor. Left alone, its boot calls
-    ``AutoProcessor.from_pretrained(model_name)`` and, when that fails (a model
-    built in memory), pip-installs torchvision into the running environment.
-    """
-    from transformer_lens.model_bridge.sources.transformers import source
-
-    original = source.load_modality_processor
-    source.load_modality_processor = lambda *args, **kwargs: None
-    try:
-        yield
-    finally:
-        source.load_modality_processor = original
 
 
 class HookedLVLM:
     """A LLaVA-style vision-language model with TransformerLens hooks.
 
     Wraps a ``TransformerBridge`` (``self.bridge``) around a Hugging Face model
-    (``self.hf_model``) of one of the supported :data:`FAMILIES` (``self.family``:
-    LLaVA-1.5, LLaVA-NeXT, Gemma 3), with its processor.
+    (``self.hf_model``) of a registered family (``self.family``, an
+    :class:`~tl_lvlm.families.LVLMFamily`: LLaVA-1.5, LLaVA-NeXT, Gemma 3, ...), with
+    its processor.
     Attributes the class does not define are looked up on the bridge, so
     ``model.cfg``, ``model.blocks``, ``model.hook_dict``, ``model.hooks(...)``
     and other TransformerLens tooling work as on a bridge.
@@ -221,8 +77,10 @@ class HookedLVLM:
     """
 
     def __init__(self, bridge, processor, *, template: str | None = None):
-        self.family = family_of(bridge.original_model.config)
-        template = template or self.family.template or template_from_chat(processor, self.family)
+        self.hf_model = bridge.original_model
+        #: The model's :class:`~tl_lvlm.families.LVLMFamily`, bound to ``hf_model``.
+        self.family: LVLMFamily = family_of(self.hf_model.config)(self.hf_model)
+        template = template or self.family.default_template(processor)
         if template is None:
             raise ValueError(
                 f"the {self.family.name} processor has no chat template to derive a prompt "
@@ -235,8 +93,7 @@ class HookedLVLM:
         # Left padding puts every row's final token at position -1.
         self.tokenizer.padding_side = "left"
         self.template = template
-        self.hf_model = bridge.original_model
-        self.image_token_id = int(self.hf_model.config.image_token_id)
+        self.image_token_id = self.family.image_token_id
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -244,40 +101,40 @@ class HookedLVLM:
         cls,
         name_or_path: str | Path,
         *,
+        dtype: str | torch.dtype = "auto",
         device: str | torch.device | None = None,
-        dtype: torch.dtype | None = None,
         template: str | None = None,
     ) -> HookedLVLM:
         """Load an LVLM checkpoint (hub name, local directory, or a bundled zoo name).
 
-        Families: see :data:`FAMILIES` (LLaVA-1.5, LLaVA-NeXT, Gemma 3, ...).
+        Families: see :data:`~tl_lvlm.families.FAMILIES` (LLaVA-1.5, LLaVA-NeXT, Gemma 3,
+        ...; add one with :func:`~tl_lvlm.families.register_family`).
 
         Args:
             name_or_path: e.g. ``"llava-hf/llava-1.5-7b-hf"``, a directory written by
                 ``save_pretrained``, or ``"tl-lvlm/tiny-digits"``.
+            dtype: ``"auto"`` (bfloat16 on CUDA, float32 on CPU), ``"float32"``,
+                ``"bfloat16"``, ``"float16"`` or the torch dtype. Final-position logits
+                are computed in float32 whatever the dtype.
             device: defaults to CUDA when available, else CPU.
-            dtype: defaults to ``torch.float32``.
             template: prompt template with ``<image>`` and ``{question}``; None = the
                 family's (LLaVA-1.5's conversation format, else the processor's chat
-                template for one user turn, see :func:`template_from_chat`).
+                template for one user turn, see ``LVLMFamily.template_from_chat``).
 
         Raises:
-            ValueError: an architecture HookedLVLM does not know.
+            ValueError: an architecture HookedLVLM does not know; a bad ``dtype``.
             NotImplementedError: a known family that cannot be supported, with the reason.
         """
-        import transformers
-        from transformers import AutoConfig, AutoProcessor
+        from transformers import AutoConfig
 
         from tl_lvlm import zoo
 
-        path = zoo.resolve(str(name_or_path))
-        config = AutoConfig.from_pretrained(path)
-        family = family_of(config)
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        processor = AutoProcessor.from_pretrained(path)
-        hf_model = getattr(transformers, family.architecture).from_pretrained(
-            path, dtype=dtype or torch.float32, attn_implementation="eager"
-        )
+        dtype = resolve_dtype(dtype, device)
+        path = zoo.resolve(str(name_or_path))
+        family = family_of(AutoConfig.from_pretrained(path))
+        processor = family.load_processor(path)
+        hf_model = family.load_model(path, dtype)
         return cls.from_hf(hf_model.to(device).eval(), processor, template=template)
 
     @classmethod
@@ -286,18 +143,13 @@ class HookedLVLM:
 
         The bridge swaps the model's attention modules for hooked ones in place.
         """
-        from transformer_lens.model_bridge import TransformerBridge
-
-        family_of(hf_model.config)
+        family = family_of(hf_model.config)
         name = str(getattr(hf_model.config, "_name_or_path", "") or "local-llava")
         tokenizer = processor.tokenizer
         # TransformerLens reads name_or_path from init_kwargs, which a tokenizer
         # built in memory lacks; with add_bos_token set it does not re-load it.
         tokenizer.init_kwargs.setdefault("name_or_path", tokenizer.name_or_path)
-        with _no_processor_reload():
-            bridge = TransformerBridge.boot_transformers(
-                name, hf_model=hf_model.eval(), tokenizer=tokenizer
-            )
+        bridge = family.boot_bridge(name, hf_model, tokenizer)
         bridge.processor = processor
         return cls(bridge, processor, template=template)
 
@@ -330,11 +182,11 @@ class HookedLVLM:
 
     @property
     def image_size(self) -> int:
-        return int(self.hf_model.config.vision_config.image_size)
+        return self.family.image_size
 
     @property
     def n_ctx(self) -> int:
-        return int(self.hf_model.config.text_config.max_position_embeddings)
+        return self.family.n_ctx
 
     # ------------------------------------------------------------------ inputs
     def prepare(
@@ -385,9 +237,7 @@ class HookedLVLM:
             )
             for q in questions
         ]
-        if self.family.nested_images:
-            images = [[image] for image in images]
-        enc = self.processor(images=images, text=texts, return_tensors="pt", padding=True)
+        enc = self.family.process(self.processor, images, texts)
         input_ids, attention_mask = enc["input_ids"], enc["attention_mask"]
         if input_ids.shape[1] > self.n_ctx:
             raise ValueError(
@@ -414,6 +264,7 @@ class HookedLVLM:
             template=template,
             questions=questions,
             extra=extra,
+            family=self.family,
             **padded,
         ).to(self.device)
 
@@ -455,7 +306,7 @@ class HookedLVLM:
     ) -> dict[str, Tensor]:
         """Token groups of one (left-padded) row, from the tokenizer's offsets."""
         before, between, question, after = parts
-        start = int((mask == 0).sum())  # left padding
+        start = int(left_padding(mask[None])[0])
         real = ids[start:]
         img = (real == self.image_token_id).nonzero().flatten()
         if img.numel() == 0:
@@ -524,10 +375,27 @@ class HookedLVLM:
                 **kwargs,
             )
 
+    def final_logits(
+        self, inputs: LVLMInputs, fwd_hooks: Sequence[tuple[str | Callable, Callable]] = ()
+    ) -> Float[Tensor, "batch d_vocab"]:
+        """Final-position logits in fp32 of a run with ``fwd_hooks``.
+
+        Computed from the final hidden state (the unembedding's input) by the family's
+        :meth:`~tl_lvlm.families.LVLMFamily.final_logits`, so a bf16 model's logits
+        are not rounded to bf16.
+        """
+        final: list[Tensor] = []
+
+        def keep_final(hidden: Float[Tensor, "batch pos d_model"], hook) -> None:
+            final.append(hidden[:, -1])
+
+        self.run_with_hooks(inputs, fwd_hooks=[*fwd_hooks, ("unembed.hook_in", keep_final)])
+        return self.family.final_logits(final[-1])
+
     @torch.no_grad()
     def answer(self, inputs: LVLMInputs) -> tuple[Int[Tensor, " batch"], list[str]]:
         """Greedy first answer token per row and its decoded string."""
-        logits = self.forward(inputs)[:, -1]
+        logits = self.final_logits(inputs)
         ids = logits.argmax(-1)
         return ids, [self.tokenizer.decode([int(i)]) for i in ids]
 

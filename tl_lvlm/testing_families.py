@@ -22,7 +22,13 @@ import torch
 from tokenizers import AddedToken
 from transformers import PreTrainedTokenizerFast
 
-from tl_lvlm.testing import build_tokenizer, save_atomic, scale_init
+from tl_lvlm.testing import (
+    TinyLlavaConfig,
+    build_tiny_llava,
+    build_tokenizer,
+    save_atomic,
+    scale_init,
+)
 
 #: Questions the tiny tokenizers learn merges for (any other text still tokenizes).
 _QUESTIONS = [
@@ -79,7 +85,8 @@ def family_tokenizer(
         specials: tokens that must never be split (image and turn markers).
         named: processor-facing names of special tokens, e.g. ``{"boi_token": ...}``
             (``image_token`` defaults to ``<image>``).
-        bos: prepend BOS as Llama/Gemma tokenizers do; False for Qwen-style ones.
+        bos: prepend BOS as Llama/Gemma tokenizers do; False for Qwen-style ones, which
+            have no BOS token at all.
         corpus: extra text the BPE merges are learned from.
     """
     base = build_tokenizer(cfg.bpe_vocab_size, [*_QUESTIONS, *corpus])
@@ -89,7 +96,7 @@ def family_tokenizer(
         backend.post_processor = None
     return PreTrainedTokenizerFast(
         tokenizer_object=backend,
-        bos_token="<s>",
+        bos_token="<s>" if bos else None,
         eos_token="</s>",
         unk_token="<unk>",
         pad_token="<pad>",
@@ -266,10 +273,205 @@ def build_tiny_gemma3(cfg: TinyFamilyConfig | None = None):
     return model, processor
 
 
+# ------------------------------------------------------------------ Qwen2.5-VL
+#: The tiny Qwen2.5-VL's vision patch side and merge size: the processor resizes an
+#: image (keeping its aspect) to multiples of 4 * 2 = 8 pixels, and each 2 x 2 block of
+#: 4-pixel patches becomes one image token (a 28 x 28 image -> 32 x 32 -> 4 x 4 tokens).
+QWEN_PATCH, QWEN_MERGE = 4, 2
+QWEN_SPECIALS = ["<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>"]
+QWEN_IMAGE_TOKENS = {"image_token": "<|image_pad|>", "video_token": "<|video_pad|>"}
+# Qwen2.5-VL-Instruct's chat template (system turn by default, vision markers around
+# the image pad).
+_QWEN2_5_VL_CHAT = (
+    "{% set image_count = namespace(value=0) %}{% for message in messages %}"
+    "{% if loop.first and message['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n' }}{% endif %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' }}"
+    "{% if message['content'] is string %}{{ message['content'] + '<|im_end|>\n' }}"
+    "{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' %}{% set image_count.value = image_count.value + 1 %}"
+    "{% if add_vision_id %}{{ 'Picture ' + image_count.value|string + ': ' }}{% endif %}"
+    "{{ '<|vision_start|><|image_pad|><|vision_end|>' }}"
+    "{% elif content['type'] == 'video' %}{{ '<|vision_start|><|video_pad|><|vision_end|>' }}"
+    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}"
+    "{{ '<|im_end|>\n' }}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def build_tiny_qwen2_5_vl(cfg: TinyFamilyConfig | None = None):
+    """A tiny ``Qwen2_5_VLForConditionalGeneration`` and its ``Qwen2_5_VLProcessor``.
+
+    The processor is the real one with the PIL image processor and no video processor
+    (:func:`tl_lvlm.families.processors.qwen2_5_vl_processor`); it saves as a
+    ``Qwen2_5_VLProcessor``, as the public checkpoints do. The vision tower has two
+    blocks, one with window attention and one global; the decoder uses M-RoPE.
+    """
+    from transformers import (
+        Qwen2_5_VLConfig,
+        Qwen2_5_VLForConditionalGeneration,
+        Qwen2_5_VLTextConfig,
+        Qwen2_5_VLVisionConfig,
+        Qwen2VLImageProcessorPil,
+    )
+
+    from tl_lvlm.families.processors import qwen2_5_vl_processor
+
+    # Seed 1: a random model whose answers to the test images rise with the image heads
+    # (clean above all-ablated), so head attribution keeps samples to fit.
+    cfg = cfg or TinyFamilyConfig(seed=1)
+    tokenizer = family_tokenizer(
+        cfg,
+        specials=[*QWEN_SPECIALS, *QWEN_IMAGE_TOKENS.values()],
+        named=QWEN_IMAGE_TOKENS,
+        bos=False,
+        corpus=[
+            "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
+            "<|vision_start|><|image_pad|><|vision_end|><|im_end|>\n<|im_start|>assistant\n"
+        ],
+    )
+    image_processor = Qwen2VLImageProcessorPil(
+        patch_size=QWEN_PATCH,
+        merge_size=QWEN_MERGE,
+        temporal_patch_size=2,
+        min_pixels=(QWEN_PATCH * QWEN_MERGE) ** 2 * 4,
+        max_pixels=64 * 64,
+    )
+    processor = qwen2_5_vl_processor(image_processor, tokenizer, _QWEN2_5_VL_CHAT)
+    d_head = cfg.d_model // cfg.n_heads
+    # M-RoPE splits the d_head / 2 rotary frequencies into (temporal, height, width).
+    mrope = [d_head // 2 - 2 * (d_head // 6), d_head // 6, d_head // 6]
+    text = _text_config(
+        Qwen2_5_VLTextConfig,
+        cfg,
+        tokenizer,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": mrope},
+    )
+    vision = Qwen2_5_VLVisionConfig(
+        depth=2,
+        hidden_size=cfg.vision_d_model,
+        intermediate_size=cfg.vision_d_model * 2,
+        num_heads=cfg.vision_heads,
+        patch_size=QWEN_PATCH,
+        spatial_merge_size=QWEN_MERGE,
+        temporal_patch_size=2,
+        # Windows of 2 x 2 merged tokens in block 0; block 1 attends globally.
+        window_size=2 * QWEN_PATCH * QWEN_MERGE,
+        fullatt_block_indexes=[1],
+        out_hidden_size=cfg.d_model,
+    )
+    ids = tokenizer.convert_tokens_to_ids
+    config = Qwen2_5_VLConfig(
+        text_config=text,
+        vision_config=vision,
+        image_token_id=ids("<|image_pad|>"),
+        video_token_id=ids("<|video_pad|>"),
+        vision_start_token_id=ids("<|vision_start|>"),
+        vision_end_token_id=ids("<|vision_end|>"),
+        architectures=["Qwen2_5_VLForConditionalGeneration"],
+    )
+    return _finish(Qwen2_5_VLForConditionalGeneration, config, cfg, tokenizer), processor
+
+
+# ------------------------------------------------------------- LLaVA-OneVision
+#: The tiny OneVision's SigLIP input side and patch size (4 x 4 = 16 tokens for the
+#: base image and per tile), and its anyres grids of up to 2 x 2 tiles.
+OV_TILE, OV_PATCH = 28, 7
+OV_PINPOINTS = [[28, 28], [28, 56], [56, 28], [56, 56]]
+# llava-onevision-qwen2-*-ov-hf's chat template: images first, then "\n" + text.
+_ONEVISION_CHAT = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + ' ' }}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}"
+    "{{ '<image>' }}{% endfor %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'video') %}"
+    "{{ '<video>' }}{% endfor %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}"
+    "{{ '\n' + content['text'] }}{% endfor %}{{ '<|im_end|>' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def build_tiny_llava_onevision(cfg: TinyFamilyConfig | None = None):
+    """A tiny ``LlavaOnevisionForConditionalGeneration`` (SigLIP + Qwen2) and its processor.
+
+    The processor is the real ``LlavaOnevisionProcessor`` with the PIL image processor
+    and no video processor (:func:`tl_lvlm.families.processors.llava_onevision_processor`).
+    Anyres tiling is real: a base image plus tiles on one of :data:`OV_PINPOINTS`,
+    unpadded, with a newline token after each row of tile features.
+    """
+    from transformers import (
+        LlavaOnevisionConfig,
+        LlavaOnevisionForConditionalGeneration,
+        LlavaOnevisionImageProcessorPil,
+        Qwen2Config,
+        SiglipVisionConfig,
+    )
+
+    from tl_lvlm.families.processors import llava_onevision_processor
+
+    cfg = cfg or TinyFamilyConfig()
+    tokenizer = family_tokenizer(
+        cfg,
+        specials=["<|im_start|>", "<|im_end|>", "<image>", "<video>"],
+        named={"video_token": "<video>"},
+        bos=False,
+        corpus=["<|im_start|>user <image>\n<|im_end|><|im_start|>assistant\n"],
+    )
+    image_processor = LlavaOnevisionImageProcessorPil(
+        size={"height": OV_TILE, "width": OV_TILE}, image_grid_pinpoints=OV_PINPOINTS
+    )
+    processor = llava_onevision_processor(
+        image_processor,
+        tokenizer,
+        _ONEVISION_CHAT,
+        num_image_tokens=(OV_TILE // OV_PATCH) ** 2,
+        vision_feature_select_strategy="full",
+        vision_aspect_ratio="anyres_max_9",
+    )
+    config = LlavaOnevisionConfig(
+        vision_config=_clip(SiglipVisionConfig, cfg, OV_TILE, OV_PATCH),
+        text_config=_text_config(Qwen2Config, cfg, tokenizer),
+        image_token_id=tokenizer.image_token_id,
+        video_token_id=tokenizer.convert_tokens_to_ids("<video>"),
+        image_grid_pinpoints=OV_PINPOINTS,
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="full",
+        vision_aspect_ratio="anyres_max_9",
+        architectures=["LlavaOnevisionForConditionalGeneration"],
+    )
+    return _finish(LlavaOnevisionForConditionalGeneration, config, cfg, tokenizer), processor
+
+
+# ------------------------------------------------------------------ LLaVA-1.5
+def build_tiny_llava_15(cfg: TinyFamilyConfig | None = None):
+    """:func:`tl_lvlm.testing.build_tiny_llava` with the shared shapes (28 x 28 CLIP input,
+    16 image tokens, grouped-query attention)."""
+    cfg = cfg or TinyFamilyConfig()
+    return build_tiny_llava(
+        TinyLlavaConfig(
+            n_layers=cfg.n_layers,
+            n_heads=cfg.n_heads,
+            n_kv_heads=cfg.n_kv_heads,
+            d_model=cfg.d_model,
+            d_mlp=cfg.d_mlp,
+            vision_layers=cfg.vision_layers,
+            vision_d_model=cfg.vision_d_model,
+            vision_heads=cfg.vision_heads,
+            bpe_vocab_size=cfg.bpe_vocab_size,
+            max_position_embeddings=cfg.max_position_embeddings,
+            seed=cfg.seed,
+            init_scale=cfg.init_scale,
+        )
+    )
+
+
 #: Family name -> builder of ``(hf_model, processor)``.
 BUILDERS: dict[str, Callable] = {
+    "llava": build_tiny_llava_15,
     "llava_next": build_tiny_llava_next,
     "gemma3": build_tiny_gemma3,
+    "llava_onevision": build_tiny_llava_onevision,
+    "qwen2_5_vl": build_tiny_qwen2_5_vl,
 }
 
 

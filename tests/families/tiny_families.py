@@ -18,7 +18,7 @@ import torch
 from tl_lvlm import HookedLVLM
 from tl_lvlm.testing_families import BUILDERS, save_tiny_family
 
-#: Families with a tiny builder, i.e. every supported family but LLaVA-1.5 (tests/model).
+#: Families with a tiny builder: every supported family (the contract test checks it).
 FAMILIES = tuple(BUILDERS)
 
 # Removed when the interpreter exits.

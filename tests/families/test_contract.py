@@ -1,13 +1,17 @@
-"""Every supported family against Hugging Face and against tl-lvlm's own references.
+"""The family contract: every registered family against Hugging Face and tl-lvlm's references.
 
-For each tiny family checkpoint (LLaVA-NeXT, Gemma 3, ...), loaded with
-``HookedLVLM.from_pretrained``:
+Parametrized over every family with a tiny builder (``tl_lvlm.testing_families.BUILDERS``;
+a test checks that these are exactly the registered, supported families), each saved
+with ``save_pretrained`` and loaded with ``HookedLVLM.from_pretrained(path)``:
 
-- logits equal those of the HF model loaded separately (<= 1e-4, fp32);
+- logits equal an independently loaded HF eager model's (<= 1e-4, fp32) on a padded batch of 2;
 - token groups decode to the template's pieces;
-- the AblationEngine equals the hook reference on random per-head and per-position masks;
+- the AblationEngine equals the hook reference (<= 1e-4) in both scopes, on 32 random
+  masks plus the all-kept and all-ablated ones (and on per-position masks);
 - attention knockout equals HF's own attention with the blocked pairs masked;
 - head attribution runs end to end.
+
+``docs/families.md`` cites these tests by id; ``test_docs_families`` checks every citation.
 """
 
 from __future__ import annotations
@@ -16,13 +20,13 @@ import sys
 
 import pytest
 import torch
-import transformers
 from tiny_families import FAMILIES, family_model, family_path
-from transformers import AttentionInterface
+from transformers import AttentionInterface, AutoConfig
 from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
 from tl_lvlm.ablation import image_kv_ablation_hooks, image_kv_baseline
 from tl_lvlm.engine import AblationEngine
+from tl_lvlm.families import family_of, supported_architectures
 from tl_lvlm.flow import knockout
 from tl_lvlm.head_attribution import head_attribution
 from tl_lvlm.testing import random_images
@@ -34,13 +38,23 @@ QUESTIONS = [
 
 #: Family -> decoded (prefix, text between image and question, text after the question).
 EXPECTED_TEXT = {
+    "llava": ("<s>USER: ", "\n", " ASSISTANT:"),
+    "llava_next": ("<s>[INST] ", "\n", " [/INST]"),
     "gemma3": (
         "<s><start_of_turn>user\n\n\n<start_of_image>",
         "<end_of_image>\n\n",
         "<end_of_turn>\n<start_of_turn>model\n",
     ),
-    "llava_next": ("<s>[INST] ", "\n", " [/INST]"),
+    "llava_onevision": ("<|im_start|>user ", "\n", "<|im_end|><|im_start|>assistant\n"),
+    "qwen2_5_vl": (
+        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
+        "<|vision_start|>",
+        "<|vision_end|>",
+        "<|im_end|>\n<|im_start|>assistant\n",
+    ),
 }
+
+N_RANDOM_MASKS = 32
 
 
 @pytest.fixture(params=FAMILIES)
@@ -53,23 +67,34 @@ def model(family):
     return family_model(family)
 
 
-def _hf(family, model, **kwargs):
-    cls = getattr(transformers, model.family.architecture)
+def _hf(family: str, **kwargs):
+    """An independent copy of the family's HF model (the bridge swaps attention in place)."""
+    cls = family_of(AutoConfig.from_pretrained(family_path(family))).model_class()
     return cls.from_pretrained(family_path(family), **kwargs).eval()
 
 
+def test_every_registered_family_has_a_tiny_checkpoint():
+    built = {AutoConfig.from_pretrained(family_path(f)).architectures[0] for f in FAMILIES}
+    assert built == set(supported_architectures())
+
+
 def test_logits_match_hugging_face(family, model):
-    hf = _hf(family, model, attn_implementation="eager")
+    hf = _hf(family, attn_implementation="eager")
     inputs = model.prepare(random_images(2, 28, seed=0), QUESTIONS)
     assert inputs.attention_mask[:, 0].tolist() != [1, 1], "the batch should need padding"
     with torch.no_grad():
         ours = model(inputs)
         ref = hf(input_ids=inputs.input_ids, **inputs.model_kwargs()).logits
+        final = model.final_logits(inputs)
     assert ours.shape == ref.shape
     assert (ours - ref).abs().max().item() <= 1e-4
+    assert final.dtype == torch.float32
+    assert (final - ref[:, -1]).abs().max().item() <= 1e-4
 
 
 def test_token_groups_decode_to_the_template(model, family):
+    if family not in EXPECTED_TEXT:
+        pytest.fail(f"add the decoded template pieces of {family!r} to EXPECTED_TEXT")
     inputs = model.prepare(random_images(2, 28, seed=0), QUESTIONS)
     prefix, between, after = EXPECTED_TEXT[family]
 
@@ -87,24 +112,44 @@ def test_token_groups_decode_to_the_template(model, family):
         assert int((ids == model.image_token_id).sum()) == image.numel()
 
 
-def test_engine_equals_hook_reference(model):
+def _reference(model, sample, baseline, masks, scope: str, target: int) -> torch.Tensor:
+    """Target logits of the hook reference: one hooked forward, one row per mask.
+
+    For scope "text" the engine is an implementation of its own (shared prefix, custom
+    attention); for scope "all" it runs these hooks in batches, so there the test
+    checks its batching and logit extraction.
+    """
+    rows = sample[[0] * len(masks)]
+    hooks = image_kv_ablation_hooks(model, rows, baseline, masks, scope=scope)
+    with torch.no_grad():
+        return model.final_logits(rows, hooks)[:, target]
+
+
+@pytest.mark.parametrize("scope", ["text", "all"])
+def test_engine_equals_hook_reference(model, scope):
     reference = model.prepare(random_images(3, 28, seed=5), QUESTIONS[0])
     baseline = image_kv_baseline(model, reference)
     sample = model.prepare(random_images(1, 28, seed=1), QUESTIONS[0])
-    engine = AblationEngine(model, sample, baseline)
+    engine = AblationEngine(model, sample, baseline, scope=scope)
     g = torch.Generator().manual_seed(0)
-    per_head = torch.rand(5, model.n_layers, model.n_heads, generator=g) > 0.5
-    per_head[0] = True
-    per_position = torch.rand(3, model.n_layers, model.n_heads, baseline.n_image, generator=g)
-    for masks in (per_head, per_position > 0.5):
-        rows = sample[[0] * masks.shape[0]]
-        hooks = image_kv_ablation_hooks(model, rows, baseline, masks)
-        with torch.no_grad():
-            ref = model.run_with_hooks(rows, fwd_hooks=hooks)[:, -1, engine.target]
-        got = engine.run(masks)
-        assert (got - ref).abs().max() <= 1e-4
-        assert (ref - engine.clean_logit).abs().max() > 1e-3  # the masks do something
-    assert abs(float(got[0]) - engine.clean_logit) <= 1e-4 or masks is not per_head
+    shape = (model.n_layers, model.n_heads)
+    masks = torch.cat(
+        [
+            torch.ones(1, *shape, dtype=torch.bool),
+            torch.zeros(1, *shape, dtype=torch.bool),
+            torch.rand(N_RANDOM_MASKS, *shape, generator=g) > 0.5,
+        ]
+    )
+    got = engine.run(masks, batch_size=8)
+    ref = _reference(model, sample, baseline, masks, scope, engine.target)
+    assert got.dtype == torch.float32
+    assert (got - ref).abs().max() <= 1e-4
+    assert abs(float(got[0]) - engine.clean_logit) <= 1e-4  # all kept = clean
+    assert (ref - engine.clean_logit).abs().max() > 1e-3  # the masks do something
+    per_position = torch.rand(3, *shape, baseline.n_image, generator=g) > 0.5
+    got = engine.run(per_position)
+    ref = _reference(model, sample, baseline, per_position, scope, engine.target)
+    assert (got - ref).abs().max() <= 1e-4
 
 
 # Layer -> [batch, 1, query, key] bool, True = blocked; read by _masked_eager.
@@ -126,11 +171,7 @@ AttentionMaskInterface.register("families_masked_eager", eager_mask)
 
 
 def test_knockout_matches_masked_hugging_face(family, model):
-    hf = _hf(
-        family,
-        model,
-        attn_implementation={"text_config": "families_masked_eager", "": "eager"},
-    )
+    hf = _hf(family, attn_implementation={"text_config": "families_masked_eager", "": "eager"})
     inputs = model.prepare(random_images(2, 28, seed=3), QUESTIONS)
     keys, queries = inputs.group_mask("image"), inputs.group_mask("final")
     blocked = (queries[:, :, None] & keys[:, None, :])[:, None]

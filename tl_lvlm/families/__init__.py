@@ -1,0 +1,64 @@
+"""LVLM families: one module per Hugging Face architecture, and the registry.
+
+- :class:`LVLMFamily` (``base``): capabilities as class attributes, quirks as methods.
+- :func:`register_family` / :func:`family_of` (``registry``): architecture -> family.
+- :class:`PatchGeometry` (``geometry``): where image tokens lie on the image.
+- Built-in families: LLaVA-1.5 (``llava``), LLaVA-NeXT (``llava_next``), Gemma 3
+  (``gemma3``), LLaVA-OneVision (``llava_onevision``), Qwen2.5-VL (``qwen2_5_vl``).
+
+Add a family without touching tl-lvlm::
+
+    from tl_lvlm.families import Llava15Family, register_family
+
+    @register_family
+    class MyLlava(Llava15Family):
+        name = "My LLaVA"
+        architecture = "MyLlavaForConditionalGeneration"
+        template = "Q: <image>\\n{question}\\nA:"
+"""
+
+from tl_lvlm.families.base import ANALYSES, LVLMFamily
+from tl_lvlm.families.gemma3 import Gemma3Family
+from tl_lvlm.families.geometry import PatchGeometry
+from tl_lvlm.families.llava import Llava15Family
+from tl_lvlm.families.llava_next import LlavaNextFamily
+from tl_lvlm.families.llava_onevision import LlavaOnevisionFamily
+from tl_lvlm.families.qwen2_5_vl import Qwen2_5_VLFamily
+from tl_lvlm.families.registry import (
+    FAMILIES,
+    family_of,
+    register_family,
+    registered_families,
+    supported_architectures,
+    unregister_family,
+)
+
+for _family in (
+    Llava15Family,
+    LlavaNextFamily,
+    Gemma3Family,
+    LlavaOnevisionFamily,
+    Qwen2_5_VLFamily,
+):
+    register_family(_family)
+
+#: HF architectures HookedLVLM loads with the built-in families.
+SUPPORTED_ARCHITECTURES = supported_architectures()
+
+__all__ = [
+    "ANALYSES",
+    "FAMILIES",
+    "SUPPORTED_ARCHITECTURES",
+    "Gemma3Family",
+    "LVLMFamily",
+    "Llava15Family",
+    "LlavaNextFamily",
+    "LlavaOnevisionFamily",
+    "PatchGeometry",
+    "Qwen2_5_VLFamily",
+    "family_of",
+    "register_family",
+    "registered_families",
+    "supported_architectures",
+    "unregister_family",
+]

@@ -1,0 +1,420 @@
+"""``LVLMFamily``: what tl-lvlm needs to know about one Hugging Face LVLM architecture.
+
+Modelled on TransformerLens's ``ArchitectureAdapter``: a family declares its
+capabilities as class attributes and overrides a method for each quirk. Generic
+code (the model wrapper, the ablation hooks, the engine, knockout, image
+attribution) asks the family and never branches on the architecture itself.
+
+A family class is looked up by ``config.architectures[0]`` (:func:`family_of`);
+``HookedLVLM`` holds an instance bound to its Hugging Face model
+(``model.family``). Class methods are what loading needs before a model exists.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from tl_lvlm.families.geometry import PatchGeometry
+from tl_lvlm.inputs import LVLMInputs
+from tl_lvlm.templates import IMAGE_PLACEHOLDER, QUESTION_PLACEHOLDER, split_template
+
+#: Analyses a family may refuse (:attr:`LVLMFamily.refused_analyses`):
+#: ``"ablation"``: image-K/V head ablation (the hook reference, and so head and image
+#: attribution); ``"engine"``: the shared-prefix :class:`~tl_lvlm.engine.AblationEngine`
+#: (scope "text"); ``"knockout"``: attention knockout; ``"image_attribution"``:
+#: image-token maps and object masks.
+ANALYSES = ("ablation", "engine", "knockout", "image_attribution")
+
+
+def _unwrapped(module: torch.nn.Module) -> torch.nn.Module:
+    """The Hugging Face module under a TransformerBridge component (itself when unwrapped)."""
+    return getattr(module, "original_component", module)
+
+
+@contextlib.contextmanager
+def _no_processor_reload() -> Iterator[None]:
+    """Stop the bridge's boot from re-loading the processor by name.
+
+    We hand the bridge our processor. Left alone, its boot calls
+    ``AutoProcessor.from_pretrained(model_name)`` and, when that fails (a model
+    built in memory), pip-installs torchvision into the running environment.
+    """
+    from transformer_lens.model_bridge.sources.transformers import source
+
+    original = source.load_modality_processor
+    source.load_modality_processor = lambda *args, **kwargs: None
+    try:
+        yield
+    finally:
+        source.load_modality_processor = original
+
+
+class LVLMFamily:
+    """Base class of the LVLM families; subclasses set the class attributes they change.
+
+    Capabilities (class attributes):
+        name: the family's name in messages and docs.
+        architecture: ``config.architectures[0]``, also the HF model class loaded.
+        template: default prompt template; None = derived from the processor's chat
+            template (:meth:`template_from_chat`).
+        image_prompt: what a template's ``<image>`` becomes in the text handed to the
+            processor, which expands it into the image tokens.
+        fixed_resolution: every image is resized to one size, so already-processed
+            ``pixel_values`` tensors may be passed; False when the tiling (and the number
+            of image tokens) follows the image size.
+        bidirectional_image: image tokens attend to each other both ways, not causally.
+        nested_images: the processor takes one list of images per prompt.
+        sequence_inputs: processor outputs with one entry per token (``[batch, pos]``),
+            cut with the tokens when the engine runs a part of the prompt.
+        unsupported: why the whole family is refused at load time, or None.
+        refused_analyses: analysis (:data:`ANALYSES`) -> why this family refuses it.
+
+    Args:
+        hf_model: the family's Hugging Face model (the bridge may have wrapped its
+            submodules in place; the accessors unwrap them).
+    """
+
+    name: ClassVar[str] = ""
+    architecture: ClassVar[str] = ""
+    template: ClassVar[str | None] = None
+    image_prompt: ClassVar[str] = IMAGE_PLACEHOLDER
+    fixed_resolution: ClassVar[bool] = True
+    bidirectional_image: ClassVar[bool] = False
+    nested_images: ClassVar[bool] = False
+    sequence_inputs: ClassVar[tuple[str, ...]] = ()
+    unsupported: ClassVar[str | None] = None
+    refused_analyses: ClassVar[Mapping[str, str]] = {}
+
+    def __init__(self, hf_model: torch.nn.Module):
+        self.hf_model = hf_model
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r}, {self.architecture!r})"
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def model_class(cls) -> type:
+        """The Hugging Face class of :attr:`architecture`."""
+        import transformers
+
+        return getattr(transformers, cls.architecture)
+
+    @classmethod
+    def load_processor(cls, path: str | Path):
+        """The checkpoint's processor (``AutoProcessor`` unless a family overrides it)."""
+        from transformers import AutoProcessor
+
+        return AutoProcessor.from_pretrained(path)
+
+    @classmethod
+    def load_model(cls, path: str | Path, dtype: torch.dtype) -> torch.nn.Module:
+        """The Hugging Face model in ``dtype`` with eager attention (the bridge needs it)."""
+        return cls.model_class().from_pretrained(path, dtype=dtype, attn_implementation="eager")
+
+    @classmethod
+    def boot_bridge(cls, name: str, hf_model: torch.nn.Module, tokenizer):
+        """Wrap ``hf_model`` in a TransformerLens ``TransformerBridge`` (in place).
+
+        The bridge picks its adapter by ``config.architectures``; a registered family
+        may name an architecture of its own, so the boot sees the HF class's name.
+        """
+        from transformer_lens.model_bridge import TransformerBridge
+
+        config = hf_model.config
+        named = config.architectures
+        config.architectures = [type(hf_model).__name__]
+        try:
+            with _no_processor_reload():
+                return TransformerBridge.boot_transformers(
+                    name, hf_model=hf_model.eval(), tokenizer=tokenizer
+                )
+        finally:
+            config.architectures = named
+
+    # ---------------------------------------------------------------- analyses
+    @classmethod
+    def supports(cls, analysis: str) -> bool:
+        """Whether this family runs ``analysis`` (one of :data:`ANALYSES`)."""
+        if analysis not in ANALYSES:
+            raise ValueError(f"unknown analysis {analysis!r}; expected one of {ANALYSES}")
+        return analysis not in cls.refused_analyses
+
+    @classmethod
+    def require(cls, analysis: str) -> None:
+        """Raise ``NotImplementedError`` naming the family and the reason if it refuses
+        ``analysis``."""
+        if not cls.supports(analysis):
+            raise NotImplementedError(
+                f"{cls.name} does not support {analysis.replace('_', ' ')}: "
+                f"{cls.refused_analyses[analysis]}"
+            )
+
+    # ----------------------------------------------------------------- prompts
+    @classmethod
+    def default_template(cls, processor) -> str | None:
+        """:attr:`template`, else the processor's chat template (:meth:`template_from_chat`)."""
+        return cls.template or cls.template_from_chat(processor)
+
+    @classmethod
+    def template_from_chat(cls, processor) -> str | None:
+        """The processor's chat template for one user turn (image, then question), as a template.
+
+        Renders the chat template with the text ``{question}`` after one image and
+        replaces the family's image prompt with ``<image>``. A BOS the template
+        writes itself is dropped when the tokenizer adds one anyway, since the
+        processor tokenizes with special tokens. None when there is no chat template.
+        """
+        if not getattr(processor, "chat_template", None):
+            return None
+        messages = [
+            {
+                "role": "user",
+                "content": [{"type": "image"}, {"type": "text", "text": QUESTION_PLACEHOLDER}],
+            }
+        ]
+        text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        text = text.replace(cls.image_prompt, IMAGE_PLACEHOLDER)
+        tokenizer = processor.tokenizer
+        bos = tokenizer.bos_token
+        adds_bos = bos is not None and tokenizer("")["input_ids"][:1] == [tokenizer.bos_token_id]
+        if adds_bos and text.startswith(bos):
+            text = text[len(bos) :]
+        split_template(text)
+        return text
+
+    @classmethod
+    def expand_image(cls, processor, n_image: int) -> str:
+        """The text the processor turns :attr:`image_prompt` into, with ``n_image`` image
+        tokens."""
+        return cls.image_prompt.replace(processor.image_token, processor.image_token * n_image)
+
+    @classmethod
+    def process(cls, processor, images: Sequence, texts: Sequence[str]) -> Mapping[str, Tensor]:
+        """Run the processor on one image per text (left-padded, PyTorch tensors)."""
+        if cls.nested_images:
+            images = [[image] for image in images]
+        return processor(images=list(images), text=list(texts), return_tensors="pt", padding=True)
+
+    # ------------------------------------------------------------------ inputs
+    def position_ids(self, inputs: LVLMInputs) -> Int[Tensor, "... batch pos"]:
+        """Position ids of a prepared batch for the model's forward; the batch is axis -2.
+
+        Default: positions that skip left padding (:attr:`LVLMInputs.position_ids`).
+        The engine cuts the last axis of one row's ids for its prefix and suffix runs.
+        """
+        return inputs.position_ids
+
+    def model_kwargs(self, inputs: LVLMInputs) -> dict[str, Tensor]:
+        """Keyword arguments for the bridge / HF forward besides ``input_ids``."""
+        return {
+            "pixel_values": inputs.pixel_values,
+            "attention_mask": inputs.attention_mask,
+            "position_ids": self.position_ids(inputs),
+            **inputs.extra,
+        }
+
+    # ------------------------------------------------------------- model facts
+    @property
+    def config(self):
+        """The Hugging Face model's (top-level) config."""
+        return self.hf_model.config
+
+    @property
+    def decoder(self) -> torch.nn.Module:
+        """The decoder (embeddings, layers, final norm; no LM head)."""
+        return self.hf_model.model.language_model
+
+    @property
+    def decoder_config(self):
+        """The decoder's config (also where the engine selects its attention function)."""
+        return self.decoder.config
+
+    @property
+    def unembedding(self) -> torch.nn.Linear:
+        """The unembedding (``[d_vocab, d_model]`` weight), unwrapped from the bridge."""
+        return _unwrapped(self.hf_model.lm_head)
+
+    @property
+    def image_token_id(self) -> int:
+        return int(self.config.image_token_id)
+
+    @property
+    def image_size(self) -> int:
+        """Side of the square image the vision tower takes (blank images, pixel_values checks)."""
+        return int(self.config.vision_config.image_size)
+
+    @property
+    def n_ctx(self) -> int:
+        return int(self.decoder_config.max_position_embeddings)
+
+    def attention(self, layer: int) -> torch.nn.Module:
+        """The Hugging Face attention module of decoder layer ``layer``."""
+        block = _unwrapped(self.decoder.layers[layer])
+        return _unwrapped(block.self_attn)
+
+    def attention_scaling(self, layer: int) -> float:
+        """The factor the attention scores of ``layer`` are multiplied by."""
+        return float(self.attention(layer).scaling)
+
+    # ------------------------------------------------------------------ logits
+    def final_logits(self, hidden: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_vocab"]:
+        """Logits in fp32 from the final hidden state (after the final norm).
+
+        ``hidden @ lm_head.weight.T`` computed in fp32 whatever the model's dtype, so
+        that a bf16 model's target logits are not rounded to bf16's grid (a step of
+        0.125 for logits of 16-32); with the text config's
+        ``final_logit_softcapping``, the same ``tanh`` capping HF applies.
+        """
+        head = self.unembedding
+        logits = hidden.float() @ head.weight.float().T
+        if getattr(head, "bias", None) is not None:
+            logits = logits + head.bias.float()
+        cap = getattr(self.decoder_config, "final_logit_softcapping", None)
+        if cap is not None:
+            logits = torch.tanh(logits / cap) * cap
+        return logits
+
+    # ---------------------------------------------------------- key/value hooks
+    def key_hook(self, layer: int) -> tuple[str, int]:
+        """The hook holding ``layer``'s keys as RoPE receives them, and its position axis.
+
+        ``hook_k`` (``[batch, pos, n_kv_heads, d_head]``); with q/k norms the keys are
+        normalized before RoPE, at ``hook_k_normed`` (``[batch, n_kv_heads, pos, d_head]``).
+        A LLaVA-style family may sit on any decoder, so the base class asks the layer.
+        """
+        if hasattr(self.attention(layer), "k_norm"):
+            return f"blocks.{layer}.attn.hook_k_normed", 2
+        return f"blocks.{layer}.attn.hook_k", 1
+
+    # ------------------------------------------------------------------ rotary
+    def rotary_fn(self, layer: int) -> Callable:
+        """The ``apply_rotary_pos_emb(q, k, cos, sin)`` of ``layer``'s HF attention code.
+
+        Baseline keys are rotated with the very function the model uses, so that a
+        baseline equal to the clean keys reproduces the clean scores bit for bit.
+        """
+        return sys.modules[type(self.attention(layer)).__module__].apply_rotary_pos_emb
+
+    def rotate_keys(
+        self,
+        layer: int,
+        k: Float[Tensor, "batch n_kv_heads n d_head"],
+        cos: Float[Tensor, "batch n d_head"],
+        sin: Float[Tensor, "batch n d_head"],
+    ) -> Float[Tensor, "batch n_kv_heads n d_head"]:
+        """``k`` rotated by RoPE ``(cos, sin)`` as ``layer``'s attention rotates its keys."""
+        return self.rotary_fn(layer)(k, k, cos, sin)[1]
+
+    def rotations(
+        self, x: Tensor, position_ids: Int[Tensor, "... 1 n"]
+    ) -> list[tuple[Float[Tensor, "1 n d_head"], Float[Tensor, "1 n d_head"]]]:
+        """RoPE ``(cos, sin)`` of every decoder layer at ``position_ids`` (all layers share one
+        rotary embedding unless a family overrides this); ``x`` gives dtype and device."""
+        rotary = _unwrapped(self.decoder.rotary_emb)
+        return [rotary(x, position_ids)] * int(self.decoder_config.num_hidden_layers)
+
+    # ------------------------------------------------------------------ engine
+    def check_engine(self, n_tokens: int) -> None:
+        """Refuse what the engine's suffix attention does not implement (it never guesses).
+
+        Raises:
+            NotImplementedError: the family refuses the engine; a sliding attention
+                window shorter than the prompt; attention-logit softcapping.
+        """
+        self.require("engine")
+        cfg = self.decoder_config
+        window = getattr(cfg, "sliding_window", None)
+        if window is not None and getattr(cfg, "use_sliding_window", True) and n_tokens > window:
+            raise NotImplementedError(
+                f"{self.name}: the prompt has {n_tokens} tokens, more than the sliding attention "
+                f"window ({window}), which the engine's suffix attention does not apply; use "
+                "scope='all' (hook reference) or a shorter prompt"
+            )
+        if getattr(cfg, "attn_logit_softcapping", None) is not None:
+            raise NotImplementedError(
+                f"{self.name}: this checkpoint sets attn_logit_softcapping, which the engine's "
+                "suffix attention does not apply; use scope='all' (hook reference)"
+            )
+
+    def prefix_inputs(self, sample: LVLMInputs, end: int) -> dict[str, Tensor]:
+        """Forward kwargs (images included) for the engine's run of the unpadded prompt's first
+        ``end`` tokens, besides ``input_ids`` and ``position_ids``.
+
+        ``sample`` is one row: its :meth:`model_kwargs` without the attention mask (the
+        run is unpadded), the :attr:`sequence_inputs` cut like the tokens.
+        """
+        pad = sample.padding(0)
+        kwargs = self.model_kwargs(sample)
+        del kwargs["attention_mask"], kwargs["position_ids"]
+        for name in self.sequence_inputs:
+            kwargs[name] = kwargs[name][:, pad : pad + end]
+        return kwargs
+
+    # ----------------------------------------------------------- hook reference
+    def ablation_hooks(self, model, inputs: LVLMInputs, baseline, keep: Tensor, scope: str):
+        """Forward hooks of the image-K/V ablation hook reference (validated arguments).
+
+        Default: :func:`tl_lvlm.ablation.score_edit_hooks`, edits of ``hook_attn_scores``
+        and ``hook_z``; a family whose bridge keeps attention native (edits of those
+        hooks discarded) overrides this with hooks that recompute attention.
+        """
+        from tl_lvlm.ablation import score_edit_hooks
+
+        return score_edit_hooks(model, inputs, baseline, keep, scope=scope)
+
+    # --------------------------------------------------------------- knockout
+    def knockout_hooks(self, knockout) -> list[tuple[str, Callable]]:
+        """Forward hooks of a :class:`~tl_lvlm.flow.Knockout` (default: fill the blocked
+        scores at ``hook_attn_scores`` with the dtype's minimum)."""
+        return [
+            (f"blocks.{layer}.attn.hook_attn_scores", knockout.mask_scores)
+            for layer in knockout.layers
+        ]
+
+    def check_knockout(self, bridge, layers: Sequence[int]) -> None:
+        """Raise ``NotImplementedError`` where edits to ``hook_attn_scores`` are discarded.
+
+        The plain ``AttentionBridge`` runs the wrapped HF attention module and fires
+        ``hook_attn_scores`` afterwards, on its *post*-softmax weights; subclasses
+        that reimplement ``forward`` (``PositionEmbeddingsAttentionBridge``, ...)
+        compute the scores themselves and feed hook edits into the softmax.
+        """
+        from transformer_lens.model_bridge.generalized_components.attention import (
+            AttentionBridge,
+        )
+
+        self.require("knockout")
+        for layer in layers:
+            attn = bridge.blocks[layer].attn
+            if type(attn).forward is AttentionBridge.forward:
+                raise NotImplementedError(
+                    f"{self.name}: blocks.{layer}.attn is a {type(attn).__name__} that runs the "
+                    "Hugging Face attention module natively and fires hook_attn_scores after the "
+                    "fact, so attention knockout through that hook would silently do nothing. "
+                    "Knockout needs an attention bridge that recomputes attention "
+                    "(e.g. PositionEmbeddingsAttentionBridge, as on LLaVA)."
+                )
+
+    # ---------------------------------------------------------- image geometry
+    def patch_geometry(self, processor, sample: LVLMInputs) -> PatchGeometry:
+        """How ``sample``'s image tokens lie on its image (for image-token maps, object masks).
+
+        The base class knows no layout; families that lay one image out on one grid
+        override it.
+
+        Raises:
+            NotImplementedError: the family's layout is not one grid of one image region.
+        """
+        self.require("image_attribution")
+        raise NotImplementedError(
+            f"{self.name} does not define its image tokens' patch geometry, so image-token "
+            "maps and object masks cannot be placed on the image"
+        )
