@@ -13,7 +13,7 @@ import torch
 from lvlm_cases import DIGIT_QUESTION, hf_copy
 
 from tl_lvlm import HookedLVLM
-from tl_lvlm.embed_hook import _language_model, hook_embed_at_residual_input
+from tl_lvlm.embed_hook import hook_embed_at_residual_input
 from tl_lvlm.testing import TEST_QUESTIONS, random_images
 
 CASES = ("mha", "gqa", "digits", "llava_next", "gemma3")
@@ -190,7 +190,7 @@ def test_the_embed_hook_point_is_restored_after_a_run(tiny_mha, images):
     hook_point = tiny_mha.bridge.embed.hook_out
     with pytest.raises(RuntimeError, match="called without inputs_embeds"):
         with hook_embed_at_residual_input(tiny_mha):
-            _language_model(tiny_mha)(input_ids=torch.tensor([[1, 2]]))
+            tiny_mha.family.decoder(input_ids=torch.tensor([[1, 2]]))
     assert tiny_mha.bridge.embed.hook_out is hook_point
     assert tiny_mha.bridge.hook_dict["hook_embed"] is hook_point
 
