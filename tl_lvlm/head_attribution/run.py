@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -203,27 +204,16 @@ def head_attribution(
                 "target": engine.target,
                 "inputs_sha256": tensor_sha256(inputs.input_ids, inputs.pixel_values),
             }
-            store = None if store_dir is None else sample_store(store_dir, sample_id)
-            previous = None
-            for n in rounds:
-                logits = collect(
-                    run.logits,
-                    flat_masks[:n],
-                    batch_size=run.batch_size,
-                    store=store,
-                    meta=meta,
-                    progress=progress,
-                    desc=f"sample {sample_id}",
-                )
-                y = norm(logits)
-                result = fit(
-                    flat_masks[:n], y, alpha=alpha, l1_ratio=l1_ratio, holdout=holdout, seed=seed
-                )
-                if previous is not None and converged(previous, result):
-                    break
-                previous = result
-            if store is not None:
-                OutputStore.open(store, n_components, meta).mark_complete(n)
+            y, result = _collect_and_fit(
+                run,
+                flat_masks,
+                rounds,
+                None if store_dir is None else sample_store(store_dir, sample_id),
+                meta,
+                dict(alpha=alpha, l1_ratio=l1_ratio, holdout=holdout, seed=seed),
+                progress=progress,
+                desc=f"sample {sample_id}",
+            )
             sample_scores = {}
             if evaluate:
                 # Evaluated now, while the engine exists: engines hold the prefix K/V cache,
@@ -265,6 +255,40 @@ def head_attribution(
         evaluation=Evaluation.concatenate(curves, ks, config["rankings"]) if evaluate else None,
         config=config,
     )
+
+
+def _collect_and_fit(
+    run: _SampleRun,
+    masks: Bool[np.ndarray, "n_masks n_components"],
+    rounds: list[int],
+    store: Path | None,
+    meta: dict,
+    fit_kwargs: dict,
+    *,
+    progress: bool,
+    desc: str,
+) -> tuple[Float[np.ndarray, " n_used"], FitResult]:
+    """One sample's normalized logits and fit on the first ``rounds[-1]`` masks, or on the
+    first round whose fit has converged (:mod:`~tl_lvlm.head_attribution.convergence`)."""
+    previous = None
+    for n in rounds:
+        logits = collect(
+            run.logits,
+            masks[:n],
+            batch_size=run.batch_size,
+            store=store,
+            meta=meta,
+            progress=progress,
+            desc=desc,
+        )
+        y = run.norm(logits)
+        result = fit(masks[:n], y, **fit_kwargs)
+        if previous is not None and converged(previous, result):
+            break
+        previous = result
+    if store is not None:
+        OutputStore.open(store, masks.shape[1], meta).mark_complete(n)
+    return y, result
 
 
 class _SampleRun:
