@@ -31,8 +31,7 @@ import torch
 from attribution import components_needed, rank_by
 from tl_lvlm import HookedLVLM, head_attribution
 from tl_lvlm.head_attribution import HEAD_ATTRIBUTION
-from tl_lvlm.testing import DIGIT_WORDS
-from tl_lvlm.zoo import DIGITS_QUESTION
+from tl_lvlm.zoo import DIGITS_QUESTION, digit_token_ids
 from tl_lvlm.zoo.digits import load_digit_images
 
 MODEL = "tl-lvlm/tiny-digits"
@@ -57,7 +56,9 @@ def main() -> None:
     model = HookedLVLM.from_pretrained(MODEL, device="cpu")
     images, labels = load_digit_images(split="test", style="original", seed=args.seed)
     first = [int(np.flatnonzero(labels == d)[0]) for d in range(args.n_samples)]
-    samples = [(images[i], DIGITS_QUESTION, DIGIT_WORDS[labels[i]]) for i in first]
+    # Labels as token ids (`` zero`` .. `` nine``), decoded for the table.
+    label_ids = [digit_token_ids(model.tokenizer)[labels[i]] for i in first]
+    samples = [(images[i], DIGITS_QUESTION, t) for i, t in zip(first, label_ids, strict=True)]
     reference = load_digit_images(split="train", style="original", seed=args.seed)[0][:128]
     settings = dict(reference=reference, seed=args.seed, batch_size=32, progress=False)
 
@@ -80,7 +81,7 @@ def main() -> None:
         rows.append(
             {
                 "sample": int(sample_id),
-                "label": DIGIT_WORDS[labels[first[sample_id]]],
+                "label": model.tokenizer.decode([label_ids[sample_id]]).strip(),
                 "n_masks_used": int(auto.n_masks_used[i]),
                 "r2_full": float(full.r2[i]),
                 "r2_auto": float(auto.r2[i]),
