@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-import tempfile
+import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -16,7 +16,9 @@ def atomic_file(path: str | os.PathLike, *, exclusive: bool = False) -> Iterator
 
     The temp file (``.{name}.*.tmp``) lives in the same directory so that the final
     rename is atomic, and it is fsynced before the rename (and the directory after it)
-    so that a power loss or ``kill -9`` cannot leave a truncated ``path``. A kill while
+    so that a power loss or ``kill -9`` cannot leave a truncated ``path``. It is created
+    with mode ``0o666`` less the umask, as ``open`` creates files (``tempfile.mkstemp``
+    would make it ``0600``, unreadable for a group on a shared cluster). A kill while
     writing can leave the temp file behind; nothing reads it.
 
     Args:
@@ -25,7 +27,7 @@ def atomic_file(path: str | os.PathLike, *, exclusive: bool = False) -> Iterator
             ``FileExistsError`` otherwise.
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = _create_temp(path)
     try:
         with os.fdopen(fd, "wb") as f:
             yield f
@@ -39,6 +41,16 @@ def atomic_file(path: str | os.PathLike, *, exclusive: bool = False) -> Iterator
         with suppress(FileNotFoundError):
             os.unlink(tmp)
     _fsync_dir(path.parent)
+
+
+def _create_temp(path: Path) -> tuple[int, Path]:
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    while True:
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:  # a name another writer drew; draw again
+            continue
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -1,36 +1,24 @@
 """Run ``fn(masks) -> outputs`` over many masks in batches, optionally into a resumable store.
 
-Store layout (one directory per run)::
-
-    config.json          {"format", "n_masks", "n_components", "batch_size", "masks_sha256", "meta"}
-    chunk-000000.npy     outputs for masks[0:batch_size], float64 [b] or [b, k]
-    chunk-000001.npy     outputs for masks[batch_size:2*batch_size], ...
-
-Every file is written atomically (temp file + fsync + rename), so after a crash at any
-point each chunk is either absent or complete; a re-run recomputes only absent chunks.
-The config is created exclusively before any chunk, so every chunk belongs to it. Two
-processes running the same configuration on one store are safe (they write identical
-chunks), merely wasteful.
+With ``store``, every finished batch is appended to an :class:`~attribution.store.OutputStore`
+(two files per store, see :mod:`attribution.store`); a rerun loads the stored rows and
+computes only the rest, so after a crash at any point the result equals that of an
+uninterrupted run. The batch size does not enter the store: a rerun may use another one.
 """
 
 from __future__ import annotations
 
-import json
 import numbers
 import os
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike
 from tqdm.auto import tqdm
 
-from attribution.atomic import atomic_file
-from attribution.masks import as_masks, masks_hash
-
-STORE_FORMAT = "attribution.collect/1"
-CONFIG_NAME = "config.json"
+from attribution.masks import as_masks
+from attribution.store import OutputStore
 
 
 def collect(
@@ -50,10 +38,11 @@ def collect(
             (True = kept); returns array-like ``[b]`` or ``[b, k]`` (numpy, lists, or
             torch tensors of any float dtype, converted with ``.detach().cpu()``).
         masks: ``[n_masks, n_components]`` bool (or 0/1) masks.
-        batch_size: masks per ``fn`` call; also the store's chunk size.
-        store: directory that keeps finished batches. If it already holds a run of the
-            same configuration, finished batches are loaded instead of recomputed, and
-            the result equals that of an uninterrupted run.
+        batch_size: masks per ``fn`` call.
+        store: directory that keeps finished batches. If it already holds outputs of the
+            same configuration for a prefix of ``masks`` (or for longer masks that start
+            with ``masks``), those are loaded instead of recomputed, and the result equals
+            that of an uninterrupted run.
         meta: JSON-serializable description of what ``fn`` computes (model, sample,
             target, ...). Part of the store's configuration, so that a store is never
             reused for another sample by mistake. Ignored without ``store``.
@@ -79,16 +68,19 @@ def collect(
     n_masks = len(masks)
     if n_masks == 0:
         raise ValueError("masks is empty: nothing to collect")
-    bounds = [(s, min(s + batch_size, n_masks)) for s in range(0, n_masks, batch_size)]
-    chunk_store = None if store is None else _ChunkStore.open(store, masks, batch_size, meta)
-    chunks = {} if chunk_store is None else chunk_store.load(bounds)
-    trailing = next((c.shape[1:] for c in chunks.values()), None)
-    done = sum(len(c) for c in chunks.values())
+    output_store = None if store is None else OutputStore.open(store, masks.shape[1], meta)
+    done = np.empty(0) if output_store is None else output_store.load(masks)
+    # Rows the store holds beyond `done` (masks end inside a stored chunk) are recomputed
+    # here without writing: the store only ever grows at its end.
+    writable = output_store is not None and len(done) == output_store.rows
+    trailing = done.shape[1:] if len(done) else None
+    chunks = [done] if len(done) else []
 
-    with tqdm(total=n_masks, initial=done, desc=desc, unit="mask", disable=not progress) as bar:
-        for index, (start, stop) in enumerate(bounds):
-            if index in chunks:
-                continue
+    with tqdm(
+        total=n_masks, initial=len(done), desc=desc, unit="mask", disable=not progress
+    ) as bar:
+        for start in range(len(done), n_masks, batch_size):
+            stop = min(start + batch_size, n_masks)
             out = _check_output(fn(masks[start:stop].copy()), start, stop)
             # Checked before saving so that a bad batch never enters the store.
             if trailing is not None and out.shape[1:] != trailing:
@@ -97,12 +89,12 @@ def collect(
                     f"[b{''.join(f', {d}' for d in trailing)}] for earlier batches"
                 )
             trailing = out.shape[1:]
-            if chunk_store is not None:
-                chunk_store.save(index, out)
-            chunks[index] = out
+            if writable:
+                output_store.append(masks[start:stop], out)
+            chunks.append(out)
             bar.update(stop - start)
 
-    return np.concatenate([chunks[i] for i in range(len(bounds))], axis=0)
+    return np.concatenate(chunks, axis=0)
 
 
 def _check_output(out: Any, start: int, stop: int) -> np.ndarray:
@@ -121,83 +113,3 @@ def _check_output(out: Any, start: int, stop: int) -> np.ndarray:
         bad = (start + np.flatnonzero(~finite))[:5].tolist()
         raise ValueError(f"fn returned NaN/inf for {where}; first bad mask rows: {bad}")
     return out
-
-
-class _ChunkStore:
-    """Finished batches of one ``collect`` run, one ``.npy`` file per batch."""
-
-    def __init__(self, root: Path):
-        self.root = root
-
-    @classmethod
-    def open(
-        cls,
-        store: str | os.PathLike,
-        masks: np.ndarray,
-        batch_size: int,
-        meta: Mapping[str, Any] | None,
-    ) -> _ChunkStore:
-        """Create the store, or check that an existing one holds this configuration."""
-        root = Path(store)
-        root.mkdir(parents=True, exist_ok=True)
-        config = {
-            "format": STORE_FORMAT,
-            "n_masks": len(masks),
-            "n_components": masks.shape[1],
-            "batch_size": batch_size,
-            "masks_sha256": masks_hash(masks),
-            # Round-trip through JSON so that tuples and lists compare equal to the stored copy.
-            "meta": json.loads(json.dumps(dict(meta or {}), sort_keys=True)),
-        }
-        path = root / CONFIG_NAME
-        if not path.exists() and any(root.glob("chunk-*.npy")):
-            raise ValueError(
-                f"store {root} has chunk files but no {CONFIG_NAME}, so it was not written by "
-                "collect: use a new store directory"
-            )
-        try:
-            # Exclusive create: of two runs starting on one new store, only one config wins,
-            # and the other run compares against it below.
-            with atomic_file(path, exclusive=True) as f:
-                f.write(json.dumps(config, indent=2, sort_keys=True).encode())
-        except FileExistsError:
-            pass
-        stored = json.loads(path.read_text())
-        diffs = [
-            f"{key}: stored {stored.get(key)!r}, now {value!r}"
-            for key, value in config.items()
-            if stored.get(key) != value
-        ]
-        if diffs:
-            raise ValueError(
-                f"store {root} was written by a different configuration ({'; '.join(diffs)}). "
-                "Its results are only valid for that configuration: use a new store directory "
-                "(or delete this one to recompute)."
-            )
-        return cls(root)
-
-    def path(self, index: int) -> Path:
-        return self.root / f"chunk-{index:06d}.npy"
-
-    def load(self, bounds: list[tuple[int, int]]) -> dict[int, np.ndarray]:
-        """Finished chunks by batch index; ``bounds[i]`` is batch i's ``(start, stop)``."""
-        finished = {}
-        for index, (start, stop) in enumerate(bounds):
-            path = self.path(index)
-            if not path.exists():
-                continue
-            chunk = np.load(path, allow_pickle=False)
-            if chunk.ndim not in (1, 2) or len(chunk) != stop - start:
-                raise ValueError(
-                    f"store chunk {path} has shape {chunk.shape}, expected {stop - start} rows; "
-                    "the store is damaged: use a new store directory"
-                )
-            finished[index] = chunk
-        shapes = {c.shape[1:] for c in finished.values()}
-        if len(shapes) > 1:
-            raise ValueError(f"store {self.root} holds chunks of inconsistent shapes {shapes}")
-        return finished
-
-    def save(self, index: int, chunk: np.ndarray) -> None:
-        with atomic_file(self.path(index)) as f:
-            np.save(f, chunk, allow_pickle=False)

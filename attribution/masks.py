@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import numbers
 
 import numpy as np
@@ -44,11 +43,3 @@ def as_masks(masks: ArrayLike) -> np.ndarray:
     if not np.isin(arr, (0, 1)).all():
         raise ValueError("masks must be boolean or contain only 0 and 1 (1 = kept)")
     return arr.astype(np.bool_)
-
-
-def masks_hash(masks: np.ndarray) -> str:
-    """SHA-256 hex digest identifying a bool mask matrix (shape and contents)."""
-    h = hashlib.sha256()
-    h.update(np.asarray(masks.shape, dtype=np.int64).tobytes())
-    h.update(np.packbits(masks, axis=None).tobytes())
-    return h.hexdigest()

@@ -31,12 +31,14 @@ from numpy.typing import ArrayLike
 from PIL import Image
 
 from attribution import FitResult, collect, fit, sample_masks
-from tl_lvlm.ablation import ImageKVBaseline, image_kv_baseline
+from tl_lvlm.ablation import ImageKVBaseline
 from tl_lvlm.engine import AblationEngine
 from tl_lvlm.families.geometry import PatchGeometry
 from tl_lvlm.fingerprint import tensor_sha256
+from tl_lvlm.head_attribution.baseline import REFERENCE_HINT, resolve_baseline
 from tl_lvlm.inputs import LVLMInputs
 from tl_lvlm.model import HookedLVLM
+from tl_lvlm.normalization import LogitNormalization
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -106,8 +108,9 @@ def image_token_attribution(
         sample: one prompt (a single-row :class:`~tl_lvlm.LVLMInputs`, e.g. ``inputs[i]``).
         baseline: an :class:`~tl_lvlm.ablation.ImageKVBaseline`, ``"mean"`` (image K/V
             averaged over ``reference``) or ``"zero"``.
-        reference: images prepared with the sample's template, for ``"mean"``. The
-            sample alone is no reference: its own mean is itself.
+        reference: images (or inputs prepared with the sample's template) for
+            ``"mean"``; the sample alone is no reference, its own mean is itself
+            (:func:`~tl_lvlm.head_attribution.resolve_baseline` refuses it).
         target: token id to attribute; default the clean greedy answer.
         n_masks: random masks, at least ``n_image + 1``.
         p_ablate: probability that a position is ablated in a mask.
@@ -128,13 +131,7 @@ def image_token_attribution(
         NotImplementedError: the family has no single patch grid for its image tokens.
     """
     geometry = model.family.patch_geometry(model.processor, sample)
-    if isinstance(baseline, str):
-        if baseline == "mean" and reference is None:
-            raise ValueError(
-                "the 'mean' baseline needs reference images (model.prepare(images, question)); "
-                "pass reference=..., a prebuilt ImageKVBaseline, or baseline='zero'"
-            )
-        baseline = image_kv_baseline(model, sample if reference is None else reference, baseline)
+    baseline = resolve_baseline(model, baseline, reference, sample)
     engine = AblationEngine(model, sample, baseline, target=target)
     n_layers, n_heads, n_image = model.n_layers, model.n_heads, engine.n_image
 
@@ -143,13 +140,14 @@ def image_token_attribution(
         per_head = torch.from_numpy(keep)[:, None, None].expand(-1, n_layers, n_heads, -1)
         return engine.run(per_head, batch_size, progress=False).double().numpy()
 
-    clean = engine.clean_logit
-    ablated = float(logits(np.zeros((1, n_image), dtype=bool))[0])
-    if not clean - ablated >= min_logit_gap:
+    norm = LogitNormalization.measure(engine.clean_logit, logits, n_image)
+    if norm.too_small(min_logit_gap):
         raise NoImageEffectError(
-            f"ablating every image position moves the target logit by only {clean - ablated:.4g} "
-            f"(clean {clean:.4g}, ablated {ablated:.4g}) < min_logit_gap={min_logit_gap}: the "
-            "answer does not depend on the image here, so there is nothing to attribute"
+            f"ablating every image position moves the target logit by only {norm.gap:.4g} "
+            f"(clean {norm.clean:.4g}, ablated {norm.ablated:.4g}) < min_logit_gap="
+            f"{min_logit_gap}: the answer does not depend on the image here under this "
+            f"baseline, so there is nothing to attribute; with a mean over few images, "
+            f"{REFERENCE_HINT}, or try baseline='zero' or a lower min_logit_gap"
         )
     masks = sample_masks(n_masks, n_image, p_ablate, seed)
     meta = {
@@ -167,14 +165,14 @@ def image_token_attribution(
         progress=progress,
         desc="image-token attribution",
     )
-    y = (raw - ablated) / (clean - ablated)
+    y = norm(raw)
     result = fit(masks, y, alpha=alpha, l1_ratio=l1_ratio, holdout=holdout, seed=seed)
     return ImageAttribution(
         coef=geometry.to_map(result.coef),
         fit=result,
         target=engine.target,
-        clean_logit=clean,
-        ablated_logit=ablated,
+        clean_logit=norm.clean,
+        ablated_logit=norm.ablated,
         masks=masks,
         y=y,
         geometry=geometry,

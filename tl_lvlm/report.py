@@ -2,9 +2,10 @@
 
 :func:`write_report` writes into a directory (every file atomically):
 
-- ``summary.json``: configuration, kept / excluded samples (with reasons), held-out
-  R² and Pearson ρ (per sample, mean, std), top heads of the mean attribution, heads
-  needed per ranking and the averaged curves (see :func:`summarize`);
+- ``summary.json``: configuration, kept / excluded samples (with reasons; per kept
+  sample ``n_masks_used``), held-out R² and Pearson ρ (per sample, mean, std), top
+  heads of the mean attribution, heads needed per ranking and the averaged curves
+  (see :func:`summarize`);
 - ``heatmap.png``: layer x head mean attribution;
 - ``faithfulness.png`` / ``completeness.png``: averaged curves of head attribution
   and each baseline ranking;
@@ -65,14 +66,16 @@ def summarize(
             "pearson": f.pearson,
             "clean_logit": c,
             "ablated_logit": a,
+            "n_masks_used": n,
         }
-        for i, t, lab, f, c, a in zip(
+        for i, t, lab, f, c, a, n in zip(
             result.sample_ids,
             result.targets,
             result.labels,
             result.fits,
             result.clean_logit,
             result.ablated_logit,
+            result.n_masks_used,
             strict=True,
         )
     ]

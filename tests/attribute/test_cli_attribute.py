@@ -78,7 +78,7 @@ def test_image_directory_with_labels(planted_path, tmp_path):
     images.mkdir()
     for i, img in enumerate(random_images(2, 28, seed=4)):
         img.save(images / f"img{i}.png")
-    (images / "labels.json").write_text(json.dumps({"img1.png": "zzz"}))
+    (images / "labels.json").write_text(json.dumps({"img1.png": "object"}))
     out = tmp_path / "out"
     assert main(["attribute", "--model", planted_path, "--images", str(images), "--out",
                  str(out), "--n-masks", "40", "--no-evaluate", "--quiet"]) == 0  # fmt: skip

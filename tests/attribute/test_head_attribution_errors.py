@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -91,9 +93,11 @@ def test_answer_token_id(tiny_mha):
     assert answer_token_id(tiny_mha, "object") == word
     assert answer_token_id(tiny_mha, " object") == word
     assert answer_token_id(tiny_mha, word) == word
-    # A word of several tokens gives its first token.
-    first = tok(" one", add_special_tokens=False)["input_ids"][0]
-    assert answer_token_id(tiny_mha, "one") == first
+    # A word of several tokens is refused, listing them, never cut to its first token.
+    pieces = [tok.decode([t]) for t in tok(" one two", add_special_tokens=False)["input_ids"]]
+    assert len(pieces) > 1
+    with pytest.raises(ValueError, match=re.escape(f"'one two' is {len(pieces)} tokens {pieces}")):
+        answer_token_id(tiny_mha, "one two")
     with pytest.raises(TypeError):
         answer_token_id(tiny_mha, "  ")
     with pytest.raises(TypeError):

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
-from tl_lvlm.head_attribution import HeadAttributionResult, head_attribution
+from attribution.store import OUTPUTS_NAME
+from tl_lvlm.head_attribution import HeadAttributionResult, head_attribution, stored_samples
 
 pytest_plugins = ["planted_llava"]
 
@@ -68,16 +71,37 @@ def test_store_resumes_to_the_same_result(planted_model, samples, single, tmp_pa
     first = head_attribution(planted_model, samples, store_dir=tmp_path, **SETTINGS)
     stores = sorted(p.name for p in tmp_path.iterdir())
     # One store per kept sample; wrongly answered ones never run their masks.
-    assert stores == ["sample-000000", "sample-000001"]
+    assert stores == ["run.json", "sample-000000", "sample-000001"]
+    assert stored_samples(tmp_path) == 2
     assert_same(first, single)
-    chunk = tmp_path / "sample-000001" / "chunk-000000.npy"
-    stored = np.load(chunk)
-    # A rerun loads the stored logits instead of recomputing them: poison one to see it.
-    np.save(chunk, stored + 1.0)
+    outputs = tmp_path / "sample-000001" / OUTPUTS_NAME
+    stored = np.fromfile(outputs)
+    gap = first.clean_logit[1] - first.ablated_logit[1]
+    np.testing.assert_allclose(stored, first.y[1] * gap + first.ablated_logit[1], rtol=1e-12)
+    # A rerun loads the stored logits instead of recomputing them: poison them to see it.
+    (stored + 1.0).tofile(outputs)
     resumed = head_attribution(planted_model, samples, store_dir=tmp_path, **SETTINGS)
     row = 1
     gap = resumed.clean_logit[row] - resumed.ablated_logit[row]
     np.testing.assert_allclose(resumed.y[row] - single.y[row], 1.0 / gap)
-    # Another seed draws other masks: the store refuses to mix them.
-    with pytest.raises(ValueError, match="different configuration"):
+
+
+def test_store_refuses_another_configuration_before_writing(planted_model, samples, tmp_path):
+    head_attribution(planted_model, samples, store_dir=tmp_path, **SETTINGS)
+    before = snapshot(tmp_path)
+    # Another seed draws other masks: the store refuses to mix them, and changes nothing.
+    with pytest.raises(ValueError, match=r"another configuration \(seed: stored 0, now 1\)"):
         head_attribution(planted_model, samples, store_dir=tmp_path, seed=1, **SETTINGS)
+    assert snapshot(tmp_path) == before
+
+
+def test_more_masks_extend_the_store(planted_model, samples, single, tmp_path):
+    head_attribution(planted_model, samples, store_dir=tmp_path, **{**SETTINGS, "n_masks": 30})
+    longer = head_attribution(planted_model, samples, store_dir=tmp_path, **SETTINGS)
+    assert_same(longer, single)
+
+
+def snapshot(root: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
+    }

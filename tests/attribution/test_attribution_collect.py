@@ -1,3 +1,5 @@
+import json
+import os
 import random
 import signal
 import subprocess
@@ -10,10 +12,12 @@ import numpy as np
 import pytest
 
 from attribution import collect, sample_masks
+from attribution.store import OUTPUTS_NAME, STATE_NAME, OutputStore, read_state
 
 N_MASKS, N_COMPONENTS, BATCH = 400, 12, 10
 N_CHUNKS = N_MASKS // BATCH
-W = np.linspace(-1.0, 1.0, N_COMPONENTS)
+# Halves: every sum of them is exact, so outputs do not depend on how masks are batched.
+W = np.arange(N_COMPONENTS) - 5.5
 
 # The same deterministic fn in a child process, slowed down so it can be killed mid-run.
 CHILD = textwrap.dedent(
@@ -24,7 +28,7 @@ CHILD = textwrap.dedent(
 
     def fn(m):
         time.sleep(float(sys.argv[2]))
-        return m @ np.linspace(-1.0, 1.0, {N_COMPONENTS})
+        return m @ (np.arange({N_COMPONENTS}) - 5.5)
 
     masks = sample_masks({N_MASKS}, {N_COMPONENTS}, seed=0)
     collect(fn, masks, batch_size={BATCH}, store=sys.argv[1], meta={{"sample": 0}}, progress=False)
@@ -51,17 +55,19 @@ def masks():
     return sample_masks(N_MASKS, N_COMPONENTS, seed=0)
 
 
-def chunk_files(store: Path) -> list[Path]:
-    return sorted(store.glob("chunk-*.npy"))
+def stored_rows(store: Path) -> int:
+    """Rows the store claims (0 before its state file exists)."""
+    state = read_state(store)
+    return 0 if state is None else state["rows"]
 
 
 def start_child(store: Path, sleep: float) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", CHILD, str(store), str(sleep)])
 
 
-def wait_for_chunks(store: Path, n: int, proc: subprocess.Popen) -> None:
+def wait_for_rows(store: Path, n: int, proc: subprocess.Popen) -> None:
     deadline = time.monotonic() + 60
-    while len(chunk_files(store)) < n:
+    while stored_rows(store) < n:
         assert proc.poll() is None, "child exited before it was killed"
         assert time.monotonic() < deadline, "child made no progress"
         time.sleep(0.005)
@@ -105,7 +111,8 @@ def test_collect_rejects_nan_naming_the_batch(tmp_path):
     ):
         collect(bad, masks(), batch_size=BATCH, store=tmp_path, progress=False)
     # The batches before the bad one are kept, the bad one never reaches the store.
-    assert [p.name for p in chunk_files(tmp_path)] == ["chunk-000000.npy", "chunk-000001.npy"]
+    assert stored_rows(tmp_path) == 20
+    assert (tmp_path / OUTPUTS_NAME).stat().st_size == 20 * 8
 
 
 @pytest.mark.parametrize(
@@ -137,38 +144,54 @@ def test_collect_rejects_bad_batch_size(batch_size):
         collect(fn, masks(), batch_size=batch_size, progress=False)
 
 
-def test_store_writes_config_and_chunks_and_reuses_them(tmp_path):
+def test_store_keeps_two_files_and_reuses_them(tmp_path):
     store = tmp_path / "run"
     first = collect(fn, masks(), batch_size=BATCH, store=store, meta={"x": (1, 2)}, progress=False)
-    assert (store / "config.json").exists()
-    assert len(chunk_files(store)) == N_CHUNKS
+    # Two files however many batches: the outputs and the state with the index of chunks.
+    assert sorted(p.name for p in store.iterdir()) == [OUTPUTS_NAME, STATE_NAME]
+    np.testing.assert_array_equal(np.fromfile(store / OUTPUTS_NAME), first)
+    state = read_state(store)
+    assert state["rows"] == N_MASKS and len(state["prefixes"]) == N_CHUNKS
     f = CountingFn()
-    again = collect(f, masks(), batch_size=BATCH, store=store, meta={"x": [1, 2]}, progress=False)
+    # Another batch size reads the same rows: chunking is not part of the configuration.
+    again = collect(f, masks(), batch_size=7, store=store, meta={"x": [1, 2]}, progress=False)
     assert f.batches == []  # everything came from the store
     np.testing.assert_array_equal(again, first)
+
+
+def test_longer_run_extends_and_shorter_run_reads_a_prefix(tmp_path):
+    long = sample_masks(N_MASKS + 55, N_COMPONENTS, seed=0)
+    assert np.array_equal(long[:N_MASKS], masks())  # same seed: a prefix of one sequence
+    collect(fn, masks(), batch_size=BATCH, store=tmp_path, progress=False)
+    f = CountingFn()
+    y = collect(f, long, batch_size=BATCH, store=tmp_path, progress=False)
+    np.testing.assert_array_equal(y, long @ W)
+    np.testing.assert_array_equal(np.concatenate(f.batches), long[N_MASKS:])
+    assert stored_rows(tmp_path) == N_MASKS + 55
+    # 95 masks end inside the stored chunk [90, 100): its 5 rows are recomputed, not written.
+    f = CountingFn()
+    y = collect(f, long[:95], batch_size=BATCH, store=tmp_path, progress=False)
+    np.testing.assert_array_equal(y, long[:95] @ W)
+    np.testing.assert_array_equal(np.concatenate(f.batches), long[90:95])
+    assert stored_rows(tmp_path) == N_MASKS + 55
 
 
 def test_resume_after_sigkill_equals_uninterrupted_run(tmp_path):
     expected = collect(fn, masks(), batch_size=BATCH, progress=False)
     store = tmp_path / "store"
     proc = start_child(store, sleep=0.03)
-    wait_for_chunks(store, 5, proc)
+    wait_for_rows(store, 5 * BATCH, proc)
     proc.send_signal(signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL
-    done = {p.name for p in chunk_files(store)}
-    assert 5 <= len(done) < N_CHUNKS
+    done = stored_rows(store)
+    assert 5 * BATCH <= done < N_MASKS
 
     f = CountingFn()
     y = collect(f, masks(), batch_size=BATCH, store=store, meta={"sample": 0}, progress=False)
     np.testing.assert_array_equal(y, expected)
-    # Exactly the missing batches were recomputed: nothing lost, nothing done twice.
-    recomputed = np.concatenate(f.batches)
-    missing = [i for i in range(N_CHUNKS) if f"chunk-{i:06d}.npy" not in done]
-    assert len(f.batches) == len(missing)
-    np.testing.assert_array_equal(
-        recomputed, np.concatenate([masks()[i * BATCH : (i + 1) * BATCH] for i in missing])
-    )
-    assert len(chunk_files(store)) == N_CHUNKS
+    # Exactly the missing rows were recomputed: nothing lost, nothing done twice.
+    np.testing.assert_array_equal(np.concatenate(f.batches), masks()[done:])
+    assert stored_rows(store) == N_MASKS
 
 
 def test_resume_after_repeated_kills_at_random_times(tmp_path):
@@ -178,44 +201,65 @@ def test_resume_after_repeated_kills_at_random_times(tmp_path):
     for _ in range(3):
         # A short sleep per batch: the kill lands anywhere in the compute/write/rename cycle.
         proc = start_child(store, sleep=0.002)
-        wait_for_chunks(store, len(chunk_files(store)) + 3, proc)
+        wait_for_rows(store, stored_rows(store) + 3 * BATCH, proc)
         time.sleep(rng.uniform(0.0, 0.01))
         assert proc.poll() is None
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-    assert len(chunk_files(store)) < N_CHUNKS
+    assert stored_rows(store) < N_MASKS
     y = collect(fn, masks(), batch_size=BATCH, store=store, meta={"sample": 0}, progress=False)
     np.testing.assert_array_equal(y, expected)
 
 
 @pytest.mark.parametrize(
-    ("change", "named"),
+    ("change", "match"),
     [
-        ({"masks": sample_masks(N_MASKS, N_COMPONENTS, seed=1)}, "masks_sha256"),
-        ({"masks": sample_masks(N_MASKS + 1, N_COMPONENTS, seed=0)}, "n_masks"),
-        ({"batch_size": BATCH + 1}, "batch_size"),
-        ({"meta": {"sample": 1}}, "meta"),
+        ({"masks": sample_masks(N_MASKS, N_COMPONENTS, seed=1)}, "outputs of other masks"),
+        ({"masks": sample_masks(N_MASKS, N_COMPONENTS + 1, seed=0)}, "different.*n_components"),
+        ({"meta": {"sample": 1}}, "different configuration.*meta"),
     ],
-    ids=["masks", "n_masks", "batch_size", "meta"],
+    ids=["masks", "n_components", "meta"],
 )
-def test_store_with_other_configuration_raises(tmp_path, change, named):
+def test_store_with_other_configuration_raises_and_writes_nothing(tmp_path, change, match):
     kwargs = {"masks": masks(), "batch_size": BATCH, "meta": {"sample": 0}}
     collect(fn, store=tmp_path, progress=False, **kwargs)
-    with pytest.raises(ValueError, match=f"different configuration.*{named}.*new store directory"):
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    with pytest.raises(ValueError, match=f"{match}.*new store directory"):
         collect(fn, store=tmp_path, progress=False, **{**kwargs, **change})
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
 
 
-def test_store_rejects_foreign_directory_with_chunks(tmp_path):
-    np.save(tmp_path / "chunk-000000.npy", np.zeros(BATCH))
-    with pytest.raises(ValueError, match="no config.json"):
+def test_store_rejects_foreign_directory(tmp_path):
+    np.save(tmp_path / "chunk-000000.npy", np.zeros(BATCH))  # e.g. a store of the old layout
+    with pytest.raises(ValueError, match=f"chunk-000000.npy, ...\\) but no {STATE_NAME}"):
         collect(fn, masks(), batch_size=BATCH, store=tmp_path, progress=False)
 
 
-def test_store_rejects_damaged_chunk(tmp_path):
+def test_store_rejects_damaged_outputs(tmp_path):
     collect(fn, masks(), batch_size=BATCH, store=tmp_path, progress=False)
-    np.save(tmp_path / "chunk-000003.npy", np.zeros(BATCH - 1))
-    with pytest.raises(ValueError, match="chunk-000003.npy has shape"):
+    os.truncate(tmp_path / OUTPUTS_NAME, 8 * (N_MASKS - 3))
+    with pytest.raises(ValueError, match=f"holds {N_MASKS - 3} rows but store.json claims"):
         collect(fn, masks(), batch_size=BATCH, store=tmp_path, progress=False)
+
+
+def test_mark_complete_is_recorded(tmp_path):
+    collect(fn, masks(), batch_size=BATCH, store=tmp_path, meta={"a": 1}, progress=False)
+    store = OutputStore.open(tmp_path, N_COMPONENTS, {"a": 1})
+    assert store.complete is None
+    store.mark_complete(300)
+    assert json.loads((tmp_path / STATE_NAME).read_text())["complete"] == 300
+    with pytest.raises(ValueError, match="cannot mark 401 rows complete"):
+        store.mark_complete(N_MASKS + 1)
+
+
+def test_store_files_respect_the_umask(tmp_path):
+    old = os.umask(0o027)
+    try:
+        collect(fn, masks(), batch_size=BATCH, store=tmp_path / "s", progress=False)
+    finally:
+        os.umask(old)
+    for name in (STATE_NAME, OUTPUTS_NAME):
+        assert (tmp_path / "s" / name).stat().st_mode & 0o777 == 0o640
 
 
 def test_concurrent_runs_on_one_store_agree(tmp_path):

@@ -1,3 +1,5 @@
+import os
+
 import numpy as np
 import pytest
 import safetensors.numpy
@@ -206,3 +208,13 @@ def test_load_rejects_other_safetensors_files(tmp_path):
     safetensors.numpy.save_file({"sample": np.zeros(1)}, tmp_path / "x.safetensors")
     with pytest.raises(ValueError, match="not an attribution results file"):
         load_results(tmp_path / "x.safetensors")
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_results_files_respect_the_umask(tmp_path, umask):
+    old = os.umask(umask)
+    try:
+        path = save_results(tmp_path / "r.safetensors", [0], {"x": np.zeros(1)})
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask

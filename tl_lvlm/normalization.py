@@ -1,0 +1,54 @@
+"""The normalized target logit of ablation attributions: 1 = clean, 0 = all ablated.
+
+Head attribution and image-token attribution regress the same quantity,
+
+    y = (logit(mask) - logit(all ablated)) / (logit(clean) - logit(all ablated)),
+
+and both leave out samples whose clean and all-ablated logits are too close for the
+division to mean anything (it multiplies logit noise by ``1 / gap``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+from jaxtyping import Bool, Float
+
+
+@dataclass(frozen=True)
+class LogitNormalization:
+    """The clean and all-ablated target logits of one sample, and ``y`` from them.
+
+    Attributes:
+        clean: target logit with every component kept.
+        ablated: target logit with every component ablated.
+    """
+
+    clean: float
+    ablated: float
+
+    @classmethod
+    def measure(
+        cls,
+        clean: float,
+        logits: Callable[[Bool[np.ndarray, "1 n_components"]], Float[np.ndarray, " 1"]],
+        n_components: int,
+    ) -> LogitNormalization:
+        """Run ``logits`` on the all-ablated mask (``[1, n_components]``, all False)."""
+        ablated = float(logits(np.zeros((1, n_components), dtype=bool))[0])
+        return cls(float(clean), ablated)
+
+    @property
+    def gap(self) -> float:
+        """``clean - ablated``: how much ablating everything lowers the target logit."""
+        return self.clean - self.ablated
+
+    def too_small(self, min_gap: float) -> bool:
+        """True when ``gap < min_gap`` (or NaN): ``y`` would divide by (almost) nothing."""
+        return not self.gap >= min_gap
+
+    def __call__(self, logits: Float[np.ndarray, "*b"]) -> Float[np.ndarray, "*b"]:
+        """``y`` of raw target logits."""
+        return (np.asarray(logits, dtype=np.float64) - self.ablated) / self.gap
