@@ -289,7 +289,8 @@ def _install_timers(record: dict) -> None:
             record[f"cpu_{key}"] = record.get(f"cpu_{key}", 0.0) + time.process_time() - c0
             if count is not None:
                 record[f"{key}_masks"] = record.get(f"{key}_masks", 0) + count(*args, **kwargs)
-            record[f"rss_after_{key}"] = _status_bytes()
+            # Memory after each call: which phase set the peak (VmHWM), anonymous vs mapped.
+            record.setdefault("phases", []).append({"after": key, **_status_bytes()})
             return out
 
         return wrapper
@@ -497,7 +498,7 @@ def summarize(args, via, n_masks, n_bytes, peak, write_s, written, child_wall_s,
         "peak_rss_bytes": peak,
         "peak_rss_over_weights": peak / n_bytes,
         "rss_before_load_bytes": child["rss_start"]["VmRSS"],
-        "rss_after_load_bytes": child["rss_after_load_s"]["VmRSS"],
+        "rss_after_load_bytes": next(p for p in child["phases"] if p["after"] == "load_s")["VmRSS"],
         "peak_rss_split_bytes": child["rss_peak_sampled"],
         "checkpoint_written": written,
         "write_s": write_s,
@@ -516,6 +517,7 @@ def summarize(args, via, n_masks, n_bytes, peak, write_s, written, child_wall_s,
         "cpu_seconds_per_mask": child.get("cpu_masks_s", 0.0) / masks if masks else None,
         "cpu_total_s": child["cpu_total_s"],
         "child_wall_s": child_wall_s,
+        "memory_by_phase": child["phases"],
         "n_samples": N_SAMPLES,
         "n_masks_per_sample": n_masks,
         "batch_size": args.batch_size,
