@@ -371,6 +371,25 @@ def _run_in_process(spec: dict, record: dict) -> None:
 
 
 # -------------------------------------------------------------------- parent
+def wait_for_memory(need: int, minutes: float) -> int:
+    """Wait (up to ``minutes``) until ``need`` bytes of RAM are available; return what is.
+
+    The machine may be shared: the child is started only when the checkpoint fits.
+    """
+    import psutil
+
+    deadline = time.monotonic() + 60 * minutes
+    while (available := psutil.virtual_memory().available) < need:
+        if time.monotonic() >= deadline:
+            raise SystemExit(
+                f"only {available / 2**30:.1f} GiB of RAM available, the run needs about "
+                f"{need / 2**30:.1f} GiB; retry later or pass --wait-memory MINUTES"
+            )
+        print(f"waiting for {need / 2**30:.1f} GiB of RAM ({available / 2**30:.1f} available)")
+        time.sleep(60)
+    return available
+
+
 def cli_has_dtype() -> bool:
     """Whether the installed ``tl-lvlm attribute`` takes ``--dtype``."""
     from tl_lvlm.cli import build_parser
@@ -397,7 +416,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add = parser.add_argument
     add("--layers", type=int, default=32, help="decoder layers (every width stays 7B's)")
     add("--n-masks", type=int, default=None, help="per sample; default: the fewest the fit takes")
-    add("--batch-size", type=int, default=64, help="masks per engine call (the CLI's default)")
+    add(
+        "--batch-size",
+        type=int,
+        default=64,
+        help="masks per call: engine.run's batch (engine), head_attribution's (api, cli)",
+    )
     add(
         "--via",
         choices=("auto", "cli", "api", "engine"),
@@ -410,6 +434,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--keep-checkpoint", action="store_true", help="keep it (and reuse it if it exists)")
     add("--max-shard-size", default="2GB")
     add("--seed", type=int, default=0)
+    add(
+        "--wait-memory",
+        type=float,
+        default=0.0,
+        help="minutes to wait for 1.35 x the weight bytes of available RAM before loading",
+    )
     add("--out", type=Path, default=None, help="write the results as JSON here")
     add("--child", default=None, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -443,6 +473,7 @@ def main(argv: list[str] | None = None) -> dict | None:
             )
         write_s = time.perf_counter() - t0
         n_bytes = weight_bytes(checkpoint)
+        available = wait_for_memory(int(1.35 * n_bytes), args.wait_memory)
         spec = {
             "via": via,
             "model": str(checkpoint),
@@ -467,6 +498,7 @@ def main(argv: list[str] | None = None) -> dict | None:
         if not args.keep_checkpoint:
             shutil.rmtree(checkpoint, ignore_errors=True)
     result = summarize(args, via, n_masks, n_bytes, peak, write_s, written, child_wall_s, child)
+    result["ram_available_before_load_bytes"] = available
     print_table(result)
     if args.out:
         args.out.write_text(json.dumps(result, indent=2) + "\n")
@@ -519,6 +551,7 @@ def summarize(args, via, n_masks, n_bytes, peak, write_s, written, child_wall_s,
         "child_wall_s": child_wall_s,
         "memory_by_phase": child["phases"],
         "n_samples": N_SAMPLES,
+        "samples_kept": child.get("n_kept"),  # None with --via cli (see its summary.json)
         "n_masks_per_sample": n_masks,
         "batch_size": args.batch_size,
         "goal_peak_rss_over_weights": 1.3,
@@ -545,7 +578,7 @@ def print_table(r: dict) -> None:
         (
             "masks",
             f"{r['masks_run']} in {r['masks_s']:.1f} s = {r['seconds_per_mask'] or 0:.3f} s/mask "
-            f"(CPU {r['cpu_seconds_per_mask'] or 0:.3f} s/mask; batch {r['batch_size']})",
+            f"(CPU {r['cpu_seconds_per_mask'] or 0:.3f} s/mask)",
         ),
         ("other", f"{r['other_s']:.1f} s (baseline K/V, fits, writing)"),
         ("load average", " ".join(f"{x:.1f}" for x in r["machine"]["load_average"])),
