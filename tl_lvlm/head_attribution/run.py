@@ -226,6 +226,8 @@ def head_attribution(
             kept.append(
                 _Kept(sample_id, answer, engine.target, label, norm, y, result, sample_scores)
             )
+        # Free this sample's prefix K/V before the next engine is built (peak memory).
+        del engine, run
         if on_sample_done is not None:
             on_sample_done(done, len(ids))
 
