@@ -125,8 +125,9 @@ def add_global_options(parser: argparse.ArgumentParser, *, top_level: bool) -> N
     group = parser.add_argument_group("global options (before or after the command)")
     for flags, kwargs in _GLOBAL_OPTIONS:
         kwargs = dict(kwargs)
-        if not top_level and kwargs.get("action") != "store_true":
-            kwargs["help"] += f" (default: {kwargs['default']})"
+        if not top_level:
+            if kwargs.get("action") != "store_true":
+                kwargs["help"] += f" (default: {kwargs['default']})"
             kwargs["default"] = argparse.SUPPRESS
         group.add_argument(*flags, **kwargs)
 

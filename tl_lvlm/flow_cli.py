@@ -162,6 +162,7 @@ def _run_flow(args, model, image_set, masks, reference) -> int:
             args.window,
             targets=targets,
             batch_size=args.batch_size,
+            progress=not args.quiet,
         )
         report["experiments"][experiment] = sweep.to_dict()
         if len(sweep.kept):
@@ -190,6 +191,7 @@ def _run_flow(args, model, image_set, masks, reference) -> int:
                 target=None if targets is None else targets[i],
                 n_masks=args.n_masks,
                 seed=args.seed,
+                progress=not args.quiet,
             )
         except NoImageEffectError as err:
             report["image_attribution"][name] = {"excluded": str(err)}

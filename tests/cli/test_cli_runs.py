@@ -206,16 +206,17 @@ def test_dtype_reaches_from_pretrained(model_dir, tmp_path, monkeypatch):
         return original(cls, name, **kwargs)
 
     monkeypatch.setattr(HookedLVLM, "from_pretrained", classmethod(spy))
-    out = tmp_path / "bf16"
-    assert main(attribute_argv(model_dir, out, "--n-samples", "1", "--dtype", "bfloat16")) == 0
-    assert main(attribute_argv(model_dir, tmp_path / "auto", "--n-samples", "1")) == 0
+    out, zero = tmp_path / "bf16", ("--n-samples", "1", "--baseline", "zero")
+    assert main(attribute_argv(model_dir, out, *zero, "--dtype", "bfloat16")) == 0
+    assert main(attribute_argv(model_dir, tmp_path / "auto", *zero)) == 0
     assert loaded == [torch.bfloat16, torch.float32]  # auto on CPU is float32
     assert json.loads((out / "samples.json").read_text())["settings"]["dtype"] == "bfloat16"
 
 
 def test_ctrl_c_exits_130_and_the_rerun_resumes_to_the_same_results(model_dir, tmp_path):
-    # Enough masks in small batches that the run is mid-sample when SIGINT arrives.
-    argv = attribute_argv(model_dir, tmp_path / "run", "--n-samples", "3")
+    # Enough masks in small batches that the run is mid-sample when SIGINT arrives; the zero
+    # baseline, so that no warning about a mean over few images joins the output.
+    argv = attribute_argv(model_dir, tmp_path / "run", "--n-samples", "3", "--baseline", "zero")
     argv[argv.index("--n-masks") + 1] = "600"
     out = tmp_path / "run"
     child = subprocess.Popen([*CLI, *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
