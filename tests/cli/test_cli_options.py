@@ -89,8 +89,8 @@ def test_flow_prints_no_warning_and_quiet_no_bar(tiny_paths, tmp_path):
 def test_attribute_flags_reach_the_api(monkeypatch, tiny_paths, tmp_path):
     seen = {}
 
-    def spy(model, samples, **kwargs):
-        seen.update(kwargs, n_samples=len(samples))
+    def spy(model, samples, *, on_sample_done, **kwargs):
+        seen.update(kwargs, n_samples=len(samples), on_sample_done=on_sample_done)
         raise KeyboardInterrupt  # stop there: only the call is checked
 
     monkeypatch.setattr(head_attribution_module, "head_attribution", spy)
@@ -99,6 +99,7 @@ def test_attribute_flags_reach_the_api(monkeypatch, tiny_paths, tmp_path):
     assert main(argv) == 130
     assert seen["batch_size"] is None and seen["n_masks"] == 10_000 and seen["reference"] is None
     assert callable(seen["on_sample_done"]) and seen["n_samples"] == 2
+    argv[argv.index("--out") + 1] = str(tmp_path / "other")  # other settings, another run
     assert main([*argv, "--n-masks", "auto", "--batch-size", "16", "--reference-images",
                  "random"]) == 130  # fmt: skip
     assert seen["n_masks"] == "auto" and seen["batch_size"] == 16 and len(seen["reference"]) == 8
