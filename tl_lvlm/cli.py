@@ -133,7 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "demo",
         help="small head attribution on the bundled tiny model (a few minutes on CPU)",
-        description=f"Head attribution on {DEMO_MODEL} and its held-out digits.",
+        description=f"Head attribution on {DEMO_MODEL} and its held-out digits; the mean "
+        "baseline is over all 360 held-out digits.",
     )
     p.add_argument("--out", type=Path, default=Path("out/demo"), help="output directory")
     add_samples_option(p, default=8, what="")
@@ -305,7 +306,7 @@ def demo_command(args: argparse.Namespace) -> int:
     from tl_lvlm import zoo
 
     argv = [
-        "attribute", "--model", DEMO_MODEL, "--images", "digits",
+        "attribute", "--model", DEMO_MODEL, "--images", "digits", "--reference-images", "digits",
         "--question", zoo.DIGITS_QUESTION, "--out", str(args.out),
         "--n-samples", str(args.n_samples), "--n-masks", str(args.n_masks),
     ]  # fmt: skip
