@@ -202,11 +202,6 @@ def add_baseline_options(p: argparse.ArgumentParser) -> None:
 
 def setup_runtime(args: argparse.Namespace) -> None:
     """Apply the global options and silence what does not concern the user."""
-    if args.quiet:
-        # tqdm reads TQDM_* defaults when it is imported: this covers every bar of a library
-        # imported from here on (transformers, TransformerLens, ours).
-        os.environ["TQDM_DISABLE"] = "1"
-        os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
     logging.getLogger("transformers.utils.import_utils").addFilter(_torchvision_fallback_filter)
     if args.threads is not None:
         import torch
@@ -215,7 +210,12 @@ def setup_runtime(args: argparse.Namespace) -> None:
 
 
 def silence_loaded_bars() -> None:
-    """Turn off the bars of libraries imported before :func:`setup_runtime` (``--quiet``)."""
+    """Turn off the bars of transformers and huggingface_hub (``--quiet``).
+
+    Through their own switches rather than ``TQDM_DISABLE`` in ``os.environ``, which would
+    outlive :func:`tl_lvlm.cli.main` in a caller's process and reach its child processes;
+    our own bars follow ``progress=not quiet``.
+    """
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
