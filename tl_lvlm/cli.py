@@ -176,6 +176,14 @@ def _one_line_warning(prog: str):
 
 def attribute_command(args: argparse.Namespace) -> int:
     """Run ``tl-lvlm attribute`` (see the module doc)."""
+    # Everything that can be checked without the model, first, and before the slow imports.
+    check_model_source(args.model)
+    check_image_source(args.images)
+    if args.reference_images is not None:
+        check_image_source(args.reference_images, "--reference-images")
+    out: Path = args.out
+    check_out_dir(out)
+
     from attribution import resolve_shard, shard_indices
     from tl_lvlm import _driver_compat
     from tl_lvlm.images import load_image_set
@@ -188,14 +196,7 @@ def attribute_command(args: argparse.Namespace) -> int:
         write_record,
     )
 
-    # Everything that can be checked without the model, first.
-    check_model_source(args.model)
     shard, n_shards = resolve_shard(args.shard, args.n_shards)
-    check_image_source(args.images)
-    if args.reference_images is not None:
-        check_image_source(args.reference_images, "--reference-images")
-    out: Path = args.out
-    check_out_dir(out)
     device = resolve_device(args.device)
     settings = {
         "model": source_id(args.model),

@@ -1,7 +1,7 @@
 """Check a ``--model`` argument before loading it: zoo name, local directory, or hub name.
 
-:func:`check_model_source` answers in well under a second, so that a typo fails before a
-model loads, with a "did you mean":
+:func:`check_model_source` answers before any model loads, with a "did you mean"; for a
+local path without importing torch (under a second):
 
 - a zoo name (:data:`tl_lvlm.zoo.ZOO`) must have its checkpoint installed; other names in the
   zoo's ``tl-lvlm/`` namespace are typos, never looked up on the hub;
@@ -30,9 +30,15 @@ _HUB_TIMEOUT_S = 10.0
 
 def check_model_source(name: str, flag: str = "--model") -> None:
     """Raise :class:`~tl_lvlm.cli_common.CliError` when ``name`` cannot be loaded (see module)."""
-    from tl_lvlm import zoo
+    if name.startswith(_ZOO_NAMESPACE):
+        # The zoo imports torch: only names of its namespace pay for it.
+        from tl_lvlm import zoo
 
-    if name in zoo.ZOO:
+        if name not in zoo.ZOO:
+            raise CliError(
+                f"{flag} {name} is not a zoo model{_did_you_mean(name, list(zoo.ZOO))}; "
+                f"zoo models: {', '.join(zoo.ZOO)}"
+            )
         try:
             zoo.resolve(name)
         except FileNotFoundError as err:
@@ -48,14 +54,9 @@ def check_model_source(name: str, flag: str = "--model") -> None:
         return
     if path.exists():
         raise CliError(f"{flag} {name} is a file; pass a model directory, a hub name or a zoo name")
-    if name.startswith(_ZOO_NAMESPACE):
-        raise CliError(
-            f"{flag} {name} is not a zoo model{_did_you_mean(name, list(zoo.ZOO))}; "
-            f"zoo models: {', '.join(zoo.ZOO)}"
-        )
     if _looks_local(name):
-        raise CliError(f"{flag} {name}: no such directory{_did_you_mean_path(path, list(zoo.ZOO))}")
-    _check_hub(name, flag, list(zoo.ZOO))
+        raise CliError(f"{flag} {name}: no such directory{_did_you_mean_path(path)}")
+    _check_hub(name, flag)
 
 
 def _looks_local(name: str) -> bool:
@@ -67,13 +68,15 @@ def _looks_local(name: str) -> bool:
     return Path(name.split("/")[0]).exists()
 
 
-def _check_hub(name: str, flag: str, zoo_names: list[str]) -> None:
+def _check_hub(name: str, flag: str) -> None:
     from huggingface_hub import constants, model_info, try_to_load_from_cache
     from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
 
+    from tl_lvlm.zoo import ZOO
+
     if isinstance(try_to_load_from_cache(name, "config.json"), str):
         return
-    hint = _did_you_mean(name, zoo_names)
+    hint = _did_you_mean(name, list(ZOO))
     if constants.HF_HUB_OFFLINE:
         raise CliError(
             f"{flag} {name} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set"
@@ -101,8 +104,8 @@ def _did_you_mean(name: str, candidates: list[str]) -> str:
     return f"; did you mean {close[0]}?" if close else ""
 
 
-def _did_you_mean_path(path: Path, zoo_names: list[str]) -> str:
-    """The closest sibling of the first missing component of ``path`` (or zoo name)."""
+def _did_you_mean_path(path: Path) -> str:
+    """The closest sibling of the first missing component of ``path``."""
     parts = path.parts
     for i in range(1, len(parts) + 1):
         if not Path(*parts[:i]).exists():
@@ -116,4 +119,4 @@ def _did_you_mean_path(path: Path, zoo_names: list[str]) -> str:
         suggestion = str(parent / close[0]) if i > 1 else close[0]
         rest = parts[i:]
         return f"; did you mean {Path(suggestion, *rest)}?"
-    return _did_you_mean(str(path), zoo_names)
+    return ""
