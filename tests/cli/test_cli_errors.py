@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from pathlib import Path
 
@@ -216,3 +217,17 @@ def test_bad_device_and_shards(tmp_path, capsys, no_model_load):
     assert "invalid shard 3 of 2" in one_error_line(capsys.readouterr().err)
     assert main([*argv, "--shard", "1"]) == 2
     assert "pass both shard and n_shards" in one_error_line(capsys.readouterr().err)
+
+
+def test_local_path_typo_fails_without_importing_torch(tmp_path):
+    (tmp_path / "models" / "llava-tiny").mkdir(parents=True)
+    code = (
+        "import sys; from tl_lvlm.cli import main; "
+        "rc = main(['attribute', '--model', 'models/llava-tiyn', '--images', 'digits', "
+        "'--out', 'run']); print(rc, 'torch' in sys.modules)"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path
+    )
+    assert proc.stdout.split() == ["2", "False"], proc.stderr
+    assert "no such directory; did you mean models/llava-tiny?" in one_error_line(proc.stderr)
