@@ -14,20 +14,51 @@ The main entry points; each step is also a function of its own module:
 - ``tl_lvlm.patching``: TransformerLens patching utilities with images carried along.
 """
 
-from tl_lvlm.ablation import (
-    ImageKVBaseline,
-    image_kv_ablation,
-    image_kv_ablation_hooks,
-    image_kv_baseline,
-)
-from tl_lvlm.engine import AblationEngine
-from tl_lvlm.families import LVLMFamily, PatchGeometry, register_family
-from tl_lvlm.flow import PAPER_EDGE_SETS, FlowSweep, Knockout, flow_sweep, knockout
-from tl_lvlm.head_attribution import HeadAttributionResult, answer_token_id, head_attribution
-from tl_lvlm.image_attribution import ImageAttribution, image_token_attribution, object_mass
-from tl_lvlm.inputs import GROUPS, LVLMInputs
-from tl_lvlm.model import SUPPORTED_ARCHITECTURES, BoundLVLM, HookedLVLM
-from tl_lvlm.templates import LLAVA_15_TEMPLATE
+import importlib
+
+# Public name -> module. Imported on first access (PEP 562), so that `import tl_lvlm` and
+# `tl-lvlm --help` do not pay for torch / transformers until something needs them.
+_EXPORTS = {
+    "ImageKVBaseline": "tl_lvlm.ablation",
+    "image_kv_ablation": "tl_lvlm.ablation",
+    "image_kv_ablation_hooks": "tl_lvlm.ablation",
+    "image_kv_baseline": "tl_lvlm.ablation",
+    "AblationEngine": "tl_lvlm.engine",
+    "LVLMFamily": "tl_lvlm.families",
+    "PatchGeometry": "tl_lvlm.families",
+    "register_family": "tl_lvlm.families",
+    "PAPER_EDGE_SETS": "tl_lvlm.flow",
+    "FlowSweep": "tl_lvlm.flow",
+    "Knockout": "tl_lvlm.flow",
+    "flow_sweep": "tl_lvlm.flow",
+    "knockout": "tl_lvlm.flow",
+    "HeadAttributionResult": "tl_lvlm.head_attribution",
+    "answer_token_id": "tl_lvlm.head_attribution",
+    "head_attribution": "tl_lvlm.head_attribution",
+    "ImageAttribution": "tl_lvlm.image_attribution",
+    "image_token_attribution": "tl_lvlm.image_attribution",
+    "object_mass": "tl_lvlm.image_attribution",
+    "GROUPS": "tl_lvlm.inputs",
+    "LVLMInputs": "tl_lvlm.inputs",
+    "SUPPORTED_ARCHITECTURES": "tl_lvlm.model",
+    "BoundLVLM": "tl_lvlm.model",
+    "HookedLVLM": "tl_lvlm.model",
+    "LLAVA_15_TEMPLATE": "tl_lvlm.templates",
+}
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'tl_lvlm' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])
+
 
 __all__ = [
     "GROUPS",

@@ -1,60 +1,75 @@
 """``tl-lvlm``: head attribution, reports, token flow and a demo from the command line.
 
     tl-lvlm attribute --model llava-hf/llava-1.5-7b-hf --images photos/ --out out/coco \\
-        [--question ...] [--n-masks 10000] [--p-ablate 0.75] [--baseline mean|zero] \\
-        [--n-samples N] [--seed 0] [--batch-size 64] [--device cuda] [--shard I --n-shards N]
+        [--question ...] [--n-masks 10000|auto] [--p-ablate 0.75] [--baseline mean|zero] \\
+        [--reference-images DIR|random|digits] [--n-samples N] [--seed 0] \\
+        [--batch-size auto|N] [--shard I --n-shards N]
     tl-lvlm report out/coco        # merge shards, redraw summary.json and figures
     tl-lvlm demo [--out out/demo]  # small run on the bundled tiny-digits model
     tl-lvlm flow ...               # token-flow knockout (tl_lvlm.flow_cli)
 
+Global options, before or after the command: ``--threads``, ``--quiet``, ``--device``,
+``--dtype``. A user mistake is one line on stderr and exit status 2, found before the model
+loads wherever it can be; Ctrl-C exits with status 130 and says how far the run got.
+
 ``attribute`` writes into ``--out``:
 
+- ``samples.json``: the run's samples (image names, labels, question) and settings
+  (:mod:`tl_lvlm.run_dir`); a rerun with other settings is refused before anything is
+  written, one with more samples extends the run;
+- ``store/``: the collected logits, so that a rerun resumes;
 - ``results.safetensors`` (``results-shard-{i}-of-{n}.safetensors`` per shard): every
   sample's attribution, fit, outputs, baseline scores and curves
   (:meth:`~tl_lvlm.head_attribution.HeadAttributionResult.save`);
-- ``samples.json``: image names, labels and question of all samples;
-- ``store/sample-{id}/``: the collected logits, so that a rerun resumes;
 - unsharded: ``summary.json`` and the figures of :mod:`tl_lvlm.report`. Sharded runs
   leave them to ``tl-lvlm report DIR`` once every shard is done.
+
+No torch / transformers import at module level: ``--help`` answers at once.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
-from transformers import AutoTokenizer
-
-from attribution import resolve_shard
-from tl_lvlm import zoo
+from tl_lvlm.cli_common import (
+    CliError,
+    Parser,
+    add_baseline_options,
+    add_global_options,
+    add_images_option,
+    add_samples_option,
+    auto_or_positive_int,
+    check_out_dir,
+    load_model,
+    non_negative_float,
+    non_negative_int,
+    one_line,
+    positive_int,
+    probability,
+    resolve_device,
+    resolve_dtype,
+    setup_runtime,
+    source_id,
+)
 from tl_lvlm.flow_cli import DEFAULT_QUESTION, add_flow_parser
-from tl_lvlm.head_attribution import HeadAttributionResult, head_attribution
-from tl_lvlm.images import BUILTIN_IMAGE_SETS, load_image_set
-from tl_lvlm.model import HookedLVLM
-from tl_lvlm.report import format_summary, write_json, write_report
-from tl_lvlm.tiny_llava import save_tiny_llava
+from tl_lvlm.images import check_image_source
+from tl_lvlm.model_source import check_model_source
 
-SAMPLES_NAME = "samples.json"
-RESULTS_GLOB = "results*.safetensors"
 DEMO_MODEL = "tl-lvlm/tiny-digits"
+#: What the CLI prints as one line (exit status 2) instead of a traceback.
+USER_ERRORS = (CliError, ValueError, OSError, NotImplementedError)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="tl-lvlm", description="Mechanistic interpretability of LLaVA-style models."
     )
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=None,
-        help="torch CPU threads (default: torch's choice; 1 is often fastest for small models "
-        "or on a busy machine)",
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
+    add_global_options(parser, top_level=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser(
         "attribute",
@@ -62,37 +77,40 @@ def build_parser() -> argparse.ArgumentParser:
         description="Head attribution over image-K/V head ablations (arXiv 2509.17588).",
     )
     p.add_argument("--model", required=True, help="hub name, local directory or zoo name")
-    p.add_argument(
-        "--images",
-        required=True,
-        help="directory of png/jpg images (optional labels.json: file name -> expected "
-        f"answer), or a builtin set: {', '.join(BUILTIN_IMAGE_SETS)}",
-    )
+    add_images_option(p)
     p.add_argument("--question", default=DEFAULT_QUESTION, help="question asked about each image")
     p.add_argument("--out", required=True, type=Path, help="output directory")
-    p.add_argument("--n-masks", type=int, default=10_000, help="random masks per sample")
-    p.add_argument("--p-ablate", type=float, default=0.75, help="probability a head is ablated")
+    add_samples_option(p, default=None, what="all images")
     p.add_argument(
-        "--baseline",
-        choices=("mean", "zero"),
-        default="mean",
-        help="image K/V of ablated heads: mean over the images, or zeros",
+        "--n-masks",
+        type=auto_or_positive_int,
+        default=10_000,
+        help="random masks per sample, or auto: in rounds until the fit has converged",
     )
-    p.add_argument("--n-samples", type=int, default=None, help="use the first N images")
+    p.add_argument(
+        "--p-ablate", type=probability, default=0.75, help="probability a head is ablated"
+    )
+    add_baseline_options(p)
     p.add_argument("--seed", type=int, default=0, help="seed of masks, fits and random images")
-    p.add_argument("--batch-size", type=int, default=64, help="masks per engine call")
-    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
-    p.add_argument("--shard", type=int, default=None, help="this process's shard index")
+    p.add_argument(
+        "--batch-size",
+        type=auto_or_positive_int,
+        default="auto",
+        help="masks per engine call; auto = the most that fit in memory",
+    )
+    p.add_argument(
+        "--shard", type=non_negative_int, default=None, help="this process's shard index"
+    )
     p.add_argument(
         "--n-shards",
-        type=int,
+        type=positive_int,
         default=None,
-        help="number of shards (default: from RANK/WORLD_SIZE or a SLURM array, else 1)",
+        help="number of shards; None = from RANK/WORLD_SIZE or a SLURM array, else 1",
     )
     p.add_argument("--scope", choices=("text", "all"), default="text", help="who sees ablations")
     p.add_argument(
         "--min-logit-gap",
-        type=float,
+        type=non_negative_float,
         default=0.5,
         help="exclude samples whose clean and all-ablated target logits differ by less",
     )
@@ -100,27 +118,30 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-evaluate", action="store_true", help="skip baselines and faithfulness curves"
     )
     p.add_argument("--no-store", action="store_true", help="do not keep logits for resuming")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_global_options(p, top_level=False)
     p.set_defaults(func=attribute_command)
 
     p = sub.add_parser(
         "report",
         help="merge result shards and redraw summary.json and figures",
-        description="Merge results*.safetensors in DIR; write summary.json and figures there.",
+        description="Merge the results files in DIR; write summary.json and figures there.",
     )
     p.add_argument("dir", type=Path, help="output directory of tl-lvlm attribute")
+    add_global_options(p, top_level=False)
     p.set_defaults(func=report_command)
 
     p = sub.add_parser(
         "demo",
         help="small head attribution on the bundled tiny model (a few minutes on CPU)",
-        description=f"Head attribution on {DEMO_MODEL} and its held-out digits, or on a "
-        "random tiny model when the bundled checkpoint is missing.",
+        description=f"Head attribution on {DEMO_MODEL} and its held-out digits; the mean "
+        "baseline is over all 360 held-out digits.",
     )
     p.add_argument("--out", type=Path, default=Path("out/demo"), help="output directory")
-    p.add_argument("--n-samples", type=int, default=8, help="images to attribute")
-    p.add_argument("--n-masks", type=int, default=800, help="random masks per sample")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_samples_option(p, default=8, what="")
+    p.add_argument(
+        "--n-masks", type=auto_or_positive_int, default=800, help="random masks per sample"
+    )
+    add_global_options(p, top_level=False)
     p.set_defaults(func=demo_command)
 
     add_flow_parser(sub)
@@ -129,61 +150,139 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``tl-lvlm``; returns the exit status."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.threads is not None:
-        if args.threads < 1:
-            parser.error(f"--threads must be >= 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
+    args = build_parser().parse_args(argv)
+    prog = f"tl-lvlm {args.command}"
     try:
-        return args.func(args)
-    except (ValueError, FileNotFoundError) as err:
-        # User errors (bad arguments, missing files) read better without a traceback.
-        print(f"tl-lvlm {args.command}: error: {err}", file=sys.stderr)
+        setup_runtime(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _one_line_warning(prog)
+            return args.func(args)
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    except USER_ERRORS as err:
+        print(f"{prog}: error: {one_line(err)}", file=sys.stderr)
         return 2
+
+
+def _one_line_warning(prog: str):
+    """``warnings.showwarning`` for users: one line, no source location."""
+
+    def showwarning(message, category, filename, lineno, file=None, line=None) -> None:
+        print(f"{prog}: warning: {one_line(message)}", file=file or sys.stderr)
+
+    return showwarning
 
 
 def attribute_command(args: argparse.Namespace) -> int:
     """Run ``tl-lvlm attribute`` (see the module doc)."""
+    # Everything that can be checked without the model, first, and before the slow imports.
+    check_model_source(args.model)
+    check_image_source(args.images)
+    if args.reference_images is not None:
+        check_image_source(args.reference_images, "--reference-images")
+    out: Path = args.out
+    check_out_dir(out)
+
+    from attribution import resolve_shard, shard_indices
+    from tl_lvlm.head_attribution import head_attribution, stored_samples
+    from tl_lvlm.images import load_image_set
+    from tl_lvlm.run_dir import (
+        RESULTS_NAME,
+        RunRecord,
+        check_rerun,
+        check_settings,
+        shard_file_name,
+        write_record,
+    )
+
     shard, n_shards = resolve_shard(args.shard, args.n_shards)
-    model = HookedLVLM.from_pretrained(args.model, device=args.device)
+    device = resolve_device(args.device)
+    settings = {
+        "model": source_id(args.model),
+        "dtype": str(resolve_dtype(args.dtype, device)).removeprefix("torch."),
+        "n_masks": args.n_masks,
+        "p_ablate": args.p_ablate,
+        "baseline": args.baseline,
+        "reference_images": None
+        if args.reference_images is None
+        else source_id(args.reference_images),
+        "scope": args.scope,
+        "seed": args.seed,
+        "min_logit_gap": args.min_logit_gap,
+        "evaluate": not args.no_evaluate,
+        "n_shards": n_shards,
+    }
+    images_id = source_id(args.images)
+    check_settings(out, settings, args.question, images_id)
+
+    model = load_model(args.model, device, args.dtype, quiet=args.quiet)
     images = load_image_set(
         args.images, n=args.n_samples, image_size=model.image_size, seed=args.seed
     )
-    out: Path = args.out
+    reference = None
+    if args.reference_images is not None:
+        reference = load_image_set(
+            args.reference_images, image_size=model.image_size, seed=args.seed
+        ).images
+    record = RunRecord(images_id, args.question, images.names, images.labels, settings)
+    state = check_rerun(out, record)
+
+    # From here on the run directory is written.
     out.mkdir(parents=True, exist_ok=True)
-    # The same for every shard, so concurrent shards may all write it.
-    write_json(
-        out / SAMPLES_NAME,
-        {
-            "images": str(args.images),
-            "question": args.question,
-            "names": images.names,
-            "labels": images.labels,
-        },
-    )
-    result = head_attribution(
-        model,
-        [(image, args.question) for image in images.images],
-        labels=images.labels,
-        n_masks=args.n_masks,
-        p_ablate=args.p_ablate,
-        baseline=args.baseline,
-        scope=args.scope,
-        min_logit_gap=args.min_logit_gap,
-        seed=args.seed,
-        batch_size=args.batch_size,
-        store_dir=None if args.no_store else out / "store",
-        shard=shard,
-        n_shards=n_shards,
-        evaluate=not args.no_evaluate,
-        progress=not args.quiet,
-    )
+    write_record(out, record)
+    store = None if args.no_store else out / "store"
+    n_total = len(shard_indices(len(images), shard, n_shards))
+    if state != "new" and store is not None:
+        n_stored = stored_samples(store)
+        what = "extending" if state == "extend" else "resuming"
+        print(
+            f"{what} the run in {out}: {n_stored} of {len(images)} samples already collected",
+            file=sys.stderr,
+        )
+    progress = {"done": 0, "total": n_total}
+
+    def on_sample_done(n_done: int, total: int) -> None:
+        progress.update(done=n_done, total=total)
+
+    try:
+        result = head_attribution(
+            model,
+            [(image, args.question) for image in images.images],
+            labels=images.labels,
+            n_masks=args.n_masks,
+            p_ablate=args.p_ablate,
+            baseline=args.baseline,
+            reference=reference,
+            scope=args.scope,
+            min_logit_gap=args.min_logit_gap,
+            seed=args.seed,
+            batch_size=None if args.batch_size == "auto" else args.batch_size,
+            store_dir=store,
+            shard=shard,
+            n_shards=n_shards,
+            evaluate=not args.no_evaluate,
+            progress=not args.quiet,
+            on_sample_done=on_sample_done,
+        )
+    except KeyboardInterrupt:
+        then = (
+            "rerun the same command to resume"
+            if store is not None
+            else "--no-store kept nothing: a rerun starts again"
+        )
+        print(
+            f"interrupted: {progress['done']} of {progress['total']} samples done; {then}",
+            file=sys.stderr,
+        )
+        return 130
     if n_shards > 1:
-        path = result.save(out / f"results-shard-{shard:03d}-of-{n_shards:03d}.safetensors")
+        path = result.save(out / shard_file_name(shard, n_shards))
         print(f"wrote {path}; once all {n_shards} shards are done run: tl-lvlm report {out}")
         return 0
-    result.save(out / "results.safetensors")
+    from tl_lvlm.report import format_summary, write_report
+
+    result.save(out / RESULTS_NAME)
     summary = write_report(result, out, tokenizer=model.tokenizer, names=images.names)
     print(format_summary(summary))
     print(f"results, summary.json and figures in {out}")
@@ -192,12 +291,9 @@ def attribute_command(args: argparse.Namespace) -> int:
 
 def report_command(args: argparse.Namespace) -> int:
     """Run ``tl-lvlm report DIR``: merge the results files there and redraw everything."""
-    files = sorted(args.dir.glob(RESULTS_GLOB))
-    if not files:
-        raise FileNotFoundError(f"no {RESULTS_GLOB} files in {args.dir}; run tl-lvlm attribute")
-    result = HeadAttributionResult.merge(files)
-    samples_path = args.dir / SAMPLES_NAME
-    names = json.loads(samples_path.read_text())["names"] if samples_path.exists() else None
+    from tl_lvlm.report import format_summary, load_run, write_report
+
+    result, names = load_run(args.dir)
     summary = write_report(
         result, args.dir, tokenizer=_local_tokenizer(result.config["model"]), names=names
     )
@@ -208,27 +304,25 @@ def report_command(args: argparse.Namespace) -> int:
 
 def demo_command(args: argparse.Namespace) -> int:
     """Run ``tl-lvlm demo``: ``attribute`` on the bundled model with small settings."""
-    try:
-        zoo.resolve(DEMO_MODEL)
-        model, images, question = DEMO_MODEL, "digits", zoo.DIGITS_QUESTION
-    except FileNotFoundError:
-        model = args.out / "tiny-random-llava"
-        if not model.exists():
-            save_tiny_llava(model)
-        images, question = "random", DEFAULT_QUESTION
-        print(f"{DEMO_MODEL} is not installed: running on a random tiny model ({model})")
+    from tl_lvlm import zoo
+
     argv = [
-        "attribute", "--model", str(model), "--images", images, "--question", question,
-        "--out", str(args.out), "--n-samples", str(args.n_samples),
-        "--n-masks", str(args.n_masks),
+        "attribute", "--model", DEMO_MODEL, "--images", "digits", "--reference-images", "digits",
+        "--question", zoo.DIGITS_QUESTION, "--out", str(args.out),
+        "--n-samples", str(args.n_samples), "--n-masks", str(args.n_masks),
     ]  # fmt: skip
-    if args.quiet:
-        argv.append("--quiet")
-    return attribute_command(build_parser().parse_args(argv))
+    attribute_args = build_parser().parse_args(argv)
+    for option in ("threads", "quiet", "device", "dtype"):
+        setattr(attribute_args, option, getattr(args, option))
+    return attribute_command(attribute_args)
 
 
 def _local_tokenizer(name_or_path: str):
     """The run's tokenizer when it is on this machine (never downloads), else None."""
+    from transformers import AutoTokenizer
+
+    from tl_lvlm import zoo
+
     try:
         return AutoTokenizer.from_pretrained(zoo.resolve(name_or_path), local_files_only=True)
     except (OSError, ValueError):

@@ -20,25 +20,27 @@ writes into ``--out``:
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
-
-from tl_lvlm.ablation import image_kv_baseline
-from tl_lvlm.flow import PAPER_EDGE_SETS, flow_sweep, plot_flow_sweep
-from tl_lvlm.head_attribution import answer_token_id
-from tl_lvlm.image_attribution import (
-    NoImageEffectError,
-    image_token_attribution,
-    plot_image_attribution,
+from tl_lvlm.cli_common import (
+    CliError,
+    DeprecatedAlias,
+    add_baseline_options,
+    add_global_options,
+    add_images_option,
+    add_samples_option,
+    check_out_dir,
+    load_model,
+    non_negative_int,
+    positive_int,
+    resolve_device,
 )
-from tl_lvlm.images import load_image_set
-from tl_lvlm.model import HookedLVLM
 
 #: The paper's object-identification question.
 DEFAULT_QUESTION = "What is the main object in this image? Answer in a single word."
+#: The paper's experiments (keys of :data:`tl_lvlm.flow.PAPER_EDGE_SETS`), named here so that
+#: building the parser does not import torch; a test checks that the two agree.
+EXPERIMENTS = ("text_flow", "image_flow")
 
 
 def add_flow_parser(subparsers) -> argparse.ArgumentParser:
@@ -49,65 +51,103 @@ def add_flow_parser(subparsers) -> argparse.ArgumentParser:
         description=__doc__.split("\n\n")[0],
     )
     p.add_argument("--model", required=True, help="hub name, local directory or zoo name")
-    p.add_argument(
-        "--images",
-        required=True,
-        help="directory of images (optional labels.json), or a builtin set: random, digits",
-    )
+    add_images_option(p)
     p.add_argument("--question", default=DEFAULT_QUESTION, help="question asked about each image")
     p.add_argument("--out", required=True, type=Path, help="output directory")
-    p.add_argument("--n-images", type=int, default=8, help="images to use (default 8)")
+    add_samples_option(p, default=8, what="")
     p.add_argument(
-        "--window", type=int, default=None, help="layers per knockout window (default n_layers//8)"
+        "--n-images",
+        dest="n_samples",
+        type=positive_int,
+        action=DeprecatedAlias,
+        new="--n-samples",
+        default=argparse.SUPPRESS,
+        help="deprecated alias of --n-samples",
+    )
+    p.add_argument(
+        "--window",
+        type=positive_int,
+        default=None,
+        help="layers per knockout window; None = n_layers // 8",
     )
     p.add_argument(
         "--experiments",
         nargs="+",
-        choices=list(PAPER_EDGE_SETS),
-        default=list(PAPER_EDGE_SETS),
-        help="which of the paper's edge-set experiments to sweep (default: all)",
+        choices=EXPERIMENTS,
+        default=list(EXPERIMENTS),
+        help="which of the paper's edge-set experiments to sweep",
     )
-    p.add_argument("--batch-size", type=int, default=8, help="samples per forward pass")
+    p.add_argument("--batch-size", type=positive_int, default=8, help="samples per forward pass")
     p.add_argument(
         "--image-attribution",
-        type=int,
+        type=non_negative_int,
         default=0,
         metavar="N",
-        help="also attribute the answer to image patches for the first N images (default 0)",
+        help="also attribute the answer to image patches for the first N images",
     )
-    p.add_argument("--n-masks", type=int, default=10_000, help="masks per image-token attribution")
     p.add_argument(
-        "--baseline",
-        choices=("mean", "zero"),
-        default="mean",
-        help="image K/V baseline for attribution: mean over the images, or zeros",
+        "--n-masks", type=positive_int, default=10_000, help="masks per image-token attribution"
     )
+    add_baseline_options(p)
     p.add_argument(
         "--object-masks",
         type=Path,
         default=None,
         help="directory of binary object masks named like the images (nonzero = object)",
     )
-    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
     p.add_argument("--seed", type=int, default=0, help="seed of random images and masks")
+    add_global_options(p, top_level=False)
     p.set_defaults(func=flow_command)
     return p
 
 
 def flow_command(args: argparse.Namespace) -> int:
     """Run ``tl-lvlm flow`` (see the module doc); returns the exit status."""
-    model = HookedLVLM.from_pretrained(args.model, device=args.device)
+    from tl_lvlm.images import check_image_source, load_image_set
+    from tl_lvlm.model_source import check_model_source
+
+    # Everything that can be checked without the model, first.
+    check_model_source(args.model)
+    check_image_source(args.images)
+    if args.reference_images is not None:
+        check_image_source(args.reference_images, "--reference-images")
+    if args.object_masks is not None and not args.object_masks.is_dir():
+        raise CliError(f"--object-masks {args.object_masks} is not a directory")
+    check_out_dir(args.out)
+    device = resolve_device(args.device)
+
+    model = load_model(args.model, device, args.dtype, quiet=args.quiet)
     image_set = load_image_set(
-        args.images, n=args.n_images, image_size=model.image_size, seed=args.seed
+        args.images, n=args.n_samples, image_size=model.image_size, seed=args.seed
     )
     n_attributed = min(args.image_attribution, len(image_set))
     # Checked before any model run, so that a missing mask fails fast.
     masks = [_object_mask(args.object_masks, name) for name in image_set.names[:n_attributed]]
+    reference = None
+    if masks and args.reference_images is not None:
+        reference = load_image_set(
+            args.reference_images, image_size=model.image_size, seed=args.seed
+        ).images
+    return _run_flow(args, model, image_set, masks, reference)
+
+
+def _run_flow(args, model, image_set, masks, reference) -> int:
+    from tl_lvlm.flow import PAPER_EDGE_SETS, flow_sweep, plot_flow_sweep
+    from tl_lvlm.head_attribution import answer_token_id, resolve_baseline
+    from tl_lvlm.image_attribution import (
+        NoImageEffectError,
+        image_token_attribution,
+        plot_image_attribution,
+    )
+
     samples = model.prepare(image_set.images, args.question)
     targets = None
     if image_set.labels is not None:
         if any(label is None for label in image_set.labels):
-            raise SystemExit("some images have a label and some not: label all or none")
+            raise CliError(
+                f"--images {args.images}: labels.json labels some images and not others; "
+                "label all or none"
+            )
         targets = [answer_token_id(model, label) for label in image_set.labels]
     args.out.mkdir(parents=True, exist_ok=True)
     report = {"model": str(args.model), "question": args.question, "images": image_set.names}
@@ -121,6 +161,7 @@ def flow_command(args: argparse.Namespace) -> int:
             args.window,
             targets=targets,
             batch_size=args.batch_size,
+            progress=not args.quiet,
         )
         report["experiments"][experiment] = sweep.to_dict()
         if len(sweep.kept):
@@ -128,7 +169,9 @@ def flow_command(args: argparse.Namespace) -> int:
         print(f"{experiment}: {len(sweep.kept)} samples, {len(sweep.excluded)} excluded")
 
     report["image_attribution"] = {}
-    baseline = image_kv_baseline(model, samples, args.baseline) if masks else None
+    baseline = None
+    if masks:
+        baseline = resolve_baseline(model, args.baseline, reference, samples)
     for i, mask in enumerate(masks):
         name = image_set.names[i]
         answer = int(model.answer(samples[i])[0][0])
@@ -144,6 +187,7 @@ def flow_command(args: argparse.Namespace) -> int:
                 target=None if targets is None else targets[i],
                 n_masks=args.n_masks,
                 seed=args.seed,
+                progress=not args.quiet,
             )
         except NoImageEffectError as err:
             report["image_attribution"][name] = {"excluded": str(err)}
@@ -168,18 +212,26 @@ def flow_command(args: argparse.Namespace) -> int:
             title=f"{name}: R² {result.fit.r2:.2f}",
         )
 
-    (args.out / "flow.json").write_text(json.dumps(report, indent=2))
+    from tl_lvlm.report import write_json
+
+    write_json(args.out / "flow.json", report)
     print(f"wrote {args.out}")
     return 0
 
 
-def _object_mask(directory: Path | None, image_name: str) -> np.ndarray | None:
-    """The object mask of ``image_name`` in ``directory`` (same file name, or same stem)."""
+def _object_mask(directory: Path | None, image_name: str):
+    """The object mask of ``image_name`` in ``directory`` (same file name, or same stem).
+
+    Returns a bool ``[H, W]`` array (True = object), or None without ``directory``.
+    """
+    import numpy as np
+    from PIL import Image
+
     if directory is None:
         return None
     candidates = [directory / image_name, *sorted(directory.glob(f"{Path(image_name).stem}.*"))]
     path = next((c for c in candidates if c.is_file()), None)
     if path is None:
-        raise SystemExit(f"--object-masks: no mask for image {image_name} in {directory}")
+        raise CliError(f"--object-masks: no mask for image {image_name} in {directory}")
     with Image.open(path) as img:
         return np.asarray(img.convert("L")) > 0

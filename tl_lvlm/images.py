@@ -14,6 +14,7 @@ A directory may hold a ``labels.json`` mapping file names to expected answers
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 from dataclasses import dataclass
@@ -63,11 +64,13 @@ def load_image_set(
         seed: seed of the ``random`` images.
 
     Raises:
-        ValueError: an unknown name, an empty directory, or ``n < 1``.
+        ValueError: an unknown name, a directory without images, a bad ``labels.json``,
+            or ``n < 1`` (see :func:`check_image_source`).
     """
     if n is not None and n < 1:
         raise ValueError(f"n must be a positive number of images, got {n}")
-    path = Path(source)
+    check_image_source(source)
+    path = Path(source).expanduser()
     if path.is_dir():
         return _first(_load_dir(path), n)
     name = os.fspath(source)
@@ -78,23 +81,66 @@ def load_image_set(
         return ImageSet(
             random_images(count, image_size, seed), [f"random-{i}" for i in range(count)]
         )
-    if name == "digits":
-        from tl_lvlm.tiny_llava import DIGIT_WORDS
-        from tl_lvlm.zoo.digits import load_digit_images
+    from tl_lvlm.tiny_llava import DIGIT_WORDS
+    from tl_lvlm.zoo.digits import load_digit_images
 
-        images, labels = load_digit_images(split="test", style="original")
-        names = [f"digits-test-{i}" for i in range(len(images))]
-        return _first(ImageSet(images, names, [DIGIT_WORDS[d] for d in labels]), n)
-    raise ValueError(
-        f"--images {name!r} is neither a directory nor a builtin image set; "
-        f"pass a directory of {'/'.join(IMAGE_SUFFIXES)} files or one of {BUILTIN_IMAGE_SETS}"
-    )
+    images, labels = load_digit_images(split="test", style="original")
+    names = [f"digits-test-{i}" for i in range(len(images))]
+    return _first(ImageSet(images, names, [DIGIT_WORDS[d] for d in labels]), n)
+
+
+def check_image_source(source: str | os.PathLike, flag: str = "--images") -> None:
+    """Check, without reading any image, that ``source`` is an image set.
+
+    Raises:
+        ValueError: ``source`` is neither a directory nor a builtin set (with a "did you
+            mean"), or a directory without image files, or its ``labels.json`` is not a JSON
+            object of file names to answers. ``flag`` names the argument in the message.
+    """
+    path = Path(source).expanduser()
+    name = os.fspath(source)
+    if not path.is_dir():
+        if name in BUILTIN_IMAGE_SETS:
+            return
+        what = "a file, not a directory" if path.exists() else "neither a directory nor"
+        builtins = ", ".join(BUILTIN_IMAGE_SETS)
+        raise ValueError(
+            f"{flag} {name!r} is {what} a builtin image set{_did_you_mean(path)}; pass a "
+            f"directory of {'/'.join(IMAGE_SUFFIXES)} files or one of {builtins}"
+        )
+    if not _image_files(path):
+        raise ValueError(f"{flag} {name}: no {'/'.join(IMAGE_SUFFIXES)} images in this directory")
+    labels_path = path / LABELS_FILE
+    if labels_path.exists():
+        try:
+            table = json.loads(labels_path.read_text())
+        except (ValueError, UnicodeDecodeError) as err:
+            raise ValueError(f"{labels_path} is not valid JSON: {err}") from None
+        if not isinstance(table, dict) or not all(
+            isinstance(v, str) or v is None for v in table.values()
+        ):
+            raise ValueError(
+                f'{labels_path} must map image file names to answers, e.g. {{"cat.png": "cat"}}'
+            )
+
+
+def _did_you_mean(path: Path) -> str:
+    """``"; did you mean X?"`` over the builtin sets and the directories next to ``path``."""
+    parent = path.parent if str(path.parent) else Path(".")
+    siblings = [p.name for p in parent.iterdir() if p.is_dir()] if parent.is_dir() else []
+    close = difflib.get_close_matches(path.name, [*siblings, *BUILTIN_IMAGE_SETS], n=1)
+    if not close:
+        return ""
+    guess = close[0] if close[0] in BUILTIN_IMAGE_SETS and close[0] not in siblings else None
+    return f"; did you mean {guess or parent / close[0]}?"
+
+
+def _image_files(path: Path) -> list[Path]:
+    return sorted(f for f in path.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
 
 
 def _load_dir(path: Path) -> ImageSet:
-    files = sorted(f for f in path.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise ValueError(f"no {'/'.join(IMAGE_SUFFIXES)} images in directory {path}")
+    files = _image_files(path)
     images = []
     for f in files:
         with Image.open(f) as img:
@@ -103,9 +149,7 @@ def _load_dir(path: Path) -> ImageSet:
     labels_path = path / LABELS_FILE
     if not labels_path.exists():
         return ImageSet(images, names)
-    table = json.loads(labels_path.read_text())
-    if not isinstance(table, dict):
-        raise ValueError(f"{labels_path} must map image file names to answers, got {type(table)}")
+    table = json.loads(labels_path.read_text())  # checked by check_image_source
     return ImageSet(images, names, [table.get(name) for name in names])
 
 

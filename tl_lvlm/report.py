@@ -219,6 +219,50 @@ def write_report(
     return summary
 
 
+def load_run(out_dir: str | os.PathLike) -> tuple[HeadAttributionResult, list[str] | None]:
+    """The merged result of a ``tl-lvlm attribute`` directory, and its sample names.
+
+    Raises:
+        tl_lvlm.cli_common.CliError: in one line, what is missing or inconsistent: no
+            results, stale or missing shards (:func:`tl_lvlm.run_dir.report_files`), files
+            that cannot be read or do not merge, or a ``samples.json`` that does not describe
+            the results.
+    """
+    from tl_lvlm.cli_common import CliError, one_line
+    from tl_lvlm.run_dir import SAMPLES_NAME, read_record, report_files
+
+    out = Path(out_dir)
+    files, names = report_files(out)
+    try:
+        result = HeadAttributionResult.merge(files)
+    except Exception as err:  # safetensors, JSON and shape errors alike: the files are the cause
+        listed = ", ".join(f.name for f in files)
+        raise CliError(f"{out}: cannot read or merge {listed}: {one_line(err)}") from None
+    config = result.config
+    ids = [*result.sample_ids.tolist(), *(e.sample_id for e in result.excluded)]
+    n_samples = int(config["n_samples"])
+    if ids and max(ids) >= n_samples:
+        raise CliError(f"{out}: the results have sample id {max(ids)} in a run of {n_samples}")
+    if names is None:
+        return result, None
+    if len(names) < n_samples:
+        raise CliError(
+            f"{out}: {SAMPLES_NAME} lists {len(names)} images but the results are of "
+            f"{n_samples} samples, so they belong to another run; rerun tl-lvlm attribute"
+        )
+    # A run being extended lists more names than its last results have samples; the first
+    # names are still theirs (an extension only appends), so the report stays right.
+    settings = read_record(out).settings
+    diffs = [
+        f"{key}: {SAMPLES_NAME} {settings[key]!r}, results {config[key]!r}"
+        for key in ("n_masks", "p_ablate", "scope", "seed", "min_logit_gap")
+        if key in settings and settings[key] != "auto" and settings[key] != config.get(key)
+    ]
+    if diffs:
+        raise CliError(f"{out}: {SAMPLES_NAME} and the results disagree ({'; '.join(diffs)})")
+    return result, names[:n_samples]
+
+
 def write_json(path: str | os.PathLike, data: Any) -> None:
     """Write ``data`` as indented JSON, atomically."""
     with atomic_file(path) as f:

@@ -93,9 +93,11 @@ def test_user_errors_exit_2_with_a_message(planted_path, tmp_path, capsys):
     assert main(["attribute", "--model", planted_path, "--images", "nope", "--out",
                  str(tmp_path)]) == 2  # fmt: skip
     assert "neither a directory nor a builtin image set" in capsys.readouterr().err
-    assert attribute(planted_path, tmp_path, "--p-ablate", "1.5") == 2
-    assert "p_ablate must be in (0, 1)" in capsys.readouterr().err
-    assert main(["report", str(tmp_path / "empty")]) == 2
+    with pytest.raises(SystemExit) as exit_info:  # refused by the parser
+        attribute(planted_path, tmp_path, "--p-ablate", "1.5")
+    assert exit_info.value.code == 2
+    assert "--p-ablate: must be strictly between 0 and 1" in capsys.readouterr().err
+    assert main(["report", str(tmp_path)]) == 2
     assert "no results*.safetensors files" in capsys.readouterr().err
 
 
@@ -124,8 +126,9 @@ def test_threads_option_sets_torch_threads(monkeypatch, tmp_path):
     monkeypatch.setattr(torch, "set_num_threads", seen.append)
     # The report of an empty directory fails, after the threads are set.
     assert main(["--threads", "3", "report", str(tmp_path)]) == 2
-    assert seen == [3]
+    assert main(["report", str(tmp_path), "--threads", "2"]) == 2
+    assert seen == [3, 2]
     with pytest.raises(SystemExit) as err:
         main(["--threads", "0", "demo"])
     assert err.value.code == 2
-    assert seen == [3]
+    assert seen == [3, 2]

@@ -2,33 +2,30 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import numpy as np
-import pytest
 from PIL import Image
 
+from tl_lvlm.cli import build_parser, main
 from tl_lvlm.flow import PAPER_EDGE_SETS
-from tl_lvlm.flow_cli import add_flow_parser, flow_command
+from tl_lvlm.flow_cli import EXPERIMENTS, flow_command
 from tl_lvlm.testing import random_images
 
 
-def _parse(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="tl-lvlm")
-    add_flow_parser(parser.add_subparsers(dest="command", required=True))
-    return parser.parse_args(argv)
-
-
 def _run(argv: list[str]) -> int:
-    args = _parse(argv)
-    assert args.func is flow_command
-    return args.func(args)
+    assert build_parser().parse_args(argv).func is flow_command
+    return main([*argv, "--quiet"])
+
+
+def test_experiment_choices_are_the_papers():
+    # The parser names them without importing tl_lvlm.flow (and torch).
+    assert EXPERIMENTS == tuple(PAPER_EDGE_SETS)
 
 
 def test_builtin_random_images(tiny_paths, tmp_path):
     out = tmp_path / "out"
-    argv = ["flow", "--model", tiny_paths["mha"], "--images", "random", "--n-images", "3"]
+    argv = ["flow", "--model", tiny_paths["mha"], "--images", "random", "--n-samples", "3"]
     assert _run([*argv, "--out", str(out), "--window", "1"]) == 0
     report = json.loads((out / "flow.json").read_text())
     assert list(report["experiments"]) == list(PAPER_EDGE_SETS)
@@ -60,8 +57,20 @@ def test_image_dir_with_attribution_and_object_masks(tiny_paths, tmp_path):
     assert (out / "image_attribution_img0.png").stat().st_size > 1000
 
 
-def test_missing_object_mask(tiny_paths, tmp_path):
+def test_missing_object_mask(tiny_paths, tmp_path, capsys):
     argv = ["flow", "--model", tiny_paths["mha"], "--images", "random", "--out", str(tmp_path)]
     argv += ["--image-attribution", "1", "--object-masks", str(tmp_path)]
-    with pytest.raises(SystemExit, match="no mask for image random-0"):
-        _run(argv)
+    assert _run(argv) == 2
+    err = capsys.readouterr().err
+    assert err == f"tl-lvlm flow: error: --object-masks: no mask for image random-0 in {tmp_path}\n"
+    assert not (tmp_path / "flow.json").exists()
+
+
+def test_n_images_is_a_deprecated_alias_of_n_samples(capsys):
+    base = ["flow", "--model", "m", "--images", "random", "--out", "o"]
+    assert build_parser().parse_args(base).n_samples == 8
+    assert build_parser().parse_args([*base, "--n-samples", "3"]).n_samples == 3
+    capsys.readouterr()
+    assert build_parser().parse_args([*base, "--n-images", "5"]).n_samples == 5
+    err = capsys.readouterr().err
+    assert err == "tl-lvlm flow: warning: --n-images is deprecated; use --n-samples\n"
