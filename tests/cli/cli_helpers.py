@@ -3,22 +3,10 @@
 from __future__ import annotations
 
 import hashlib
-import inspect
 import os
 import subprocess
 import sys
 from pathlib import Path
-
-import pytest
-
-from tl_lvlm.head_attribution import head_attribution
-
-#: The driver branch's head attribution API (on_sample_done, stored_samples, batch_size=None,
-#: n_masks="auto", umask-respecting atomic files). Tests marked with this run after the merge.
-DRIVER_API = "on_sample_done" in inspect.signature(head_attribution).parameters
-needs_driver = pytest.mark.skipif(
-    not DRIVER_API, reason="needs the driver branch's head attribution API (runs after merge)"
-)
 
 CLI = [sys.executable, "-m", "tl_lvlm.cli"]
 

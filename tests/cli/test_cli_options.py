@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 import pytest
-from cli_helpers import needs_driver, run_cli
+from cli_helpers import run_cli
 
 import tl_lvlm.head_attribution as head_attribution_module
 from tl_lvlm.cli import build_parser, main
@@ -85,7 +85,6 @@ def test_flow_prints_no_warning_and_quiet_no_bar(tiny_paths, tmp_path):
     assert quiet.stdout == loud.stdout.replace("loud", "quiet")
 
 
-@needs_driver
 def test_attribute_flags_reach_the_api(monkeypatch, tiny_paths, tmp_path):
     seen = {}
 
