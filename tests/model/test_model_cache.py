@@ -10,31 +10,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from lvlm_cases import DIGIT_QUESTION, hf_copy
+from lvlm_cases import DIGIT_QUESTION
 
-from tl_lvlm import HookedLVLM
 from tl_lvlm.embed_hook import hook_embed_at_residual_input
-from tl_lvlm.testing import TEST_QUESTIONS, random_images
-
-CASES = ("mha", "gqa", "digits", "llava_next", "gemma3")
-
-
-@pytest.fixture(scope="module", params=CASES)
-def case(request, tiny_paths, family_paths, digit_images):
-    """``(model, independent HF copy, a padded batch of 2 inputs)`` per model kind."""
-    kind = request.param
-    if kind == "digits":
-        from tl_lvlm import zoo
-
-        path = zoo.resolve("tl-lvlm/tiny-digits")
-        images, questions = digit_images[0][3:5], [DIGIT_QUESTION, "Which digit?"]
-    else:
-        path = {**tiny_paths, **family_paths}[kind]
-        images, questions = random_images(2, 28, seed=0), TEST_QUESTIONS
-    model = HookedLVLM.from_pretrained(path, device="cpu")
-    inputs = model.prepare(images, questions)
-    assert inputs.attention_mask[:, 0].tolist() != [1, 1], "the batch should need padding"
-    return model, hf_copy(path), inputs
+from tl_lvlm.testing import TEST_QUESTIONS
 
 
 @pytest.fixture(scope="module")
