@@ -1,21 +1,22 @@
 """Train the bundled tiny LLaVA on handwritten digits (CPU, deterministic).
 
-    python -m tl_lvlm.zoo.train_digits --out DIR [--steps N] [--seed S]
+    nice -n 5 python -m tl_lvlm.zoo.train_digits --out DIR --threads 1 [--steps N] [--seed S]
 
 The model is a complete ``LlavaForConditionalGeneration`` built by
 :func:`tl_lvlm.tiny_llava.build_tiny_llava` (CLIP vision tower, projector, Llama
-decoder), trained from scratch, every parameter, on the LLaVA-1.5 prompt
-``USER: <image>\\nWhat is the main object in this image? Answer in a single word.
-ASSISTANT:`` followed by the digit word and ``</s>``. The loss is cross-entropy on
-the answer token at the final prompt position plus on ``</s>`` after it. The text
-tokens can only see the image through the decoder's attention, so the answer is
-carried from image to text by attention heads; nothing bypasses them.
+decoder), trained from scratch, every parameter. Each example is one training digit
+drawn in a fresh random :class:`~tl_lvlm.zoo.digits.Appearance` (size, position,
+colours, resampling filter; the ``plain`` style only), asked one of the four questions
+of :mod:`tl_lvlm.zoo.questions` in one of its training phrasings, inside the LLaVA-1.5
+prompt ``USER: <image>\\n{question} ASSISTANT:``. The loss is cross-entropy on the
+answer token at the final prompt position plus on ``</s>`` after it. The text tokens
+can only see the image through the decoder's attention, so the answer is carried from
+image to text by attention heads; nothing bypasses them.
 
-Training images are drawn from :data:`TRAIN_STYLES` (fresh per-epoch seeds for the
-random styles); the other styles of :data:`tl_lvlm.zoo.digits.STYLES` are held
-out and only evaluated. Everything is seeded and runs with
-``torch.use_deterministic_algorithms(True)``: the same arguments on the same
-machine and thread count give bit-identical weights.
+Held out of training entirely: the test digits (fixed 80/20 split), the appearance
+styles ``thick``, ``outline`` and ``noisy``, and each task's held-out phrasings.
+Everything is seeded and runs with ``torch.use_deterministic_algorithms(True)``: the
+same arguments on the same machine and thread count give bit-identical weights.
 """
 
 from __future__ import annotations
@@ -36,24 +37,39 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
-from tl_lvlm.tiny_llava import DIGIT_WORDS, TinyLlavaConfig, build_tiny_llava
-from tl_lvlm.zoo import DIGITS_QUESTION, digit_token_ids, digits_prompt, evaluate_accuracy
-from tl_lvlm.zoo.digits import STYLES, digit_arrays, load_digit_images, render_images
+from tl_lvlm.tiny_llava import TinyLlavaConfig, build_tiny_llava
+from tl_lvlm.zoo import answer_accuracy
+from tl_lvlm.zoo.digits import (
+    STYLES,
+    digit_arrays,
+    load_digit_set,
+    render_digit,
+    sample_appearance,
+    user_arrays,
+)
+from tl_lvlm.zoo.questions import ANSWER_WORDS, TASKS, answer_token_ids, prompt
 
-#: Styles the bundled model is trained on; the rest of ``STYLES`` is held out.
-TRAIN_STYLES = ("original", "inverted", "shifted", "noisy")
+#: Version of the bundled model this script trains (the model card's).
+VERSION = 2
+
+
+def tokenizer_corpus() -> list[str]:
+    """Text the BPE merges are learned from: every answer word and every phrasing."""
+    words = [" " + " ".join(ANSWER_WORDS)] * 8
+    return words + [prompt(q) for t in TASKS.values() for q in t.phrasings]
 
 
 def default_model_config(seed: int = 0) -> TinyLlavaConfig:
-    """Shapes of the bundled model: 8 layers x 8 query heads (4 K/V heads), 64 image tokens."""
+    """Shapes of the bundled model: 12 layers x 8 query heads (4 K/V heads), 36 image tokens."""
     return TinyLlavaConfig(
-        n_layers=8,
+        n_layers=12,
         n_heads=8,
         n_kv_heads=4,
         d_model=128,
         d_mlp=256,
-        image_size=32,
+        image_size=24,
         patch_size=4,
         vision_layers=1,
         vision_d_model=64,
@@ -62,25 +78,28 @@ def default_model_config(seed: int = 0) -> TinyLlavaConfig:
         max_position_embeddings=256,
         seed=seed,
         init_scale=1.0,
-        # Each answer word with its leading space becomes one BPE token.
-        corpus=[" " + " ".join(DIGIT_WORDS)] * 4,
+        corpus=tokenizer_corpus(),
     )
+
+
+def _default_task_weights() -> dict[str, float]:
+    # Reading the digit (object, parity) is harder than reading a colour.
+    return {"object": 0.35, "ink": 0.15, "background": 0.15, "parity": 0.35}
 
 
 @dataclass
 class TrainConfig:
-    steps: int = 800
-    batch_size: int = 64
+    steps: int = 2000
+    batch_size: int = 32
     lr: float = 1e-3
     min_lr_ratio: float = 0.0
     weight_decay: float = 0.01
     warmup_steps: int = 100
     grad_clip: float = 1.0
     seed: int = 0
-    train_styles: tuple[str, ...] = TRAIN_STYLES
-    question: str = DIGITS_QUESTION
+    task_weights: dict[str, float] = field(default_factory=_default_task_weights)
     eos_loss: bool = True
-    eval_every: int = 200
+    eval_every: int = 250
     model: TinyLlavaConfig = field(default_factory=default_model_config)
 
 
@@ -94,47 +113,81 @@ def _lr_factor(step: int, cfg: TrainConfig) -> float:
 
 
 class _EpochStream:
-    """Deterministic stream of (pixel_values, labels) batches.
+    """Deterministic stream of training batches.
 
-    Each epoch is a fixed permutation of the training split; every image gets a
-    style drawn from ``train_styles`` and, for the random styles, a seed that
-    changes per epoch, so shifts and noise are fresh augmentations.
+    Each epoch is a fixed permutation of the training split; every image gets a fresh
+    random appearance, a task drawn by ``task_weights`` and one of that task's
+    training phrasings. Batches are right-padded: causal attention keeps the padding
+    invisible to the real tokens, whose positions are those of an unpadded prompt.
     """
 
     def __init__(self, processor, cfg: TrainConfig):
         self.processor = processor
         self.cfg = cfg
         self.ink, self.labels, self.idx = digit_arrays("train")
+        tok = processor.tokenizer
+        probe = Image.new("RGB", (cfg.model.image_size,) * 2)
+        self.tasks = list(cfg.task_weights)
+        weights = np.asarray([cfg.task_weights[t] for t in self.tasks], dtype=np.float64)
+        self.p_task = weights / weights.sum()
+        #: prompt token ids per (task, phrasing)
+        self.prompts = {
+            t: [
+                processor(images=[probe], text=[prompt(q)], return_tensors="pt")["input_ids"][0]
+                for q in TASKS[t].train_phrasings
+            ]
+            for t in self.tasks
+        }
+        self.answer_ids = {t: answer_token_ids(tok, TASKS[t].answers) for t in self.tasks}
+        self.pad_id = tok.pad_token_id
         self.epoch = -1
         self.pos = 0
-        self.pixels: torch.Tensor | None = None
-        self.order: np.ndarray | None = None
 
     def _new_epoch(self) -> None:
         self.epoch += 1
         cfg = self.cfg
         rng = np.random.default_rng([cfg.seed, 7919, self.epoch])
         n = len(self.labels)
-        styles = rng.integers(0, len(cfg.train_styles), size=n)
-        style_seed = cfg.seed * 100_003 + self.epoch + 1
-        images = [None] * n
-        for s, style in enumerate(cfg.train_styles):
-            sel = np.flatnonzero(styles == s)
-            rendered = render_images(self.ink[sel], self.idx[sel], style, style_seed)
-            for i, im in zip(sel, rendered, strict=True):
-                images[i] = im
+        appearances = [sample_appearance(rng) for _ in range(n)]
+        images = [render_digit(self.ink[i], appearances[i]) for i in range(n)]
         self.pixels = self.processor.image_processor(images=images, return_tensors="pt")[
             "pixel_values"
         ]
+        task_of = rng.choice(len(self.tasks), size=n, p=self.p_task)
+        self.items = []
+        for i in range(n):
+            name = self.tasks[task_of[i]]
+            task = TASKS[name]
+            k = int(rng.integers(len(task.train_phrasings)))
+            word = task.answer(int(self.labels[i]), appearances[i].ink, appearances[i].background)
+            self.items.append(
+                (self.prompts[name][k], self.answer_ids[name][task.answers.index(word)])
+            )
         self.order = rng.permutation(n)
         self.pos = 0
 
-    def next(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.order is None or self.pos + batch_size > len(self.order):
+    def next(
+        self, batch_size: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(pixel_values, input_ids, final_prompt_pos, answer_ids)`` of one batch.
+
+        ``input_ids`` is each prompt followed by its answer token, right-padded.
+        """
+        if self.epoch < 0 or self.pos + batch_size > len(self.order):
             self._new_epoch()
         sel = self.order[self.pos : self.pos + batch_size]
         self.pos += batch_size
-        return self.pixels[sel], torch.as_tensor(self.labels[sel])
+        items = [self.items[i] for i in sel]
+        width = max(len(p) for p, _ in items) + 1
+        ids = torch.full((len(items), width), self.pad_id, dtype=torch.long)
+        last = torch.empty(len(items), dtype=torch.long)
+        answers = torch.empty(len(items), dtype=torch.long)
+        for r, (p, a) in enumerate(items):
+            ids[r, : len(p)] = p
+            ids[r, len(p)] = a
+            last[r] = len(p) - 1
+            answers[r] = a
+        return self.pixels[sel], ids, last, answers
 
 
 def _loadavg() -> float | None:
@@ -150,12 +203,62 @@ def _set_determinism(seed: int) -> None:
     torch.use_deterministic_algorithms(True)
 
 
+def evaluate_tasks(
+    model, processor, split: str = "test", style: str = "coloured", seed: int = 0
+) -> dict[str, dict[str, float]]:
+    """Accuracy per task on ``split`` drawn in ``style``.
+
+    For each task: ``question`` (the canonical phrasing, a training one) and
+    ``held_out_phrasings`` (every image asked each held-out phrasing, averaged).
+    """
+    digits = load_digit_set(split, style, seed)
+    tok = processor.tokenizer
+    out = {}
+    for name, task in TASKS.items():
+        ids = answer_token_ids(tok, task.answers)
+        words = [
+            task.answer(int(d), a.ink, a.background)
+            for d, a in zip(digits.labels, digits.appearances, strict=True)
+        ]
+        target = [ids[task.answers.index(w)] for w in words]
+
+        def acc(question: str, target=target) -> float:
+            return answer_accuracy(model, processor, digits.images, [question], target)
+
+        out[name] = {
+            "question": acc(task.question),
+            "held_out_phrasings": float(np.mean([acc(q) for q in task.held_out_phrasings])),
+            "per_held_out_phrasing": {q: acc(q) for q in task.held_out_phrasings},
+        }
+    return out
+
+
 def evaluate_styles(model, processor, split: str = "test", seed: int = 0) -> dict[str, float]:
-    """Accuracy of ``model`` on ``split`` in every style of ``STYLES``."""
+    """Main-object accuracy of ``model`` on ``split`` in every style of ``STYLES``."""
+    tok = processor.tokenizer
+    ids = np.asarray(answer_token_ids(tok, TASKS["object"].answers))
     out = {}
     for style in STYLES:
-        images, labels = load_digit_images(split, style, seed=seed)
-        out[style] = evaluate_accuracy(model, processor, images, labels)
+        digits = load_digit_set(split, style, seed)
+        out[style] = answer_accuracy(
+            model, processor, digits.images, [TASKS["object"].question], ids[digits.labels]
+        )
+    return out
+
+
+def evaluate_user_arrays(model, processor) -> dict[str, float]:
+    """Main-object accuracy on all 1,797 bare 8x8 scans, both polarities (uint8 RGB).
+
+    The grey and float variants of :func:`~tl_lvlm.zoo.digits.user_arrays` convert to
+    exactly these pixels (grey repeated, floats * 255 rounded).
+    """
+    ids = np.asarray(answer_token_ids(processor.tokenizer, TASKS["object"].answers))
+    out = {}
+    for polarity in ("white-on-black", "black-on-white"):
+        arrays, labels = user_arrays("uint8", polarity, "rgb")
+        out[polarity] = answer_accuracy(
+            model, processor, list(arrays), [TASKS["object"].question], ids[labels]
+        )
     return out
 
 
@@ -166,28 +269,28 @@ def train(
 ):
     """Train a tiny LLaVA on digits; returns ``(model, processor, info)``.
 
-    ``info`` holds the losses, wall time and (if ``evaluate``) held-out accuracy
-    per style. The model is returned in eval mode.
+    ``info`` holds the losses, wall time and (if ``evaluate``) the accuracies of
+    :func:`evaluate_all`.
+    The model is returned in eval mode.
     """
     cfg = cfg or TrainConfig()
     log = log or (lambda _msg: None)
+    unknown = set(cfg.task_weights) - set(TASKS)
+    if unknown:
+        raise ValueError(
+            f"unknown tasks {sorted(unknown)} in task_weights; choose from {tuple(TASKS)}"
+        )
     _set_determinism(cfg.seed)
     t0 = time.perf_counter()
     model, processor = build_tiny_llava(cfg.model)
-    # LlavaConfig defaults to LLaVA-1.5's 576; record the real span (metadata only).
-    model.config.image_seq_length = cfg.model.n_image_tokens
     tok = processor.tokenizer
-    word_ids = torch.tensor(digit_token_ids(tok))
-
-    prompt = digits_prompt(cfg.question)
-    probe, _ = load_digit_images("test", "original")
-    prompt_ids = processor(images=probe[:1], text=[prompt], return_tensors="pt")["input_ids"][0]
-    n_image = int((prompt_ids == model.config.image_token_id).sum())
+    stream = _EpochStream(processor, cfg)
+    n_image = int((stream.prompts["object"][0] == model.config.image_token_id).sum())
     if n_image != cfg.model.n_image_tokens:
         raise RuntimeError(
             f"prompt has {n_image} image tokens, expected {cfg.model.n_image_tokens}"
         )
-    eos = torch.tensor([tok.eos_token_id])
+    eos = tok.eos_token_id
 
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2 or "embed" in n]
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embed" not in n]
@@ -200,7 +303,6 @@ def train(
         betas=(0.9, 0.98),
     )
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, cfg))
-    stream = _EpochStream(processor, cfg)
 
     losses: list[float] = []
     step_times: list[float] = []
@@ -209,26 +311,16 @@ def train(
     model.train()
     for step in range(cfg.steps):
         t_step = time.perf_counter()
-        pixels, labels = stream.next(cfg.batch_size)
-        answer = word_ids[labels]
-        b = len(labels)
-        # Inputs: the prompt, plus the answer token when </s> is trained too. The
-        # logits kept are those of the final prompt position (-> answer) and, with
-        # eos_loss, of the answer position (-> </s>).
+        pixels, input_ids, last, answer = stream.next(cfg.batch_size)
+        rows = torch.arange(len(answer))
+        # Only the final prompt position (-> answer) and, with eos_loss, the answer
+        # position (-> </s>) reach the unembedding.
+        hidden = model.model(input_ids=input_ids, pixel_values=pixels).last_hidden_state
+        logits = model.lm_head(hidden[rows, last])
+        loss = F.cross_entropy(logits, answer)
         if cfg.eos_loss:
-            input_ids = torch.cat([prompt_ids.expand(b, -1), answer[:, None]], dim=1)
-        else:
-            input_ids = prompt_ids.expand(b, -1).contiguous()
-        n_keep = 2 if cfg.eos_loss else 1
-        logits = model(
-            input_ids=input_ids,
-            pixel_values=pixels,
-            attention_mask=torch.ones_like(input_ids),
-            logits_to_keep=n_keep,
-        ).logits
-        loss = F.cross_entropy(logits[:, 0], answer)
-        if cfg.eos_loss:
-            loss = loss + F.cross_entropy(logits[:, 1], eos.expand(b))
+            logits_eos = model.lm_head(hidden[rows, last + 1])
+            loss = loss + F.cross_entropy(logits_eos, torch.full_like(answer, eos))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip:
@@ -244,14 +336,19 @@ def train(
                 f"epoch {stream.epoch} {time.perf_counter() - t0:.0f}s"
             )
         if evaluate and cfg.eval_every and (step + 1) % cfg.eval_every == 0:
-            images, y = load_digit_images("test", "original")
-            acc = evaluate_accuracy(model, processor, images, y)
-            evals.append({"step": step + 1, "test_original": acc})
-            log(f"  step {step + 1}: held-out accuracy (original) {acc:.4f}")
+            record = {"step": step + 1, "elapsed_s": round(time.perf_counter() - t0, 1)}
+            digits = load_digit_set("test", "coloured")
+            ids = np.asarray(answer_token_ids(tok, TASKS["object"].answers))
+            record["test_coloured_object"] = answer_accuracy(
+                model, processor, digits.images, [TASKS["object"].question], ids[digits.labels]
+            )
+            evals.append(record)
+            log(f"  {record}")
             model.train()
     train_time = time.perf_counter() - t0
     model.eval()
     info = {
+        "version": VERSION,
         "steps": cfg.steps,
         "seed": cfg.seed,
         "epochs_seen": round(cfg.steps * cfg.batch_size / len(stream.labels), 2),
@@ -268,23 +365,30 @@ def train(
         "losses": losses,
         "evals": evals,
         "n_image_tokens": n_image,
-        "prompt": prompt,
-        "prompt_length": int(prompt_ids.numel()),
+        "prompt": prompt(TASKS["object"].question),
+        "prompt_length": int(stream.prompts["object"][0].numel()),
     }
     if evaluate:
-        info["test_accuracy"] = evaluate_styles(model, processor, "test")
-        info["train_accuracy_original"] = evaluate_accuracy(
-            model, processor, *load_digit_images("train", "original")
-        )
-        log(f"held-out accuracy per style: {info['test_accuracy']}")
+        info.update(evaluate_all(model, processor, log))
     return model, processor, info
 
 
+def evaluate_all(model, processor, log: Callable[[str], None] | None = print) -> dict:
+    """The accuracies recorded in ``training.json`` (see :func:`train`)."""
+    log = log or (lambda _msg: None)
+    t_eval = time.perf_counter()
+    out = {"user_arrays_object_accuracy": evaluate_user_arrays(model, processor)}
+    log(f"user arrays: {out['user_arrays_object_accuracy']}")
+    out["test_task_accuracy"] = evaluate_tasks(model, processor, "test", "coloured")
+    log(f"tasks (test, coloured): {out['test_task_accuracy']}")
+    out["test_accuracy"] = evaluate_styles(model, processor, "test")
+    log(f"object accuracy per style (test): {out['test_accuracy']}")
+    out["eval_wall_time_s"] = round(time.perf_counter() - t_eval, 1)
+    return out
+
+
 def _config_dict(cfg: TrainConfig) -> dict:
-    d = dataclasses.asdict(cfg)
-    d["train_styles"] = list(cfg.train_styles)
-    d["held_out_styles"] = [s for s in STYLES if s not in cfg.train_styles]
-    return d
+    return dataclasses.asdict(cfg)
 
 
 def config_from_record(record: dict) -> TrainConfig:
@@ -292,13 +396,14 @@ def config_from_record(record: dict) -> TrainConfig:
     d = dict(record["config"])
     model = TinyLlavaConfig(**d.pop("model"))
     names = {f.name for f in dataclasses.fields(TrainConfig)}
-    kwargs = {k: v for k, v in d.items() if k in names}
-    kwargs["train_styles"] = tuple(kwargs["train_styles"])
-    return TrainConfig(**kwargs, model=model)
+    return TrainConfig(**{k: v for k, v in d.items() if k in names}, model=model)
 
 
 def save(model, processor, info: dict, cfg: TrainConfig, out: str | os.PathLike, overwrite=False):
-    """Write model (safetensors), processor and ``training.json`` atomically to ``out``."""
+    """Write model (safetensors), processor and ``training.json`` atomically to ``out``.
+
+    A model card ``README.md`` already in ``out`` is kept.
+    """
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.exists() and not overwrite:
@@ -323,6 +428,9 @@ def save(model, processor, info: dict, cfg: TrainConfig, out: str | os.PathLike,
             "loss_every_50_steps": [round(x, 5) for x in info["losses"][::50]],
         }
         (tmp / "training.json").write_text(json.dumps(record, indent=2) + "\n")
+        card = out / "README.md"
+        if card.is_file():
+            shutil.copy2(card, tmp / "README.md")
         # mkdtemp makes a private directory; a checkpoint is meant to be shared.
         os.chmod(tmp, 0o755)
         for f in tmp.iterdir():
@@ -349,7 +457,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
     p.add_argument("--lr", type=float, default=TrainConfig.lr)
+    p.add_argument("--eval-every", type=int, default=TrainConfig.eval_every)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--no-eval", action="store_true", help="skip the final evaluation")
     p.add_argument("--overwrite", action="store_true")
     args = p.parse_args(argv)
     if args.threads:
@@ -359,10 +469,15 @@ def main(argv: list[str] | None = None) -> None:
         seed=args.seed,
         batch_size=args.batch_size,
         lr=args.lr,
+        eval_every=args.eval_every,
         model=default_model_config(args.seed),
     )
-    model, processor, info = train(cfg)
+    model, processor, info = train(cfg, evaluate=False)
+    # Saved before the (long) evaluation, so that a failure there loses no training.
     out = save(model, processor, info, cfg, args.out, overwrite=args.overwrite)
+    if not args.no_eval:
+        info.update(evaluate_all(model, processor))
+        save(model, processor, info, cfg, out, overwrite=True)
     print(f"saved to {out} ({info['train_wall_time_s']}s)")
 
 
