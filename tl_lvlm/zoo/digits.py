@@ -11,7 +11,7 @@ one scan on a ``24 x 24`` canvas (the model's ``image_size``) from an
 - ink and background colours from :data:`~tl_lvlm.zoo.questions.PALETTE` (black, white,
   red, green, blue, yellow; ink != background), mixed by the scan's ink value;
 - an appearance ``style``: ``plain``, or one of the held-out ``thick`` (strokes dilated),
-  ``outline`` (only the strokes' edges drawn) and ``noisy`` (Gaussian pixel noise), which
+  ``outline`` (a line around the strokes, the strokes themselves left blank) and ``noisy`` (Gaussian pixel noise), which
   the model never saw in training.
 
 A full-frame plain appearance with bicubic resampling is exactly what the model's
@@ -133,10 +133,6 @@ def _dilate3(a: np.ndarray) -> np.ndarray:
     return np.max([p[i : i + h, j : j + w] for i in range(3) for j in range(3)], axis=0)
 
 
-def _erode3(a: np.ndarray) -> np.ndarray:
-    return 1.0 - _dilate3(1.0 - a)
-
-
 def _alpha_at(ink8: np.ndarray, size: int, resample: str) -> np.ndarray:
     img = Image.fromarray(np.ascontiguousarray(ink8, dtype=np.float32), mode="F")
     return np.clip(np.asarray(img.resize((size, size), RESAMPLE[resample])), 0.0, 1.0)
@@ -162,7 +158,7 @@ def render_digit(
         if a.style == "thick":
             alpha = _dilate3(alpha)
         elif a.style == "outline":
-            alpha = np.clip(_dilate3(alpha) - _erode3(alpha), 0.0, 1.0)
+            alpha = np.clip(_dilate3(alpha) - alpha, 0.0, 1.0)
         digit = _colourize(alpha, a.ink, a.background)
     canvas[a.top : a.top + a.size, a.left : a.left + a.size] = digit
     if a.style == "noisy":

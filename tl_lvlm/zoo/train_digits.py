@@ -89,12 +89,12 @@ def _default_task_weights() -> dict[str, float]:
 
 @dataclass
 class TrainConfig:
-    steps: int = 2000
+    steps: int = 1100
     batch_size: int = 32
-    lr: float = 1e-3
+    lr: float = 1.5e-3
     min_lr_ratio: float = 0.0
     weight_decay: float = 0.01
-    warmup_steps: int = 100
+    warmup_steps: int = 60
     grad_clip: float = 1.0
     seed: int = 0
     task_weights: dict[str, float] = field(default_factory=_default_task_weights)
