@@ -16,17 +16,18 @@ of every class (original style):
    from the image in every layer (1 = the knockout keeps all the image's effect on the
    answer, 0 = none of it). The knockout in all layers at once is in ``results.json`` too.
 2. **Image-token attribution** (:func:`tl_lvlm.image_token_attribution`): the head
-   attribution regression with the 8x8 image patches as components (``--n-masks`` masks,
+   attribution regression with the image patches as components (``--n-masks`` masks,
    each patch's image K/V replaced by the mean baseline in every head). Overlays on a few
    samples (``image_attribution_overlays.png``), the mean map, and how the attribution
    divides between the digit's patches and the background (:func:`tl_lvlm.object_mass`).
 
 **Object mask.** The images are drawn from scikit-learn's 8x8 digit scans
-(:mod:`tl_lvlm.zoo.digits`): the ink map is upsampled 3x to 24x24 and centred on a 32x32
-canvas. The object mask repeats the same geometry on the scan itself: the 8x8 pixels with
-ink above ``--ink-threshold`` (0.5 = half of full ink, 8 of the 16 levels), each expanded
-to a 3x3 block (nearest neighbour) and placed at the digit's offset on the canvas. An image
-patch (4x4 pixels) is an object patch when at least half of it is inside the mask.
+(:mod:`tl_lvlm.zoo.digits`, style ``original``): the scan is upsampled to ``DIGIT_SIZE``
+pixels square and centred on the ``CANVAS_SIZE`` canvas (16 on 24 for tiny-digits v2). The
+object mask repeats the same geometry on the scan itself: the 8x8 pixels with ink above
+``--ink-threshold`` (0.5 = half of full ink, 8 of the 16 levels), each expanded to a
+``DIGIT_SIZE // 8`` square block (nearest neighbour) and placed at the digit's offset on the
+canvas. An image patch is an object patch when at least half of it is inside the mask.
 
 Run ``python examples/token_flow_digits.py``; numbers go to ``results.json``.
 """
@@ -101,7 +102,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def object_mask(ink8: np.ndarray, threshold: float) -> np.ndarray:
-    """``[32, 32]`` bool mask of the digit's strokes on the canvas (see the module doc)."""
+    """``[CANVAS_SIZE, CANVAS_SIZE]`` bool mask of the digit's strokes (see the module doc)."""
     scale = DIGIT_SIZE // ink8.shape[0]
     strokes = np.kron(ink8 > threshold, np.ones((scale, scale), dtype=bool))
     canvas = np.zeros((CANVAS_SIZE, CANVAS_SIZE), dtype=bool)

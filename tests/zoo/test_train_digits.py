@@ -1,5 +1,5 @@
-"""The training script: the loss goes down, runs are bit-for-bit reproducible, and
-(slow) a full retrain reproduces the committed checkpoint's accuracy."""
+"""The training script: the batches are what they claim, the loss goes down, runs are
+bit-for-bit reproducible, and (slow) a full retrain reproduces the committed checkpoint."""
 
 from __future__ import annotations
 
@@ -10,9 +10,14 @@ import pytest
 import torch
 from transformers import AutoProcessor, LlavaForConditionalGeneration
 
+from tl_lvlm import HookedLVLM
+from tl_lvlm.tiny_llava import build_tiny_llava
 from tl_lvlm.zoo import resolve
+from tl_lvlm.zoo.evaluate_digits import evaluate
+from tl_lvlm.zoo.questions import TASKS, answer_token_ids
 from tl_lvlm.zoo.train_digits import (
     TrainConfig,
+    _EpochStream,
     config_from_record,
     default_model_config,
     save,
@@ -21,7 +26,7 @@ from tl_lvlm.zoo.train_digits import (
 
 
 def _quick_config(**kw) -> TrainConfig:
-    return TrainConfig(steps=20, batch_size=16, warmup_steps=3, eval_every=0, **kw)
+    return TrainConfig(steps=20, batch_size=8, warmup_steps=3, eval_every=0, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -29,6 +34,29 @@ def two_runs():
     a = train(_quick_config(), log=None, evaluate=False)
     b = train(_quick_config(), log=None, evaluate=False)
     return a, b
+
+
+def test_batches_are_prompt_then_answer():
+    cfg = _quick_config()
+    _, processor = build_tiny_llava(cfg.model)
+    tok = processor.tokenizer
+    stream = _EpochStream(processor, cfg)
+    pixels, ids, last, answers = stream.next(64)
+    assert pixels.shape == (64, 3, 24, 24) and ids.shape[0] == 64
+    end = tok.convert_tokens_to_ids(tok.tokenize(" ASSISTANT:"))[-1]
+    answer_sets = {name: set(answer_token_ids(tok, t.answers)) for name, t in TASKS.items()}
+    seen_tasks = set()
+    for r in range(64):
+        assert ids[r, last[r]] == end  # the final prompt token
+        assert ids[r, last[r] + 1] == answers[r]  # then the answer
+        assert (ids[r, last[r] + 2 :] == tok.pad_token_id).all()  # right padding only
+        assert ids[r, 0] == tok.bos_token_id
+        text = tok.decode(ids[r, : last[r] + 1])
+        (task,) = [n for n, t in TASKS.items() if any(q in text for q in t.train_phrasings)]
+        assert int(answers[r]) in answer_sets[task]
+        seen_tasks.add(task)
+        assert not any(q in text for t in TASKS.values() for q in t.held_out_phrasings)
+    assert seen_tasks == set(TASKS)
 
 
 def test_loss_decreases(two_runs):
@@ -48,12 +76,18 @@ def test_same_seed_same_weights(two_runs):
 
 
 def test_other_seed_other_weights(two_runs):
-    (ma, _, _), _ = two_runs
-    mc, _, _ = train(
+    (ma, _, ia), _ = two_runs
+    mc, _, ic = train(
         _quick_config(seed=1, model=default_model_config(seed=1)), log=None, evaluate=False
     )
     w = "model.language_model.layers.0.self_attn.q_proj.weight"
     assert not torch.equal(ma.state_dict()[w], mc.state_dict()[w])
+    assert ia["losses"] != ic["losses"]
+
+
+def test_unknown_task_weight_rejected():
+    with pytest.raises(ValueError, match="unknown tasks \\['size'\\]"):
+        train(_quick_config(task_weights={"object": 1.0, "size": 1.0}), log=None)
 
 
 def test_save_roundtrip(two_runs, tmp_path):
@@ -61,29 +95,39 @@ def test_save_roundtrip(two_runs, tmp_path):
     cfg = _quick_config()
     out = save(model, processor, info, cfg, tmp_path / "ckpt")
     record = json.loads((out / "training.json").read_text())
-    assert record["steps"] == 20 and record["config"]["train_styles"] == list(cfg.train_styles)
+    assert record["steps"] == 20 and record["version"] == 2
+    assert record["config"]["task_weights"] == cfg.task_weights
+    assert record["environment"]["torch_threads"] == torch.get_num_threads()
     assert config_from_record(record) == cfg
     loaded = LlavaForConditionalGeneration.from_pretrained(out)
-    assert loaded.config.image_seq_length == cfg.model.n_image_tokens == 64
+    assert loaded.config.image_seq_length == cfg.model.n_image_tokens == 36
     AutoProcessor.from_pretrained(out)
     for k, v in model.state_dict().items():
         assert torch.equal(v, loaded.state_dict()[k]), k
     with pytest.raises(FileExistsError):
         save(model, processor, info, cfg, out)
+    (out / "README.md").write_text("card")
     save(model, processor, info, cfg, out, overwrite=True)
+    assert (out / "README.md").read_text() == "card"  # the model card survives a re-save
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp dirs left
 
 
 @pytest.mark.slow
-def test_full_retrain_reproduces_committed_accuracy():
-    record = json.loads((Path(resolve("tl-lvlm/tiny-digits")) / "training.json").read_text())
+def test_full_retrain_reproduces_committed_checkpoint(tmp_path):
+    ckpt = Path(resolve("tl-lvlm/tiny-digits"))
+    record = json.loads((ckpt / "training.json").read_text())
     cfg = config_from_record(record)
     assert cfg.steps == record["steps"]
     threads = torch.get_num_threads()
     torch.set_num_threads(record["environment"]["torch_threads"])
     try:
-        _, _, info = train(cfg, log=None)
+        model, processor, info = train(cfg, log=None)
     finally:
         torch.set_num_threads(threads)
+    assert info["losses"][::50] == pytest.approx(record["loss_every_50_steps"], abs=1e-5)
+    out = save(model, processor, info, cfg, tmp_path / "retrained")
+    results = evaluate(HookedLVLM.from_pretrained(out, device="cpu"), progress=False)
     for style, acc in record["test_accuracy"].items():
-        assert abs(info["test_accuracy"][style] - acc) <= 0.01, style
+        assert abs(results["test_accuracy"][style] - acc) <= 0.01, style
+    for polarity, acc in record["user_arrays_object_accuracy"].items():
+        assert abs(results["user_arrays_object_accuracy"][polarity] - acc) <= 0.01, polarity

@@ -1,7 +1,10 @@
-"""The committed tiny-digits checkpoint loads like a hub model and reads digits."""
+"""The committed tiny-digits checkpoint (version 2) loads like a hub model and answers its
+four questions at the accuracies its model card states, measured as a user would."""
 
 from __future__ import annotations
 
+import importlib.util
+import itertools
 import json
 from pathlib import Path
 
@@ -10,7 +13,8 @@ import pytest
 import torch
 from transformers import AutoProcessor, LlavaForConditionalGeneration
 
-from tl_lvlm.testing import DIGIT_WORDS
+from tl_lvlm import HookedLVLM
+from tl_lvlm.tiny_llava import DIGIT_WORDS
 from tl_lvlm.zoo import (
     ZOO,
     digit_token_ids,
@@ -18,9 +22,19 @@ from tl_lvlm.zoo import (
     predict_first_tokens,
     resolve,
 )
-from tl_lvlm.zoo.digits import load_digit_images
+from tl_lvlm.zoo.digits import CANVAS_SIZE, load_digit_images, load_digit_set, user_arrays
+from tl_lvlm.zoo.evaluate_digits import (
+    POLARITIES,
+    accuracy,
+    style_accuracy,
+    task_accuracy,
+    user_array_accuracy,
+)
+from tl_lvlm.zoo.questions import ANSWER_WORDS, OBJECT_QUESTION, TASKS, answer_token_ids
 
 NAME = "tl-lvlm/tiny-digits"
+#: model.prepare converts [0, 1] floats and grey arrays (the userapi branch's image_inputs).
+PREPARE_TAKES_FLOAT_AND_GREY = importlib.util.find_spec("tl_lvlm.image_inputs") is not None
 
 
 @pytest.fixture(scope="module")
@@ -29,6 +43,11 @@ def loaded():
     model = LlavaForConditionalGeneration.from_pretrained(path).eval()
     processor = AutoProcessor.from_pretrained(path)
     return model, processor
+
+
+@pytest.fixture(scope="module")
+def hooked() -> HookedLVLM:
+    return HookedLVLM.from_pretrained(NAME, device="cpu")
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +66,17 @@ def test_checkpoint_is_small_and_complete():
     path = Path(resolve(NAME))
     files = {p.name for p in path.iterdir()}
     assert {"config.json", "model.safetensors", "tokenizer.json", "training.json"} <= files
-    assert sum(p.stat().st_size for p in path.iterdir()) <= 10 * 2**20
+    assert "README.md" in files
+    assert sum(p.stat().st_size for p in path.iterdir()) <= 15 * 2**20
+
+
+def test_card_and_record_say_version_2(record):
+    card = (Path(resolve(NAME)) / "README.md").read_text()
+    assert "version: 2" in card and record["version"] == 2
+    assert record["environment"]["torch_threads"] == 1
+    minutes = record["train_wall_time_s"] / 60
+    assert minutes <= 90
+    assert f"{minutes:.0f} minutes" in card
 
 
 def test_architecture(loaded):
@@ -55,32 +84,118 @@ def test_architecture(loaded):
     cfg = model.config
     assert cfg.architectures == ["LlavaForConditionalGeneration"]
     assert cfg.vision_config.model_type == "clip_vision_model"
+    assert cfg.vision_config.image_size == CANVAS_SIZE
     assert cfg.text_config.model_type == "llama"
-    assert cfg.text_config.num_hidden_layers == 8
+    assert cfg.text_config.num_hidden_layers == 12
     assert cfg.text_config.num_attention_heads == 8
+    assert cfg.text_config.num_key_value_heads == 4
     ids = processor(images=load_digit_images("test")[0][:1], text=["USER: <image>\nx"])["input_ids"]
-    assert sum(t == cfg.image_token_id for t in ids[0]) == 64 == cfg.image_seq_length
+    assert sum(t == cfg.image_token_id for t in ids[0]) == 36 == cfg.image_seq_length
     # every answer word is one token, and they are distinct
-    assert len(set(digit_token_ids(processor.tokenizer))) == 10
+    assert len(set(answer_token_ids(processor.tokenizer, ANSWER_WORDS))) == len(ANSWER_WORDS)
 
 
-def test_heldout_accuracy_original(loaded, record):
+def test_main_object_on_all_sklearn_digits_as_user_arrays(hooked, record):
+    """All 1,797 bare 8x8 scans, both polarities, full frame, through ``prepare``."""
+    acc = user_array_accuracy(hooked)
+    for polarity in POLARITIES:
+        assert acc[polarity] >= 0.95, polarity
+        # the recorded number is what this checkpoint actually gets
+        assert acc[polarity] == pytest.approx(record["user_arrays_object_accuracy"][polarity])
+
+
+def _raw_variants():
+    return [
+        (dtype, polarity, channels)
+        for dtype, polarity, channels in itertools.product(
+            ("uint8", "float"), POLARITIES, ("grey", "rgb")
+        )
+        if (dtype, channels) != ("uint8", "rgb")
+    ]
+
+
+@pytest.mark.skipif(
+    not PREPARE_TAKES_FLOAT_AND_GREY, reason="model.prepare takes float/grey arrays after userapi"
+)
+@pytest.mark.parametrize("polarity", POLARITIES)
+def test_raw_float_and_grey_arrays_are_the_same_input(hooked, polarity):
+    """``prepare`` gives [0, 1] floats and grey scans the pixels of their uint8 RGB form."""
+    ref, _ = user_arrays("uint8", polarity, "rgb")
+    expected = hooked.prepare(list(ref), OBJECT_QUESTION)
+    for dtype, pol, channels in _raw_variants():
+        if pol != polarity:
+            continue
+        raw, _ = user_arrays(dtype, polarity, channels)
+        got = hooked.prepare(list(raw), OBJECT_QUESTION)
+        torch.testing.assert_close(got.pixel_values, expected.pixel_values, rtol=0, atol=0)
+        assert torch.equal(got.input_ids, expected.input_ids)
+
+
+@pytest.mark.skipif(
+    not PREPARE_TAKES_FLOAT_AND_GREY, reason="model.prepare takes float/grey arrays after userapi"
+)
+@pytest.mark.parametrize("polarity", POLARITIES)
+def test_main_object_on_raw_float_grey_scans(hooked, polarity):
+    """The rawest form a user has: ``load_digits().images / 16``, grey floats."""
+    raw, labels = user_arrays("float", polarity, "grey")
+    ids = np.asarray(digit_token_ids(hooked.tokenizer))
+    assert accuracy(hooked, list(raw), OBJECT_QUESTION, ids[labels]) >= 0.95
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not PREPARE_TAKES_FLOAT_AND_GREY, reason="model.prepare takes float/grey arrays after userapi"
+)
+@pytest.mark.parametrize("variant", _raw_variants(), ids="-".join)
+def test_main_object_on_every_raw_form(hooked, variant):
+    raw, labels = user_arrays(*variant)
+    ids = np.asarray(digit_token_ids(hooked.tokenizer))
+    assert accuracy(hooked, list(raw), OBJECT_QUESTION, ids[labels]) >= 0.95
+
+
+def test_every_task_on_held_out_coloured_digits(hooked, record):
+    """>= 90% per task on held-out digits with random size, position and colours, both
+    with the canonical question and with the phrasings training never showed."""
+    acc = task_accuracy(hooked)
+    assert set(acc) == set(TASKS)
+    for name, a in acc.items():
+        assert a["question"] >= 0.90, name
+        assert a["held_out_phrasings"] >= 0.90, name
+        assert a["question"] == pytest.approx(record["test_task_accuracy"][name]["question"])
+        assert a["held_out_phrasings"] == pytest.approx(
+            record["test_task_accuracy"][name]["held_out_phrasings"]
+        )
+
+
+def test_style_accuracies_are_the_recorded_ones(hooked, record):
+    acc = style_accuracy(hooked)
+    assert acc == pytest.approx(record["test_accuracy"])
+    assert acc["original"] >= 0.95 and acc["inverted"] >= 0.95
+
+
+def test_hf_path_agrees_with_prepare(loaded, hooked):
+    """Two implementations of the greedy answer: HF forward vs HookedLVLM.prepare/answer."""
     model, processor = loaded
-    images, labels = load_digit_images("test", "original")
-    acc = evaluate_accuracy(model, processor, images, labels)
-    assert acc >= 0.95
-    # the recorded number is what this checkpoint actually gets
-    assert abs(acc - record["test_accuracy"]["original"]) <= 0.01
+    digits = load_digit_set("test", "coloured")
+    for question in (TASKS["ink"].question, TASKS["parity"].held_out_phrasings[0]):
+        hf = predict_first_tokens(model, processor, digits.images[:64], question)
+        ids, _ = hooked.answer(hooked.prepare(digits.images[:64], question))
+        np.testing.assert_array_equal(hf, ids.numpy())
 
 
-def test_answers_depend_on_image(loaded):
+def test_answers_depend_on_image_and_question(loaded):
     """Different digits get different answers; the text alone does not decide."""
     model, processor = loaded
-    images, labels = load_digit_images("test", "original")
-    pred = predict_first_tokens(model, processor, images[:100])
+    digits = load_digit_set("test", "coloured")
+    pred = predict_first_tokens(model, processor, digits.images[:100])
     assert len(set(pred.tolist())) == 10
     words = processor.tokenizer.convert_ids_to_tokens(pred[:5].tolist())
-    assert [w.lstrip("Ġ") for w in words] == [DIGIT_WORDS[d] for d in labels[:5]]
+    assert [w.lstrip("Ġ") for w in words] == [DIGIT_WORDS[d] for d in digits.labels[:5]]
+    tok = processor.tokenizer
+    for name, task in TASKS.items():
+        answers = set(answer_token_ids(tok, task.answers))
+        got = predict_first_tokens(model, processor, digits.images[:40], task.question)
+        assert set(got.tolist()) <= answers, name  # each question gets its kind of answer
 
 
 def test_generate_says_the_word(loaded):
@@ -89,10 +204,7 @@ def test_generate_says_the_word(loaded):
     i = int(np.flatnonzero(labels == 7)[0])
     enc = processor(
         images=[images[i]],
-        text=[
-            "USER: <image>\nWhat is the main object in this image? Answer in a single word. "
-            "ASSISTANT:"
-        ],
+        text=[f"USER: <image>\n{OBJECT_QUESTION} ASSISTANT:"],
         return_tensors="pt",
     )
     with torch.no_grad():

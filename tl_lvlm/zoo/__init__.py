@@ -1,12 +1,14 @@
 """Small LVLMs trained here and shipped with the package, for offline demos and checks.
 
-``tl-lvlm/tiny-digits``: a complete LLaVA (CLIP vision tower, two-layer projector,
-Llama decoder, byte-level BPE tokenizer, ``LlavaProcessor``) trained from scratch
-on scikit-learn's handwritten digits to answer
-``USER: <image>\\nWhat is the main object in this image? Answer in a single word.
-ASSISTANT:`` with the digit's word (`` seven``). See ``checkpoints/tiny-digits/
-training.json`` for its configuration, training run and accuracies per style, and
-:mod:`tl_lvlm.zoo.train_digits` to retrain it.
+``tl-lvlm/tiny-digits`` (version 2): a complete LLaVA (CLIP vision tower, two-layer
+projector, 12-layer Llama decoder, byte-level BPE tokenizer, ``LlavaProcessor``)
+trained from scratch on scikit-learn's handwritten digits, drawn at any size,
+position and colour (:mod:`tl_lvlm.zoo.digits`), to answer four questions in one
+token each (:mod:`tl_lvlm.zoo.questions`): the digit (`` seven``), the ink colour,
+the background colour, even or odd. ``checkpoints/tiny-digits/README.md`` is its
+model card, ``training.json`` its configuration, training run and accuracies;
+:mod:`tl_lvlm.zoo.train_digits` retrains it, :mod:`tl_lvlm.zoo.evaluate_digits`
+measures it.
 
 Model loaders call :func:`resolve` so that a zoo name works wherever a hub name or
 a local path does::

@@ -10,9 +10,9 @@ one scan on a ``24 x 24`` canvas (the model's ``image_size``) from an
   that keeps it inside the frame: touching the border or with a margin);
 - ink and background colours from :data:`~tl_lvlm.zoo.questions.PALETTE` (black, white,
   red, green, blue, yellow; ink != background), mixed by the scan's ink value;
-- an appearance ``style``: ``plain``, or one of the held-out ``thick`` (strokes dilated),
-  ``outline`` (a line around the strokes, the strokes themselves left blank) and ``noisy`` (Gaussian pixel noise), which
-  the model never saw in training.
+- an appearance ``style``: ``plain``, or one of the held-out ``thick`` (strokes
+  dilated), ``outline`` (a line around the strokes, the strokes themselves left blank)
+  and ``noisy`` (Gaussian pixel noise), which the model never saw in training.
 
 A full-frame plain appearance with bicubic resampling is exactly what the model's
 processor makes of the bare 8x8 scan as a user would pass it (an ``8 x 8`` array,
