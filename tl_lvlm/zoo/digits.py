@@ -59,10 +59,10 @@ RESAMPLE = {"nearest": Image.NEAREST, "bilinear": Image.BILINEAR, "bicubic": Ima
 _NOISE_STD = 0.2
 _SPLIT_SEED = 0
 _TEST_FRACTION = 0.2
-#: Probability that a drawn appearance fills the whole frame (the user's 8x8 input).
-_P_FULL_FRAME = 0.3
-#: Probability that a drawn appearance is black/white (grey input, either polarity).
-_P_GREY = 0.3
+#: Default probability that a drawn appearance fills the whole frame (the user's 8x8 input).
+P_FULL_FRAME = 0.3
+#: Default probability that a drawn appearance is black/white (grey input, either polarity).
+P_GREY = 0.3
 
 
 @dataclass(frozen=True)
@@ -98,19 +98,26 @@ class Appearance:
             raise ValueError(f"style must be one of {APPEARANCE_STYLES}, got {self.style!r}")
 
 
-def sample_appearance(rng: np.random.Generator, style: str = "plain") -> Appearance:
+def sample_appearance(
+    rng: np.random.Generator,
+    style: str = "plain",
+    p_full_frame: float = P_FULL_FRAME,
+    p_grey: float = P_GREY,
+    min_size: int = MIN_DIGIT_SIZE,
+) -> Appearance:
     """One appearance from the training distribution (``style`` aside).
 
-    Full frame with probability 0.3, else a size uniform in 10..23 px at a uniform
-    position; colours a random black/white pair with probability 0.3, else any two
-    distinct palette colours; the resampling filter uniform.
+    Full frame with probability ``p_full_frame``, else a size uniform in
+    ``min_size``..23 px (default 10) at a
+    uniform position; colours a random black/white pair with probability ``p_grey``,
+    else any two distinct palette colours; the resampling filter uniform.
     """
-    if rng.random() < _P_FULL_FRAME:
+    if rng.random() < p_full_frame:
         size = CANVAS_SIZE
     else:
-        size = int(rng.integers(MIN_DIGIT_SIZE, CANVAS_SIZE))
+        size = int(rng.integers(min_size, CANVAS_SIZE))
     top, left = (int(v) for v in rng.integers(0, CANVAS_SIZE - size + 1, size=2))
-    if rng.random() < _P_GREY:
+    if rng.random() < p_grey:
         ink, background = ("black", "white") if rng.random() < 0.5 else ("white", "black")
     else:
         i, j = rng.choice(len(COLORS), size=2, replace=False)
