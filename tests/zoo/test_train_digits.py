@@ -37,7 +37,7 @@ def two_runs():
 
 
 def test_batches_are_prompt_then_answer():
-    cfg = _quick_config()
+    cfg = _quick_config(easy_epochs=0)
     _, processor = build_tiny_llava(cfg.model)
     tok = processor.tokenizer
     stream = _EpochStream(processor, cfg)
@@ -57,6 +57,18 @@ def test_batches_are_prompt_then_answer():
         seen_tasks.add(task)
         assert not any(q in text for t in TASKS.values() for q in t.held_out_phrasings)
     assert seen_tasks == set(TASKS)
+
+
+def test_easy_epochs_ask_only_about_the_shape():
+    cfg = _quick_config(easy_epochs=1)
+    _, processor = build_tiny_llava(cfg.model)
+    tok = processor.tokenizer
+    stream = _EpochStream(processor, cfg)
+    shape_answers = set(answer_token_ids(tok, TASKS["object"].answers + TASKS["parity"].answers))
+    _, _, _, answers = stream.next(len(stream.labels))  # all of epoch 0
+    assert set(answers.tolist()) <= shape_answers
+    _, _, _, answers = stream.next(len(stream.labels))  # epoch 1: every task
+    assert set(answers.tolist()) - shape_answers
 
 
 def test_loss_decreases(two_runs):

@@ -102,9 +102,10 @@ class TrainConfig:
     p_full_frame: float = 0.5
     p_grey: float = 0.4
     #: Curriculum: the first ``easy_epochs`` epochs draw only black/white digits of at
-    #: least DIGIT_SIZE px (half of them full frame). Without it the decoder learns the
-    #: colours and never starts reading the digit's shape within 1,400 steps.
-    easy_epochs: int = 12
+    #: least DIGIT_SIZE px (half of them full frame) and ask only the object and parity
+    #: questions. Without it the decoder learns the colours and never starts reading the
+    #: digit's shape within 1,400 steps.
+    easy_epochs: int = 14
     eos_loss: bool = True
     eval_every: int = 200
     model: TinyLlavaConfig = field(default_factory=default_model_config)
@@ -164,7 +165,13 @@ class _EpochStream:
         self.pixels = self.processor.image_processor(images=images, return_tensors="pt")[
             "pixel_values"
         ]
-        task_of = rng.choice(len(self.tasks), size=n, p=self.p_task)
+        p_task = self.p_task
+        if self.epoch < cfg.easy_epochs:
+            # Shape first: the colour questions are learned in a few epochs anyway.
+            p_task = np.asarray([t in ("object", "parity") for t in self.tasks], dtype=np.float64)
+            p_task = p_task * self.p_task
+            p_task = p_task / p_task.sum()
+        task_of = rng.choice(len(self.tasks), size=n, p=p_task)
         self.items = []
         for i in range(n):
             name = self.tasks[task_of[i]]
