@@ -227,10 +227,13 @@ def head_attribution(
             }
             if gradient:
                 y, result = gradient_attribution(
-                    engine, norm, flat_masks, batch_size or engine.auto_batch_size(backward=True),
+                    engine,
+                    norm,
+                    flat_masks,
+                    batch_size or engine.auto_batch_size(backward=True),
                     progress=progress,
                     desc=f"sample {sample_id}",
-                )  # fmt: skip
+                )
             else:
                 y, result = _collect_and_fit(
                     run,
