@@ -33,6 +33,16 @@ the call are as before (do not run the bridge concurrently with an engine call).
 Hooks attached to the bridge therefore do not fire in the engine's scope-"text" runs.
 Scope ``"all"`` changes the image tokens' own computation, so there is no prefix
 to share: it falls back to batched forward passes through the hook reference.
+
+Continuous gates (:meth:`AblationEngine.gate_gradients`). The per-head path also
+takes a float gate ``g`` in [0, 1] per (mask, layer, query head) instead of a
+bool: the row is scored with ``[q * g, q * (1 - g)] @ [K_clean; K_base]`` and reads
+``g * P @ V_clean + (1 - g) * P @ V_base``, i.e. the head sees, at the image
+positions only, ``K = g * K_clean + (1 - g) * K_base`` (post-rotary; rotation is
+linear, so the same as interpolating before it) and ``V = g * V_clean + (1 - g) *
+V_base``. At g in {0, 1} every term is the bool path's (``1 * x + 0 * y == x``).
+Autograd through the suffix run then gives the normalized logit's gradient with
+respect to all gates in one backward pass.
 """
 
 from __future__ import annotations
@@ -58,6 +68,7 @@ from tl_lvlm.ablation import (
     unpadded_image_span,
 )
 from tl_lvlm.inputs import LVLMInputs
+from tl_lvlm.normalization import LogitNormalization
 
 if TYPE_CHECKING:
     from tl_lvlm.model import HookedLVLM
@@ -68,6 +79,7 @@ ATTENTION_NAME = "tl_lvlm_image_ablation"
 STATE_KWARG = "tl_lvlm_ablation"
 
 Masks = Bool[Tensor, "n_masks n_layers n_heads"] | Bool[Tensor, "n_masks n_layers n_heads n_image"]
+Gates = Float[Tensor, "n_masks n_layers n_heads"]
 
 
 @dataclass
@@ -89,11 +101,15 @@ class SuffixState:
     """Passed as ``tl_lvlm_ablation=`` through the HF forward to :func:`image_ablation_attention`.
 
     ``keep`` is laid out for the attention function: ``[n_layers, n_kv_heads,
-    batch, group, 1, n_image or 1]`` (query head ``h = kv * group + g``).
+    batch, group, 1, n_image or 1]`` (query head ``h = kv * group + g``); bool masks,
+    or float gates in [0, 1] per head (last axis 1; module docstring).
     """
 
     prefix: SharedPrefix
-    keep: Bool[Tensor, "n_layers n_kv_heads batch group 1 n_image_or_1"]
+    keep: (
+        Bool[Tensor, "n_layers n_kv_heads batch group 1 n_image_or_1"]
+        | Float[Tensor, "n_layers n_kv_heads batch group 1 1"]
+    )
 
 
 def image_ablation_attention(
@@ -118,6 +134,8 @@ def image_ablation_attention(
     exactly one of the two key/value sets without a per-mask copy of either.
     Per-position masks score the image columns against both sets and pick per
     column; ablated columns add ``P[image] @ (V_base - V_clean)``.
+    Float per-head gates ``g`` score with ``[q * g, q * (1 - g)]`` and read
+    ``g * P @ V_clean + (1 - g) * P @ V_base`` (differentiable in ``g``).
 
     Returns ``(output [batch, suffix, n_heads, d_head], None)``.
     """
@@ -160,7 +178,10 @@ def image_ablation_attention(
     p_prefix = probs[..., :n_prefix].reshape(n_kv, n_rows, n_prefix)
     if per_head:
         out2 = torch.matmul(p_prefix, v2).view(n_kv, b, g, s, 2 * d)
-        out = torch.where(keep, out2[..., :d], out2[..., d:])
+        if keep.dtype == torch.bool:
+            out = torch.where(keep, out2[..., :d], out2[..., d:])
+        else:  # gates: P @ (g * V_clean + (1 - g) * V_base) at the image columns
+            out = kept * out2[..., :d] + (1 - kept) * out2[..., d:]
     else:
         out = torch.matmul(p_prefix, v2[..., :d]).view(n_kv, b, g, s, d)
         ablated = (probs[..., image] * ~keep).reshape(n_kv, n_rows, -1)
@@ -381,7 +402,98 @@ class AblationEngine:
             return logits[:, self.target].clone(), logits
         return logits[:, self.target].clone()
 
-    def auto_batch_size(self, max_batch: int | None = None) -> int:
+    @functools.cached_property
+    def normalization(self) -> LogitNormalization:
+        """Clean and all-ablated target logits (one run of the all-ablated mask, cached)."""
+        n_components = self.model.n_layers * self.model.n_heads
+
+        def logits(masks: np.ndarray) -> np.ndarray:
+            keep = torch.from_numpy(masks).reshape(-1, self.model.n_layers, self.model.n_heads)
+            return self.run(keep, 1, progress=False).double().numpy()
+
+        return LogitNormalization.measure(self.clean_logit, logits, n_components)
+
+    def check_gates(self, gates: Gates | np.ndarray) -> Gates:
+        """Validate gates ``[n, n_layers, n_heads]`` in [0, 1] (bool allowed); return fp32."""
+        if isinstance(gates, np.ndarray):
+            gates = torch.from_numpy(gates)
+        if not isinstance(gates, Tensor) or not (
+            gates.is_floating_point() or gates.dtype == torch.bool
+        ):
+            got = gates.dtype if isinstance(gates, Tensor) else type(gates).__name__
+            raise TypeError(f"gates must be a float (or bool) tensor or numpy array, got {got}")
+        want = (self.model.n_layers, self.model.n_heads)
+        if gates.ndim != 3 or tuple(gates.shape[1:]) != want or gates.shape[0] == 0:
+            raise ValueError(
+                f"gates must have shape [batch, n_layers={want[0]}, n_heads={want[1]}] (one gate "
+                f"per head; per-image-position gates are not supported), got {tuple(gates.shape)}"
+            )
+        gates = gates.float()
+        if not bool(((gates >= 0) & (gates <= 1)).all()):
+            raise ValueError("gates must lie in [0, 1] (1 = clean image K/V, 0 = baseline)")
+        return gates
+
+    def gate_gradients(
+        self,
+        gates: Gates | np.ndarray,
+        batch_size: int | None = None,
+        *,
+        normalization: LogitNormalization | None = None,
+        progress: bool | None = None,
+    ) -> tuple[Float[Tensor, " n_masks"], Float[Tensor, "n_masks n_layers n_heads"]]:
+        """Normalized target logit and its gradient with respect to continuous head gates.
+
+        Gate ``g`` of head (l, h) interpolates what that query head sees at the image
+        positions (scope ``"text"``: text queries only):
+        ``K = g * K_clean + (1 - g) * K_base`` (post-rotary) and
+        ``V = g * V_clean + (1 - g) * V_base``; g = 1 is clean, g = 0 the baseline, and
+        bool gates give exactly :meth:`run`'s masks. One forward and one backward pass
+        of the suffix per batch.
+
+        Args:
+            gates: ``[n_masks, n_layers, n_heads]`` in [0, 1] (float or bool).
+            batch_size: gate vectors per pass; None chooses one from free memory
+                (:meth:`auto_batch_size` with ``backward=True``).
+            normalization: clean and all-ablated logits defining
+                ``y = (logit - ablated) / (clean - ablated)``; None = :attr:`normalization`.
+            progress: tqdm progress bar, as in :meth:`run`.
+
+        Returns:
+            fp32 CPU ``y`` ``[n_masks]`` and ``dy/dgates`` ``[n_masks, n_layers, n_heads]``.
+
+        Raises:
+            ValueError: scope ``"all"`` (it has no shared-prefix suffix run to differentiate),
+                gates of the wrong shape or outside [0, 1].
+        """
+        if self.scope != "text":
+            raise ValueError(
+                "gate gradients need scope='text' (they differentiate the engine's shared-prefix "
+                f"suffix run); this engine has scope={self.scope!r}"
+            )
+        gates = self.check_gates(gates)
+        norm = normalization or self.normalization
+        n = gates.shape[0]
+        batch_size = batch_size or self.auto_batch_size(backward=True)
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        starts = range(0, n, batch_size)
+        disable = (len(starts) == 1 or None) if progress is None else not progress
+        ys, grads = [], []
+        swapped = hf_modules(self.model, ATTENTION_NAME)
+        with torch.enable_grad(), swapped, tqdm(total=n, unit="mask", disable=disable) as bar:
+            for start in starts:
+                g = gates[start : start + batch_size].to(self.device).requires_grad_()
+                logit = self._run_text(g)[:, self.target].float()
+                y = (logit - norm.ablated) / norm.gap
+                # Rows are independent, so d(sum y)/dg is each row's own gradient; autograd.grad
+                # leaves the parameters' .grad untouched.
+                (grad,) = torch.autograd.grad(y.sum(), g)
+                ys.append(y.detach().cpu())
+                grads.append(grad.float().cpu())
+                bar.update(g.shape[0])
+        return torch.cat(ys), torch.cat(grads)
+
+    def auto_batch_size(self, max_batch: int | None = None, *, backward: bool = False) -> int:
         """Masks per forward pass that fit in free memory, at most ``max_batch``.
 
         Budget: half the free accelerator memory on CUDA, a quarter of the
@@ -389,6 +501,8 @@ class AblationEngine:
         estimate of the activations one mask needs (:meth:`_bytes_per_mask`).
         ``max_batch`` defaults to 512 on CUDA and 32 on CPU, where larger batches
         are slower once a layer's attention scores no longer fit in cache.
+        ``backward=True`` sizes a batch of :meth:`gate_gradients`, which keeps every
+        layer's activations for the backward pass.
         """
         if self.device.type == "cuda":
             budget = torch.cuda.mem_get_info(self.device)[0] // 2
@@ -401,7 +515,8 @@ class AblationEngine:
             except ImportError:
                 budget = 2 * 2**30
             max_batch = max_batch or 32
-        return int(max(1, min(max_batch, budget // self._bytes_per_mask())))
+        per_mask = self._bytes_per_mask() * (self.model.n_layers + 1 if backward else 1)
+        return int(max(1, min(max_batch, budget // per_mask)))
 
     def _bytes_per_mask(self) -> int:
         """Rough upper estimate of the activation bytes one mask needs in a forward pass.

@@ -17,6 +17,8 @@ For each sample (image, question[, label]) the driver (:func:`head_attribution`)
    ``y = (logit(mask) - logit(all ablated)) / (logit(clean) - logit(all ablated))``;
 4. fits ElasticNet from masks to ``y`` (:func:`attribution.fit`): the coefficients
    are the heads' attributions, with held-out R² and Pearson ρ;
+   or, with ``method="gradient"``, averages the gradient of ``y`` with respect to
+   continuous image-K/V head gates over far fewer masks (``gradient``);
 5. optionally scores the baselines of :mod:`tl_lvlm.baselines` and measures
    faithfulness / completeness curves of every ranking (:mod:`tl_lvlm.evaluation`),
    each sample ranked by its own scores.
@@ -28,9 +30,9 @@ single-process result.
 
 One idea per module: ``labels`` (words to token ids), ``samples`` (input parsing),
 ``baseline`` (the baseline policy), ``config`` (checks, config, masks),
-``convergence`` (``n_masks="auto"``), ``store`` (the store directory), ``rankings``
-(per-sample baselines and curves), ``result`` (:class:`HeadAttributionResult` and its
-files), ``run`` (the driver).
+``convergence`` (``n_masks="auto"``), ``gradient`` (``method="gradient"``), ``store``
+(the store directory), ``rankings`` (per-sample baselines and curves), ``result``
+(:class:`HeadAttributionResult` and its files), ``run`` (the driver).
 """
 
 from tl_lvlm.head_attribution.baseline import MIN_MEAN_IMAGES, resolve_baseline

@@ -52,6 +52,43 @@ def check_args(
     check_scope(scope)
 
 
+METHODS = ("regression", "gradient")
+
+
+def check_method(model, method, n_gradient_masks, scope, store_dir) -> None:
+    """Refuse an unknown method, and what ``method="gradient"`` cannot do, before any run."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose from {METHODS}")
+    if method != "gradient":
+        return
+    if not isinstance(n_gradient_masks, (int, np.integer)) or n_gradient_masks < 1:
+        raise ValueError(
+            f"n_gradient_masks must be a positive integer (64-256 is typical), got "
+            f"{n_gradient_masks!r}"
+        )
+    if scope != "text":
+        raise ValueError(
+            "method='gradient' differentiates the engine's shared-prefix suffix run, which only "
+            f"scope='text' has; got scope={scope!r} (use method='regression' for scope='all')"
+        )
+    if store_dir is not None:
+        raise ValueError(
+            "store_dir keeps the regression's per-mask logits; method='gradient' stores "
+            "nothing to resume (pass store_dir=None)"
+        )
+    try:
+        model.family.require("engine")
+    except NotImplementedError as e:
+        raise NotImplementedError(
+            f"method='gradient' needs the ablation engine: {e}; use method='regression' with "
+            "scope='all'"
+        ) from e
+
+
+def n_masks_config(n_masks: int | str) -> int | str:
+    return n_masks if isinstance(n_masks, str) else int(n_masks)
+
+
 def n_drawn(config: dict[str, Any]) -> int:
     """Masks the run draws: ``n_masks``, or the most an ``"auto"`` run may use."""
     return AUTO_MAX_MASKS if config["n_masks"] == "auto" else int(config["n_masks"])

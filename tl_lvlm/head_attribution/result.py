@@ -83,7 +83,8 @@ class HeadAttributionResult:
     Attributes:
         sample_ids: int64 ``[n_kept]`` indices of the kept samples in the input.
         fits: one :class:`attribution.FitResult` per kept sample (``coef`` flat over
-            heads, index ``layer * n_heads + head``).
+            heads, index ``layer * n_heads + head``; with ``method="gradient"`` the mean
+            gate gradients, see :mod:`tl_lvlm.head_attribution.gradient`).
         answers: int64 ``[n_kept]`` token id of the model's greedy answer.
         labels: int64 ``[n_kept]`` token id of the expected answer (-1 = no label).
         targets: int64 ``[n_kept]`` token id whose logit was attributed.
@@ -133,6 +134,17 @@ class HeadAttributionResult:
         return (
             np.stack([f.coef for f in self.fits]).reshape(shape) if self.fits else np.zeros(shape)
         )
+
+    @property
+    def passes_used(self) -> Int[np.ndarray, " n_kept"]:
+        """Suffix passes each kept sample's attribution used, a backward pass counted as one.
+
+        ``n_masks_used * passes_per_mask + 1``: one forward per mask for the regression,
+        a forward and a backward for ``method="gradient"``, and the all-ablated forward of
+        the normalization. The clean run, the prefix and the evaluation curves cost the
+        same for both methods and are not counted.
+        """
+        return self.n_masks_used * int(self.config.get("passes_per_mask", 1)) + 1
 
     @property
     def r2(self) -> Float[np.ndarray, " n_kept"]:

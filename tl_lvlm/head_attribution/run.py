@@ -26,10 +26,13 @@ from tl_lvlm.head_attribution.config import (
     RESULTS_KIND,
     STORE_KEYS,
     check_args,
+    check_method,
     n_drawn,
+    n_masks_config,
     run_masks,
 )
 from tl_lvlm.head_attribution.convergence import auto_rounds, converged
+from tl_lvlm.head_attribution.gradient import PASSES_PER_MASK, gradient_attribution
 from tl_lvlm.head_attribution.labels import Answer, answer_token_id
 from tl_lvlm.head_attribution.rankings import HEAD_ATTRIBUTION, evaluate_sample, sample_seed
 from tl_lvlm.head_attribution.result import ExcludedSample, HeadAttributionResult, _no_label
@@ -64,6 +67,8 @@ def head_attribution(
     ks: ArrayLike | None = None,
     progress: bool = True,
     on_sample_done: Callable[[int, int], None] | None = None,
+    method: Literal["regression", "gradient"] = "regression",
+    n_gradient_masks: int = 128,
 ) -> HeadAttributionResult:
     """Attribute each sample's target logit to the attention heads reading the image.
 
@@ -110,17 +115,31 @@ def head_attribution(
         progress: show progress bars.
         on_sample_done: called as ``on_sample_done(n_done, n_total)`` after each of this
             shard's samples is finished (kept or excluded).
+        method: ``"regression"`` (ElasticNet over ``n_masks`` masks, the paper's method) or
+            ``"gradient"``: each head's coefficient is the gradient of ``y`` with respect to
+            a continuous image-K/V gate of that head, averaged over ``n_gradient_masks``
+            random masks (:mod:`tl_lvlm.head_attribution.gradient`; scope ``"text"`` only,
+            no ``store_dir``; ``n_masks``, ``alpha``, ``l1_ratio`` and ``holdout`` are
+            unused, and the config records ``n_masks = n_gradient_masks``, ``holdout = 0``).
+            ``config["passes_per_mask"]`` and :attr:`HeadAttributionResult.passes_used`
+            count the passes (a backward pass counts as one).
+        n_gradient_masks: masks whose gradients ``method="gradient"`` averages (64-256
+            is typical); the first masks of the regression's sequence for ``seed``.
 
     Raises:
         TypeError: samples that are neither (image, question[, label]) tuples nor
             LVLMInputs; a label/target that is neither an int nor a string.
         ValueError: an argument out of range, a label that is not one token, a store of
-            another configuration (each named in the message).
+            another configuration, ``method="gradient"`` with scope ``"all"`` or a
+            ``store_dir`` (each named in the message).
+        NotImplementedError: ``method="gradient"`` on a family that refuses the engine.
     """
     n_components = model.n_layers * model.n_heads
     check_args(
         n_masks, n_components, p_ablate, holdout, min_logit_gap, batch_size, baselines, scope
     )
+    check_method(model, method, n_gradient_masks, scope, store_dir)
+    gradient = method == "gradient"
     prepared = Samples.parse(model, samples, labels)
     # Resolved up front, so that a bad label or target fails before any model run.
     template = prepared.template
@@ -150,7 +169,9 @@ def head_attribution(
         "n_layers": model.n_layers,
         "n_heads": model.n_heads,
         "n_samples": len(prepared),
-        "n_masks": n_masks if isinstance(n_masks, str) else int(n_masks),
+        "method": method,
+        "passes_per_mask": PASSES_PER_MASK[method],
+        "n_masks": int(n_gradient_masks) if gradient else n_masks_config(n_masks),
         "p_ablate": float(p_ablate),
         "baseline": baseline_id,
         "scope": scope,
@@ -158,7 +179,7 @@ def head_attribution(
         "min_logit_gap": float(min_logit_gap),
         "alpha": float(alpha),
         "l1_ratio": float(l1_ratio),
-        "holdout": float(holdout),
+        "holdout": 0.0 if gradient else float(holdout),
         "seed": int(seed),
         "evaluated": bool(evaluate),
         "rankings": [HEAD_ATTRIBUTION, *baselines] if evaluate else [],
@@ -204,16 +225,26 @@ def head_attribution(
                 "target": engine.target,
                 "inputs_sha256": tensor_sha256(inputs.input_ids, inputs.pixel_values),
             }
-            y, result = _collect_and_fit(
-                run,
-                flat_masks,
-                rounds,
-                None if store_dir is None else sample_store(store_dir, sample_id),
-                meta,
-                dict(alpha=alpha, l1_ratio=l1_ratio, holdout=holdout, seed=seed),
-                progress=progress,
-                desc=f"sample {sample_id}",
-            )
+            if gradient:
+                y, result = gradient_attribution(
+                    engine,
+                    norm,
+                    flat_masks,
+                    batch_size or engine.auto_batch_size(backward=True),
+                    progress=progress,
+                    desc=f"sample {sample_id}",
+                )
+            else:
+                y, result = _collect_and_fit(
+                    run,
+                    flat_masks,
+                    rounds,
+                    None if store_dir is None else sample_store(store_dir, sample_id),
+                    meta,
+                    dict(alpha=alpha, l1_ratio=l1_ratio, holdout=holdout, seed=seed),
+                    progress=progress,
+                    desc=f"sample {sample_id}",
+                )
             sample_scores = {}
             if evaluate:
                 # Evaluated now, while the engine exists: engines hold the prefix K/V cache,
