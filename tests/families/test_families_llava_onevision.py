@@ -9,8 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-from tiny_families import family_model, family_path
+from tiny_families import family_model, family_path, sized_images
 
 from tl_lvlm.families import PatchGeometry
 from tl_lvlm.families.processors import torchvision_available
@@ -30,11 +29,6 @@ def model():
     return family_model("llava_onevision")
 
 
-def _images(*shapes: tuple[int, int], seed: int = 0) -> list[Image.Image]:
-    rng = np.random.default_rng(seed)
-    return [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for h, w in shapes]
-
-
 # Worked by hand from the anyres rule: a 28 x 28 image fits the 28 x 28 pinpoint, one tile
 # of 4 x 4 features + 4 newlines; a 28 x 40 image fits 28 x 56 (two tiles side by side, a
 # 4 x 8 grid), unpadded to the image's aspect: 40 * 4 / 28 -> 5 columns, the padding of
@@ -49,7 +43,7 @@ def test_processor_without_torchvision_is_its_image_processor_and_tokenizer(mode
     assert type(processor.image_processor).__name__ == "LlavaOnevisionImageProcessorPil"
     assert not hasattr(processor, "video_processor")
     assert processor.num_image_tokens == SIDE**2  # processor_config.json's settings kept
-    images = _images(*TILE_GRIDS)
+    images = sized_images(*TILE_GRIDS)
     texts = [model.template.replace("{question}", q) for q in QUESTIONS]
     enc = processor(images=images, text=texts, return_tensors="pt", padding=True)
     pixels = processor.image_processor(images=images, return_tensors="pt")
@@ -67,7 +61,7 @@ def test_processor_without_torchvision_is_its_image_processor_and_tokenizer(mode
 def test_image_group_is_base_image_then_tiles_with_newlines(model):
     """The image group spans every ``<image>`` token: the base image's features, then the
     tiles' rows each followed by the model's ``image_newline`` embedding."""
-    inputs = model.prepare(_images(*TILE_GRIDS), QUESTIONS)
+    inputs = model.prepare(sized_images(*TILE_GRIDS), QUESTIONS)
     newline = model.hf_model.model.image_newline.detach()
     _, cache = model.run_with_cache(inputs, names_filter="blocks.0.hook_in")
     embeds = cache["blocks.0.hook_in"]
@@ -87,7 +81,7 @@ def test_image_group_is_base_image_then_tiles_with_newlines(model):
 def test_image_token_map_is_the_base_image_grid(model):
     """The map is the base image's 4 x 4 grid over the whole (stretched) image; the tiles'
     and newlines' tokens are ablated too but left out of the map."""
-    sample = model.prepare(_images((28, 40), seed=3), QUESTIONS[1])
+    sample = model.prepare(sized_images((28, 40), seed=3), QUESTIONS[1])
     with torch.no_grad():
         target = int(model.final_logits(sample).argmax())
     result = image_token_attribution(

@@ -10,8 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-from tiny_families import family_model, family_path
+from tiny_families import family_model, family_path, sized_images
 from transformers import Qwen2_5_VLForConditionalGeneration
 
 from tl_lvlm.ablation import image_kv_ablation_hooks, image_kv_baseline
@@ -34,11 +33,6 @@ def model():
     return family_model("qwen2_5_vl")
 
 
-def _images(*shapes: tuple[int, int], seed: int = 0) -> list[Image.Image]:
-    rng = np.random.default_rng(seed)
-    return [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for h, w in shapes]
-
-
 def _texts(model, questions):
     return [
         model.template.replace("{question}", q).replace("<image>", model.family.image_prompt)
@@ -52,7 +46,7 @@ def test_processor_without_torchvision_is_its_image_processor_and_tokenizer(mode
     processor = model.processor
     assert type(processor.image_processor).__name__ == "Qwen2VLImageProcessorPil"
     assert not hasattr(processor, "video_processor")
-    images, texts = _images((28, 28), (28, 40)), _texts(model, QUESTIONS)
+    images, texts = sized_images((28, 28), (28, 40)), _texts(model, QUESTIONS)
     enc = processor(images=images, text=texts, return_tensors="pt", padding=True)
     pixels = processor.image_processor(images=images, return_tensors="pt")
     assert torch.equal(enc["pixel_values"], pixels["pixel_values"])
@@ -72,7 +66,7 @@ def test_processor_without_torchvision_is_its_image_processor_and_tokenizer(mode
 def test_logits_match_hugging_face_with_its_own_positions(model):
     """Rows with differently sized images (grids 4 x 4 and 4 x 5): HF gets only the processor's
     outputs and computes M-RoPE positions itself; the rows' patches are packed per row."""
-    images = _images((28, 28), (28, 40), seed=1)
+    images = sized_images((28, 28), (28, 40), seed=1)
     inputs = model.prepare(images, QUESTIONS)
     assert inputs.extra["image_grid_thw"].tolist() == [[1, 8, 8], [1, 8, 10]]
     assert inputs.attention_mask[:, 0].tolist() != [1, 1], "the batch should need padding"
@@ -93,7 +87,7 @@ def test_logits_match_hugging_face_with_its_own_positions(model):
 def test_suffix_positions_continue_after_the_image_with_the_rope_delta(model):
     """M-RoPE by its definition: text counts up; the image's tokens take (start, start + row,
     start + col); the text after it resumes at start + max(rows, cols), i.e. HF's rope delta."""
-    inputs = model.prepare(_images((28, 40), (28, 28)), QUESTIONS)
+    inputs = model.prepare(sized_images((28, 40), (28, 28)), QUESTIONS)
     positions = model.family.position_ids(inputs)
     for r in range(2):
         pad = inputs.padding(r)
@@ -173,7 +167,7 @@ def test_score_edits_are_discarded_so_the_reference_recomputes_attention(model):
 def test_own_keys_as_baseline_reproduce_the_clean_run(model, scope):
     """Every head ablated with the sample's own K/V changes nothing: the baseline keys are
     rotated to the image tokens' 3-D positions, in the reference and in the engine."""
-    sample = model.prepare(_images((28, 40)), QUESTIONS[1])
+    sample = model.prepare(sized_images((28, 40)), QUESTIONS[1])
     baseline = image_kv_baseline(model, sample)
     keep = torch.zeros(1, model.n_layers, model.n_heads, dtype=torch.bool)
     with torch.no_grad():
@@ -187,7 +181,7 @@ def test_own_keys_as_baseline_reproduce_the_clean_run(model, scope):
 
 
 def test_patch_geometry_is_the_merged_grid_of_the_resized_image(model):
-    sample = model.prepare(_images((28, 40)), QUESTIONS[0])
+    sample = model.prepare(sized_images((28, 40)), QUESTIONS[0])
     geometry = model.family.patch_geometry(model.processor, sample)
     # 28 x 40 resized (aspect kept) to multiples of 8: 32 x 40, i.e. 8 x 10 patches of 4.
     side = QWEN_PATCH * QWEN_MERGE
@@ -197,7 +191,7 @@ def test_patch_geometry_is_the_merged_grid_of_the_resized_image(model):
 
 
 def test_image_token_attribution_maps_the_merged_grid(model):
-    sample = model.prepare(_images((28, 40), seed=3), QUESTIONS[1])
+    sample = model.prepare(sized_images((28, 40), seed=3), QUESTIONS[1])
     with torch.no_grad():
         target = int(model.final_logits(sample).argmax())
     result = image_token_attribution(

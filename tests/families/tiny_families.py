@@ -13,7 +13,9 @@ import functools
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 
 from tl_lvlm import HookedLVLM
 from tl_lvlm.testing_families import BUILDERS, save_tiny_family
@@ -36,3 +38,9 @@ def family_model(family: str) -> HookedLVLM:
     """``family``'s tiny checkpoint loaded with ``HookedLVLM.from_pretrained``."""
     torch.manual_seed(0)
     return HookedLVLM.from_pretrained(family_path(family), device="cpu")
+
+
+def sized_images(*shapes: tuple[int, int], seed: int = 0) -> list[Image.Image]:
+    """Random RGB images of the given ``(height, width)`` shapes (deterministic)."""
+    rng = np.random.default_rng(seed)
+    return [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for h, w in shapes]
