@@ -56,6 +56,15 @@ BASELINE_KINDS = ("mean", "zero")
 HookList = list[tuple[str, Callable]]
 
 
+def record_into(seen: dict[str, Tensor], key: str) -> Callable:
+    """A read-only hook that keeps the tensor it sees as ``seen[key]`` (for a later hook)."""
+
+    def hook(t: Tensor, hook) -> None:
+        seen[key] = t
+
+    return hook
+
+
 @dataclass(frozen=True)
 class ImageKVBaseline:
     """Baseline keys and values at the image positions, per layer and KV head.
@@ -414,19 +423,13 @@ class _LayerAblation:
     def hooks(self) -> HookList:
         prefix = f"blocks.{self.layer}.attn"
 
-        def keep_as(key: str) -> Callable:
-            def hook(t: Tensor, hook) -> None:
-                self.seen[key] = t
-
-            return hook
-
         return [
-            (f"{prefix}.hook_v", keep_as("v")),
-            (f"{prefix}.hook_cos", keep_as("cos")),
-            (f"{prefix}.hook_sin", keep_as("sin")),
-            (f"{prefix}.hook_rot_q", keep_as("q")),
+            (f"{prefix}.hook_v", record_into(self.seen, "v")),
+            (f"{prefix}.hook_cos", record_into(self.seen, "cos")),
+            (f"{prefix}.hook_sin", record_into(self.seen, "sin")),
+            (f"{prefix}.hook_rot_q", record_into(self.seen, "q")),
             (f"{prefix}.hook_attn_scores", self.edit_scores),
-            (f"{prefix}.hook_pattern", keep_as("pattern")),
+            (f"{prefix}.hook_pattern", record_into(self.seen, "pattern")),
             (f"{prefix}.hook_z", self.edit_z),
         ]
 

@@ -29,13 +29,13 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from tl_lvlm.ablation import HookList, record_into
+
 if TYPE_CHECKING:
     from tl_lvlm.ablation import ImageKVBaseline
     from tl_lvlm.flow import Knockout
     from tl_lvlm.inputs import LVLMInputs
     from tl_lvlm.model import HookedLVLM
-
-HookList = list[tuple[str, Callable]]
 
 
 def _rotations(model: HookedLVLM, inputs: LVLMInputs) -> list[tuple[Tensor, Tensor]]:
@@ -71,16 +71,10 @@ class _Recompute:
     def hooks(self) -> HookList:
         prefix = f"blocks.{self.layer}.attn"
 
-        def keep_as(key: str) -> Callable:
-            def hook(t: Tensor, hook) -> None:
-                self.seen[key] = t
-
-            return hook
-
         return [
-            (f"{prefix}.hook_q", keep_as("q")),
-            (f"{prefix}.hook_k", keep_as("k")),
-            (f"{prefix}.hook_v", keep_as("v")),
+            (f"{prefix}.hook_q", record_into(self.seen, "q")),
+            (f"{prefix}.hook_k", record_into(self.seen, "k")),
+            (f"{prefix}.hook_v", record_into(self.seen, "v")),
             (f"{prefix}.hook_z", self.edit_z),
         ]
 
