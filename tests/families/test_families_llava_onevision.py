@@ -9,11 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from tiny_families import family_model, family_path, sized_images
+from tiny_families import family_model, family_path, greedy_image_attribution, sized_images
 
 from tl_lvlm.families import PatchGeometry
 from tl_lvlm.families.processors import torchvision_available
-from tl_lvlm.image_attribution import image_token_attribution
 from tl_lvlm.testing_families import OV_PATCH, OV_TILE
 
 QUESTIONS = [
@@ -82,17 +81,7 @@ def test_image_token_map_is_the_base_image_grid(model):
     """The map is the base image's 4 x 4 grid over the whole (stretched) image; the tiles'
     and newlines' tokens are ablated too but left out of the map."""
     sample = model.prepare(sized_images((28, 40), seed=3), QUESTIONS[1])
-    with torch.no_grad():
-        target = int(model.final_logits(sample).argmax())
-    result = image_token_attribution(
-        model,
-        sample,
-        baseline="zero",
-        target=target,
-        n_masks=80,
-        min_logit_gap=-1e9,
-        progress=False,
-    )
+    result = greedy_image_attribution(model, sample, n_masks=80)
     n_image = sample.positions("image", 0).numel()
     assert n_image == SIDE**2 + 4 * (6 + 1)
     assert result.geometry == PatchGeometry(SIDE, SIDE, "stretch", tokens=tuple(range(SIDE**2)))

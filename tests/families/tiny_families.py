@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 
 from tl_lvlm import HookedLVLM
+from tl_lvlm.image_attribution import image_token_attribution
 from tl_lvlm.testing_families import BUILDERS, save_tiny_family
 
 #: Families with a tiny builder: every supported family (the contract test checks it).
@@ -44,3 +45,14 @@ def sized_images(*shapes: tuple[int, int], seed: int = 0) -> list[Image.Image]:
     """Random RGB images of the given ``(height, width)`` shapes (deterministic)."""
     rng = np.random.default_rng(seed)
     return [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for h, w in shapes]
+
+
+def greedy_image_attribution(model: HookedLVLM, sample, *, n_masks: int):
+    """Image-token attribution of the greedy answer with the zero baseline, no gap filter
+    (random tiny models have small gaps; these tests check maps and geometry, not fits)."""
+    with torch.no_grad():
+        target = int(model.final_logits(sample).argmax())
+    return image_token_attribution(
+        model, sample, baseline="zero", target=target, n_masks=n_masks,
+        min_logit_gap=-1e9, progress=False,
+    )  # fmt: skip
