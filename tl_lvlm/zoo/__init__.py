@@ -1,12 +1,14 @@
 """Small LVLMs trained here and shipped with the package, for offline demos and checks.
 
-``tl-lvlm/tiny-digits``: a complete LLaVA (CLIP vision tower, two-layer projector,
-Llama decoder, byte-level BPE tokenizer, ``LlavaProcessor``) trained from scratch
-on scikit-learn's handwritten digits to answer
-``USER: <image>\\nWhat is the main object in this image? Answer in a single word.
-ASSISTANT:`` with the digit's word (`` seven``). See ``checkpoints/tiny-digits/
-training.json`` for its configuration, training run and accuracies per style, and
-:mod:`tl_lvlm.zoo.train_digits` to retrain it.
+``tl-lvlm/tiny-digits`` (version 2): a complete LLaVA (CLIP vision tower, two-layer
+projector, 12-layer Llama decoder, byte-level BPE tokenizer, ``LlavaProcessor``)
+trained from scratch on scikit-learn's handwritten digits, drawn at any size,
+position and colour (:mod:`tl_lvlm.zoo.digits`), to answer four questions in one
+token each (:mod:`tl_lvlm.zoo.questions`): the digit (`` seven``), the ink colour,
+the background colour, even or odd. ``checkpoints/tiny-digits/README.md`` is its
+model card, ``training.json`` its configuration, training run and accuracies;
+:mod:`tl_lvlm.zoo.train_digits` retrains it, :mod:`tl_lvlm.zoo.evaluate_digits`
+measures it.
 
 Model loaders call :func:`resolve` so that a zoo name works wherever a hub name or
 a local path does::
@@ -28,8 +30,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tl_lvlm.templates import LLAVA_15_TEMPLATE
 from tl_lvlm.tiny_llava import DIGIT_WORDS
+from tl_lvlm.zoo.questions import OBJECT_QUESTION, answer_token_ids, prompt
 
 CHECKPOINT_DIR = Path(__file__).resolve().parent / "checkpoints"
 
@@ -38,8 +40,8 @@ ZOO: dict[str, str] = {
     "tl-lvlm/tiny-digits": str(CHECKPOINT_DIR / "tiny-digits"),
 }
 
-#: The question the digits model was trained on (LLaVA-1.5 chat format).
-DIGITS_QUESTION = "What is the main object in this image? Answer in a single word."
+#: The main-object question of the digits model (see :mod:`tl_lvlm.zoo.questions`).
+DIGITS_QUESTION = OBJECT_QUESTION
 
 
 def resolve(name_or_path: str | os.PathLike) -> str:
@@ -58,18 +60,12 @@ def resolve(name_or_path: str | os.PathLike) -> str:
 
 def digits_prompt(question: str = DIGITS_QUESTION) -> str:
     """The LLaVA-1.5 prompt the digits model answers."""
-    return LLAVA_15_TEMPLATE.format(question=question)
+    return prompt(question)
 
 
 def digit_token_ids(tokenizer) -> list[int]:
     """Token id of `` zero`` .. `` nine``; raises if a word is not a single token."""
-    ids = []
-    for word in DIGIT_WORDS:
-        toks = tokenizer.encode(" " + word, add_special_tokens=False)
-        if len(toks) != 1:
-            raise ValueError(f"' {word}' is not a single token: {toks}")
-        ids.append(toks[0])
-    return ids
+    return answer_token_ids(tokenizer, DIGIT_WORDS)
 
 
 @torch.no_grad()
@@ -77,26 +73,35 @@ def predict_first_tokens(
     hf_model,
     processor,
     images: Sequence,
-    question: str = DIGITS_QUESTION,
+    question: str | Sequence[str] = DIGITS_QUESTION,
     batch_size: int = 64,
 ) -> np.ndarray:
-    """Greedy first answer token (argmax at the final prompt position) per image."""
-    prompt = digits_prompt(question)
+    """Greedy first answer token (argmax at the final prompt position) per image.
+
+    ``question`` is one question for all images or one per image; images sharing a
+    question are batched together, so no row is padded.
+    """
+    questions = [question] * len(images) if isinstance(question, str) else list(question)
+    if len(questions) != len(images):
+        raise ValueError(f"{len(images)} images but {len(questions)} questions")
     was_training = hf_model.training
     hf_model.eval()
-    out = []
+    out = np.zeros(len(images), dtype=np.int64)
     try:
-        for start in range(0, len(images), batch_size):
-            batch = list(images[start : start + batch_size])
-            enc = processor(images=batch, text=[prompt] * len(batch), return_tensors="pt")
-            enc = {k: v.to(hf_model.device) for k, v in enc.items()}
-            if "pixel_values" in enc:
+        for q in dict.fromkeys(questions):
+            rows = [i for i, qi in enumerate(questions) if qi == q]
+            text = digits_prompt(q)
+            for start in range(0, len(rows), batch_size):
+                sel = rows[start : start + batch_size]
+                batch = [images[i] for i in sel]
+                enc = processor(images=batch, text=[text] * len(batch), return_tensors="pt")
+                enc = {k: v.to(hf_model.device) for k, v in enc.items()}
                 enc["pixel_values"] = enc["pixel_values"].to(hf_model.dtype)
-            logits = hf_model(**enc, logits_to_keep=1).logits[:, -1]
-            out.append(logits.argmax(-1).cpu().numpy())
+                logits = hf_model(**enc, logits_to_keep=1).logits[:, -1]
+                out[sel] = logits.argmax(-1).cpu().numpy()
     finally:
         hf_model.train(was_training)
-    return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
+    return out
 
 
 def evaluate_accuracy(
@@ -113,19 +118,39 @@ def evaluate_accuracy(
     final prompt position, compared with the token of `` zero`` .. `` nine``.
     """
     labels = np.asarray(labels)
+    word_ids = np.asarray(digit_token_ids(processor.tokenizer))
     if len(images) != len(labels):
         raise ValueError(f"{len(images)} images but {len(labels)} labels")
-    if len(labels) == 0:
+    return answer_accuracy(hf_model, processor, images, [question], word_ids[labels], batch_size)
+
+
+def answer_accuracy(
+    hf_model,
+    processor,
+    images: Sequence,
+    questions: Sequence[str],
+    answer_ids: Sequence[int] | np.ndarray,
+    batch_size: int = 64,
+) -> float:
+    """Fraction of images whose greedy first answer token is ``answer_ids[i]``.
+
+    ``questions``: one question for all images, or one per image.
+    """
+    answer_ids = np.asarray(answer_ids)
+    if len(images) != len(answer_ids):
+        raise ValueError(f"{len(images)} images but {len(answer_ids)} answers")
+    if len(images) == 0:
         raise ValueError("no images to evaluate")
-    word_ids = np.asarray(digit_token_ids(processor.tokenizer))
+    question = questions[0] if len(questions) == 1 else list(questions)
     pred = predict_first_tokens(hf_model, processor, images, question, batch_size)
-    return float(np.mean(pred == word_ids[labels]))
+    return float(np.mean(pred == answer_ids))
 
 
 __all__ = [
     "CHECKPOINT_DIR",
     "DIGITS_QUESTION",
     "ZOO",
+    "answer_accuracy",
     "digit_token_ids",
     "digits_prompt",
     "evaluate_accuracy",
