@@ -1,8 +1,9 @@
 """``method="gradient"`` against the regression, per sample, on the bundled model.
 
-For each of ``--n-samples`` held-out digits (the first test image of each digit 0, 1, ...)
-it runs head attribution on ``tl-lvlm/tiny-digits`` with one baseline (the mean image K/V
-of 128 training digits) and the same masks' seed, by:
+For each of ``--n-samples`` held-out digits (the first test image of each digit 0, 1, ...,
+drawn in ``--style``, default ``coloured``) it runs head attribution on
+``tl-lvlm/tiny-digits`` with one baseline (the mean image K/V of 128 training digits in
+the same style) and the same masks' seed, by:
 
 - the regression on 10,000 masks (the paper's count; the reference);
 - the regression on as many masks as ``gradient-128`` uses passes (257), to tell the
@@ -39,7 +40,7 @@ from tl_lvlm.engine import AblationEngine
 from tl_lvlm.evaluation import Evaluation, evaluate_rankings
 from tl_lvlm.head_attribution import HEAD_ATTRIBUTION, resolve_baseline
 from tl_lvlm.zoo import DIGITS_QUESTION, digit_token_ids, resolve
-from tl_lvlm.zoo.digits import load_digit_images
+from tl_lvlm.zoo.digits import STYLES, load_digit_images
 
 MODEL = "tl-lvlm/tiny-digits"
 REFERENCE = "regression-10000"
@@ -100,6 +101,9 @@ class _UniformGradient:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n-samples", type=int, default=6)
+    parser.add_argument(
+        "--style", default="coloured", choices=STYLES, help="rendering of samples and baseline"
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
@@ -109,11 +113,11 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     model = HookedLVLM.from_pretrained(MODEL, device="cpu")
     weights = (Path(resolve(MODEL)) / "model.safetensors").read_bytes()
-    images, labels = load_digit_images(split="test", style="original", seed=args.seed)
+    images, labels = load_digit_images(split="test", style=args.style, seed=args.seed)
     first = [int(np.flatnonzero(labels == d)[0]) for d in range(args.n_samples)]
     label_ids = [digit_token_ids(model.tokenizer)[labels[i]] for i in first]
     samples = [(images[i], DIGITS_QUESTION, t) for i, t in zip(first, label_ids, strict=True)]
-    reference = load_digit_images(split="train", style="original", seed=args.seed)[0][:128]
+    reference = load_digit_images(split="train", style=args.style, seed=args.seed)[0][:128]
     settings = dict(reference=reference, seed=args.seed, batch_size=32, baselines=())
 
     runs, seconds = {}, {}
@@ -168,6 +172,7 @@ def main() -> None:
         "model": MODEL,
         "model_sha256": hashlib.sha256(weights).hexdigest(),
         "threads": args.threads,
+        "style": args.style,
         "n_samples": len(rows),
         "n_excluded": len(ref.excluded),
         "summary": summary,

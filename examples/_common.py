@@ -16,7 +16,7 @@ import math
 import platform
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +27,14 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from tl_lvlm import HookedLVLM, answer_token_id
-from tl_lvlm.testing import DIGIT_WORDS
-from tl_lvlm.zoo import DIGITS_QUESTION, resolve
-from tl_lvlm.zoo.digits import digit_arrays, load_digit_images
+from tl_lvlm.zoo import resolve
+from tl_lvlm.zoo.digits import Appearance, digit_arrays, load_digit_images, load_digit_set
+from tl_lvlm.zoo.questions import TASKS
 
 EXAMPLES_DIR = Path(__file__).resolve().parent
 DEFAULT_MODEL = "tl-lvlm/tiny-digits"
+#: Rendering of the samples: random size, position and colours, the training distribution.
+DEFAULT_STYLE = "coloured"
 #: Figures are for reading in a README, not for print: small files.
 FIGURE_DPI = 100
 
@@ -109,31 +111,48 @@ def checkpoint_info(args: argparse.Namespace) -> dict[str, Any]:
 
 @dataclass
 class DigitSamples:
-    """Held-out digits in one style, with what the attribution functions take.
+    """Held-out digits in one style, asked one task's question.
 
     Attributes:
-        images: 32x32 RGB images.
+        images: 24x24 RGB images.
         labels: ``[n]`` digits 0..9.
         positions: ``[n]`` positions in the split (the same digit scans in every style).
         style: the rendering style.
+        appearances: how each digit is drawn (size, position, ink, background).
+        task: the question asked (a name of :data:`tl_lvlm.zoo.questions.TASKS`).
     """
 
     images: list[Image.Image]
     labels: np.ndarray
     positions: np.ndarray
     style: str
+    appearances: list[Appearance]
+    task: str = "object"
 
     def __len__(self) -> int:
         return len(self.images)
 
     @property
+    def question(self) -> str:
+        """The task's canonical question."""
+        return TASKS[self.task].question
+
+    @property
     def words(self) -> list[str]:
-        """The expected answer of each sample (``"seven"``)."""
-        return [DIGIT_WORDS[d] for d in self.labels]
+        """The expected answer of each sample (``"seven"``, ``"red"``, ``"odd"``)."""
+        answer = TASKS[self.task].answer
+        return [
+            answer(int(d), a.ink, a.background)
+            for d, a in zip(self.labels, self.appearances, strict=True)
+        ]
+
+    def asking(self, task: str) -> DigitSamples:
+        """The same images asked another task's question."""
+        return replace(self, task=task)
 
     def attribution_samples(self) -> list[tuple[Image.Image, str, str]]:
         """``(image, question, label)`` tuples for :func:`tl_lvlm.head_attribution`."""
-        return [(im, DIGITS_QUESTION, w) for im, w in zip(self.images, self.words, strict=True)]
+        return [(im, self.question, w) for im, w in zip(self.images, self.words, strict=True)]
 
     def target_ids(self, model: HookedLVLM) -> list[int]:
         """Token id of each sample's expected answer (`` seven``)."""
@@ -157,11 +176,22 @@ def choose_positions(n_per_digit: int, seed: int, split: str = "test") -> np.nda
 
 
 def digit_samples(
-    positions: np.ndarray, style: str = "original", seed: int = 0, split: str = "test"
+    positions: np.ndarray,
+    style: str = DEFAULT_STYLE,
+    seed: int = 0,
+    split: str = "test",
+    task: str = "object",
 ) -> DigitSamples:
-    """The digits at ``positions`` of ``split`` rendered in ``style``."""
-    images, labels = load_digit_images(split=split, style=style, seed=seed)
-    return DigitSamples([images[i] for i in positions], labels[positions], positions, style)
+    """The digits at ``positions`` of ``split`` rendered in ``style``, asked ``task``."""
+    d = load_digit_set(split=split, style=style, seed=seed)
+    return DigitSamples(
+        [d.images[i] for i in positions],
+        d.labels[positions],
+        positions,
+        style,
+        [d.appearances[i] for i in positions],
+        task,
+    )
 
 
 def reference_images(styles: Sequence[str], n_per_style: int, seed: int) -> list[Image.Image]:

@@ -1,9 +1,10 @@
 """Head attribution on held-out digits: fit quality, heads needed against baselines, layers.
 
 The paper's main analysis on the bundled model: for ``--n-per-digit`` held-out test digits
-of every class (original style), ``--n-masks`` random ablations of the heads' image
-keys/values (each head ablated with probability 0.75, mean baseline over training images),
-an ElasticNet fit from masks to the normalized answer logit, and
+of every class (``--style``, default ``coloured``: random size, position and colours),
+``--n-masks`` random ablations of the heads' image keys/values (each head ablated with
+probability 0.75, mean baseline over training images), an ElasticNet fit from masks to
+the normalized answer logit, and
 
 - the distribution of the per-sample held-out R² and Pearson rho (``fit_quality.png``);
 - faithfulness / completeness curves and the heads needed for F > 0.8 and C < 0.2 of head
@@ -27,6 +28,7 @@ from typing import Any
 
 import numpy as np
 from _common import (
+    DEFAULT_STYLE,
     DigitSamples,
     Stopwatch,
     choose_positions,
@@ -46,7 +48,7 @@ from attribution import components_needed, plot_curves, plot_heatmap, rank_by
 from tl_lvlm import HeadAttributionResult, HookedLVLM, head_attribution, image_kv_baseline
 from tl_lvlm.ablation import ImageKVBaseline
 from tl_lvlm.evaluation import C_THRESHOLD, F_THRESHOLD
-from tl_lvlm.zoo import DIGITS_QUESTION
+from tl_lvlm.zoo.digits import STYLES
 
 NAME = "head_attribution_digits"
 #: Heads counted as "top" in the layer distribution.
@@ -57,6 +59,9 @@ P_ABLATE = 0.75
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = make_parser(NAME, __doc__.splitlines()[0])
     parser.add_argument("--n-per-digit", type=int, default=10, help="held-out samples per digit")
+    parser.add_argument(
+        "--style", default=DEFAULT_STYLE, choices=STYLES, help="rendering of samples and baseline"
+    )
     parser.add_argument(
         "--n-masks",
         type=int,
@@ -298,9 +303,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     clock = Stopwatch()
     model, checkpoint = load_model(args)
-    samples = digit_samples(choose_positions(args.n_per_digit, args.seed), seed=args.seed)
+    positions = choose_positions(args.n_per_digit, args.seed)
+    samples = digit_samples(positions, args.style, seed=args.seed)
     reference = model.prepare(
-        reference_images(["original"], args.n_reference, args.seed), DIGITS_QUESTION
+        reference_images([args.style], args.n_reference, args.seed), samples.question
     )
     baseline = image_kv_baseline(model, reference, kind="mean")
 
@@ -326,7 +332,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         # The first sample of each of the first digits: different classes, few runs.
         few = choose_positions(1, args.seed)[: args.stability_samples]
         stability = mask_stability(
-            model, digit_samples(few, seed=args.seed), baseline, args.stability_n_masks, args.seed
+            model,
+            digit_samples(few, args.style, seed=args.seed),
+            baseline,
+            args.stability_n_masks,
+            args.seed,
         )
         figures["n_masks_stability.png"] = plot_stability(stability)
     for filename, fig in figures.items():
@@ -338,7 +348,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "checkpoint": checkpoint,
         "config": {
             "split": "test",
-            "style": "original",
+            "style": args.style,
             "n_per_digit": args.n_per_digit,
             "n_masks": args.n_masks,
             "p_ablate": P_ABLATE,

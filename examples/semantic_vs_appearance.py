@@ -3,9 +3,11 @@
 The paper finds that head selection follows the object's class, not its rendering: the
 attributions of one class drawn as a photo, a sketch or clipart are more alike than those
 of different classes in one style. Here the same held-out digit scans are rendered in
-every style of :data:`tl_lvlm.zoo.digits.STYLES` (original, inverted, thick, shifted,
-noisy), each rendering gets its own head attribution (one mean baseline shared by all
-styles), and pairs of per-sample coefficient vectors are compared:
+the styles of :data:`DEFAULT_STYLES`: black on white (``original``), random size, position
+and colours (``coloured``, the training distribution) and the three appearance styles kept
+out of training entirely (``thick``, ``outline``, ``noisy``). Each rendering gets its own
+head attribution (one mean baseline shared by all styles), and pairs of per-sample
+coefficient vectors are compared:
 
 - *same digit, different style* (and its subset *same scan, different style*) against
 - *different digit, same style* (and *different digit, different style* as a floor),
@@ -63,12 +65,14 @@ PAIR_KINDS = (
     "different digit, different style",
 )
 SEMANTIC, APPEARANCE = PAIR_KINDS[0], PAIR_KINDS[2]
+#: Two trained renderings and the three never trained on.
+DEFAULT_STYLES = ("original", "coloured", "thick", "outline", "noisy")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = make_parser(NAME, __doc__.splitlines()[0])
     parser.add_argument(
-        "--styles", nargs="+", default=list(STYLES), choices=STYLES, help="styles compared"
+        "--styles", nargs="+", default=list(DEFAULT_STYLES), choices=STYLES, help="styles compared"
     )
     parser.add_argument("--n-per-digit", type=int, default=5, help="held-out scans per digit")
     parser.add_argument(

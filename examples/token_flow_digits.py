@@ -1,32 +1,40 @@
 """Token-level flow on held-out digits: attention knockout sweeps and image-token attribution.
 
 Two analyses of the paper on the bundled model, for ``--n-per-digit`` held-out test digits
-of every class (original style):
+of every class (``--style``, default ``coloured``: random size, position and colours):
 
-1. **Attention knockout** (:func:`tl_lvlm.flow_sweep` with :data:`tl_lvlm.PAPER_EDGE_SETS`):
-   a window of layers slides over the decoder and blocks attention along the edges of each
-   edge set. Two window sizes by default (``--windows``): an eighth of the depth, the
-   library's default and the paper's proportion (4 of LLaVA-1.5's 32 layers; 1 layer
-   here), and half of the depth, since in a model this shallow one layer is easily routed
-   around. Each experiment and window is one figure (``flow_{experiment}_window{w}.png``)
-   of the paper's measure, the relative target logit ``logit(knocked) / logit(clean)``.
-   That ratio keeps the part of the logit the model produces without any image, so the
-   ``image_flow`` figures have a second panel that rescales it to the image's share:
-   ``(knocked - no image) / (clean - no image)``, where "no image" blocks every text token
-   from the image in every layer (1 = the knockout keeps all the image's effect on the
-   answer, 0 = none of it). The knockout in all layers at once is in ``results.json`` too.
-2. **Image-token attribution** (:func:`tl_lvlm.image_token_attribution`): the head
-   attribution regression with the 8x8 image patches as components (``--n-masks`` masks,
+1. **Attention knockout** (:func:`tl_lvlm.flow_sweep` with
+   :data:`tl_lvlm.PAPER_EDGE_SETS`), for each of the four questions (``--tasks``): the
+   question now carries information (which of four things to answer), so the paper's
+   text-flow finding can be tested: does the question reach the role and final tokens
+   *before* the image does? ``flow_timing.png`` draws, per task, the question -> role/final
+   knockout beside the image -> role/final knockout with the smaller window, and
+   ``results.json`` has their timing (:func:`flow_timing`): the effect-weighted mean layer
+   of each curve. The per-edge-set figures are drawn for the main-object question. A window
+   of layers slides over the decoder and blocks attention along the edges of each edge set.
+   Two window sizes by default (``--windows``): an eighth of the depth, the library's
+   default and the paper's proportion (4 of LLaVA-1.5's 32 layers; 1 layer here), and half
+   of the depth, since in a model this shallow one layer is easily routed around. Each
+   experiment and window is one figure (``flow_{experiment}_window{w}.png``) of the paper's
+   measure, the relative target logit ``logit(knocked) / logit(clean)``. That ratio keeps
+   the part of the logit the model produces without any image, so the ``image_flow``
+   figures have a second panel that rescales it to the image's share: ``(knocked - no
+   image) / (clean - no image)``, where "no image" blocks every text token from the image
+   in every layer (1 = the knockout keeps all the image's effect on the answer, 0 = none of
+   it). The knockout in all layers at once is in ``results.json`` too.
+2. **Image-token attribution** (:func:`tl_lvlm.image_token_attribution`), for the
+   main-object and the background question (``--attribution-tasks``): the head
+   attribution regression with the 6x6 image patches as components (``--n-masks`` masks,
    each patch's image K/V replaced by the mean baseline in every head). Overlays on a few
-   samples (``image_attribution_overlays.png``), the mean map, and how the attribution
+   samples (``image_attribution_overlays_{task}.png``), the mean map, and how the attribution
    divides between the digit's patches and the background (:func:`tl_lvlm.object_mass`).
 
 **Object mask.** The images are drawn from scikit-learn's 8x8 digit scans
-(:mod:`tl_lvlm.zoo.digits`): the ink map is upsampled 3x to 24x24 and centred on a 32x32
-canvas. The object mask repeats the same geometry on the scan itself: the 8x8 pixels with
-ink above ``--ink-threshold`` (0.5 = half of full ink, 8 of the 16 levels), each expanded
-to a 3x3 block (nearest neighbour) and placed at the digit's offset on the canvas. An image
-patch (4x4 pixels) is an object patch when at least half of it is inside the mask.
+(:mod:`tl_lvlm.zoo.digits`): the ink map is resized to the appearance's ``size`` and
+pasted at its ``(top, left)`` on a 24x24 canvas. The object mask repeats the same geometry
+on the scan itself: the 8x8 pixels with ink above ``--ink-threshold`` (0.5 = half of full
+ink, 8 of the 16 levels), resized with nearest neighbour and placed at the same offset. An
+image patch (4x4 pixels) is an object patch when at least half of it is inside the mask.
 
 Run ``python examples/token_flow_digits.py``; numbers go to ``results.json``.
 """
@@ -40,6 +48,7 @@ from typing import Any
 import numpy as np
 import torch
 from _common import (
+    DEFAULT_STYLE,
     DigitSamples,
     Stopwatch,
     choose_positions,
@@ -66,8 +75,8 @@ from tl_lvlm import (
 from tl_lvlm.ablation import ImageKVBaseline
 from tl_lvlm.flow import plot_flow_sweep
 from tl_lvlm.image_attribution import NoImageEffectError, patch_mask, plot_image_attribution
-from tl_lvlm.zoo import DIGITS_QUESTION
-from tl_lvlm.zoo.digits import CANVAS_SIZE, DIGIT_SIZE, digit_arrays
+from tl_lvlm.zoo.digits import CANVAS_SIZE, STYLES, Appearance, digit_arrays
+from tl_lvlm.zoo.questions import TASKS
 
 NAME = "token_flow_digits"
 P_ABLATE = 0.75
@@ -76,11 +85,27 @@ NO_IMAGE = "image read by no text"
 #: Least logit change of removing the image for the image-share rescaling (as
 #: head_attribution's ``min_logit_gap``).
 MIN_IMAGE_GAP = 0.5
+#: The paper's two timing curves: the question's route and the image's route to the answer.
+TEXT_ROUTE = "question -> role, final"
+IMAGE_ROUTE = "image read by question only"
+#: Drop of the relative logit that counts as an effect in :func:`flow_timing`.
+EFFECT_THRESHOLD = 0.1
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = make_parser(NAME, __doc__.splitlines()[0])
     parser.add_argument("--n-per-digit", type=int, default=5, help="held-out samples per digit")
+    parser.add_argument("--style", default=DEFAULT_STYLE, choices=STYLES, help="rendering")
+    parser.add_argument(
+        "--tasks", nargs="+", default=list(TASKS), choices=list(TASKS), help="knockout questions"
+    )
+    parser.add_argument(
+        "--attribution-tasks",
+        nargs="+",
+        default=["object", "background"],
+        choices=list(TASKS),
+        help="questions of the image-token attribution",
+    )
     parser.add_argument(
         "--windows",
         type=int,
@@ -100,14 +125,36 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def object_mask(ink8: np.ndarray, threshold: float) -> np.ndarray:
-    """``[32, 32]`` bool mask of the digit's strokes on the canvas (see the module doc)."""
-    scale = DIGIT_SIZE // ink8.shape[0]
-    strokes = np.kron(ink8 > threshold, np.ones((scale, scale), dtype=bool))
+def object_mask(ink8: np.ndarray, appearance: Appearance, threshold: float) -> np.ndarray:
+    """``[24, 24]`` bool mask of the digit's strokes on the canvas (see the module doc)."""
+    size = appearance.size
+    # Nearest neighbour: output pixel i samples scan pixel floor(i * 8 / size).
+    src = np.arange(size) * ink8.shape[0] // size
+    strokes = (ink8 > threshold)[np.ix_(src, src)]
     canvas = np.zeros((CANVAS_SIZE, CANVAS_SIZE), dtype=bool)
-    margin = (CANVAS_SIZE - DIGIT_SIZE) // 2
-    canvas[margin : margin + DIGIT_SIZE, margin : margin + DIGIT_SIZE] = strokes
+    top, left = appearance.top, appearance.left
+    canvas[top : top + size, left : left + size] = strokes
     return canvas
+
+
+def flow_timing(curve: np.ndarray, starts: Sequence[int], window: int) -> dict[str, Any]:
+    """When a knockout hurts: the layers where it lowers the relative logit.
+
+    ``effect = max(0, 1 - curve)`` per window; returns the effect-weighted mean of the
+    windows' centre layers and the first / last window start whose effect is at least
+    :data:`EFFECT_THRESHOLD` (``None`` if none is).
+    """
+    effect = np.clip(1.0 - np.asarray(curve, dtype=np.float64), 0.0, None)
+    centres = np.asarray(starts, dtype=np.float64) + (window - 1) / 2
+    above = [int(s) for s, e in zip(starts, effect, strict=True) if e >= EFFECT_THRESHOLD]
+    return {
+        "weighted_mean_layer": float((centres * effect).sum() / effect.sum())
+        if effect.sum() > 0
+        else None,
+        "first_layer_above": above[0] if above else None,
+        "last_layer_above": above[-1] if above else None,
+        "max_effect": float(effect.max()),
+    }
 
 
 # -------------------------------------------------------------------- knockout
@@ -170,7 +217,7 @@ def knockout_sweeps(
     Returns the summary (``all_layers``: experiment -> edge set -> relative logit;
     ``windows``: window -> experiment -> :func:`sweep_summary`) and the figures.
     """
-    inputs = model.prepare(samples.images, DIGITS_QUESTION)
+    inputs = model.prepare(samples.images, samples.question)
     targets = samples.target_ids(model)
     summary: dict[str, Any] = {"all_layers": {}, "windows": {w: {} for w in windows}}
     figures = {}
@@ -209,7 +256,7 @@ def image_attributions(
     Returns per-sample records (kept or with the reason they were left out) and the
     ``[grid, grid]`` maps of the kept samples by sample index.
     """
-    inputs = model.prepare(samples.images, DIGITS_QUESTION)
+    inputs = model.prepare(samples.images, samples.question)
     targets = samples.target_ids(model)
     with torch.no_grad():
         answers = model(inputs)[:, -1].argmax(-1).tolist()
@@ -312,31 +359,91 @@ def plot_mean_map(maps: dict[int, np.ndarray], masks: np.ndarray) -> Figure:
     return fig
 
 
+def plot_flow_timing(sweeps: dict[str, dict[str, Any]], window: int) -> Figure:
+    """Per task: the question's and the image's route to role/final, knocked out by window."""
+    fig = Figure(figsize=(3.6 * len(sweeps), 3.4), layout="constrained", squeeze=False)
+    axes = fig.subplots(1, len(sweeps), squeeze=False)[0]
+    for ax, (task, flow) in zip(axes, sweeps.items(), strict=True):
+        entry = flow["windows"][window]
+        for experiment, route, label in (
+            ("text_flow", TEXT_ROUTE, "question -> role, final"),
+            ("image_flow", IMAGE_ROUTE, "image -> role, final"),
+        ):
+            curve = np.asarray(entry[experiment]["curves"][route])
+            ax.plot(entry[experiment]["starts"], curve, marker=".", label=label)
+        ax.axhline(1.0, color="gray", linestyle="--", linewidth=1)
+        ax.set(
+            title=f"{task} (n={entry['text_flow']['n_kept']})",
+            xlabel=f"first layer of the {window}-layer window",
+            ylabel="logit(knocked) / logit(clean)",
+        )
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.legend(fontsize=7)
+    return fig
+
+
+def timing_summary(flow: dict[str, Any], window: int) -> dict[str, Any]:
+    """:func:`flow_timing` of the question's and the image's route, and which comes first."""
+    entry = flow["windows"][window]
+    out = {}
+    for key, experiment, route in (
+        ("question_to_role_final", "text_flow", TEXT_ROUTE),
+        ("image_to_role_final", "image_flow", IMAGE_ROUTE),
+    ):
+        out[key] = flow_timing(
+            entry[experiment]["curves"][route], entry[experiment]["starts"], window
+        )
+    text, image = (out[k]["weighted_mean_layer"] for k in out)
+    out["text_before_image"] = None if text is None or image is None else bool(text < image)
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     clock = Stopwatch()
     model, checkpoint = load_model(args)
     positions = choose_positions(args.n_per_digit, args.seed)
-    samples = digit_samples(positions, seed=args.seed)
+    samples = digit_samples(positions, args.style, seed=args.seed)
     ink8 = digit_arrays("test")[0][positions]
-    masks = np.stack([object_mask(ink, args.ink_threshold) for ink in ink8])
+    masks = np.stack(
+        [
+            object_mask(ink, a, args.ink_threshold)
+            for ink, a in zip(ink8, samples.appearances, strict=True)
+        ]
+    )
 
     depth = model.n_layers
     windows = args.windows or sorted({max(1, depth // 8), max(1, depth // 2)})
-    flow, figures = knockout_sweeps(model, samples, windows)
+    flow, timing, figures = {}, {}, {}
+    for task in args.tasks:
+        flow[task], task_figures = knockout_sweeps(model, samples.asking(task), windows)
+        timing[task] = timing_summary(flow[task], windows[0])
+        if task == "object":
+            figures.update(task_figures)
+    figures["flow_timing.png"] = plot_flow_timing(flow, windows[0])
     flow_s = clock.seconds
     reference = model.prepare(
-        reference_images(["original"], args.n_reference, args.seed), DIGITS_QUESTION
+        reference_images([args.style], args.n_reference, args.seed), samples.question
     )
     baseline = image_kv_baseline(model, reference, kind="mean")
-    records, maps = image_attributions(model, samples, baseline, masks, args.n_masks, args.seed)
-    # One kept sample per digit, the first of each, for the overlays.
-    first = {}
-    for i in maps:
-        first.setdefault(int(samples.labels[i]), i)
-    chosen = [first[d] for d in sorted(first)][: args.n_overlays]
-    figures["image_attribution_overlays.png"] = plot_overlays(samples, maps, masks, chosen)
-    figures["image_attribution_mean.png"] = plot_mean_map(maps, masks)
+    attribution: dict[str, Any] = {}
+    attribution_samples: dict[str, Any] = {}
+    for task in args.attribution_tasks:
+        asked = samples.asking(task)
+        records, maps = image_attributions(model, asked, baseline, masks, args.n_masks, args.seed)
+        attribution[task] = object_summary(records)
+        attribution_samples[task] = records
+        if not maps:
+            continue
+        # One kept sample per digit, the first of each, for the overlays.
+        first = {}
+        for i in maps:
+            first.setdefault(int(samples.labels[i]), i)
+        chosen = [first[d] for d in sorted(first)][: args.n_overlays]
+        figures[f"image_attribution_overlays_{task}.png"] = plot_overlays(
+            asked, maps, masks, chosen
+        )
+        figures[f"image_attribution_mean_{task}.png"] = plot_mean_map(maps, masks)
     for filename, fig in figures.items():
         save_figure(fig, args.out / filename)
 
@@ -345,17 +452,22 @@ def main(argv: Sequence[str] | None = None) -> None:
         "checkpoint": checkpoint,
         "config": {
             "split": "test",
-            "style": "original",
+            "style": args.style,
             "n_per_digit": args.n_per_digit,
             "windows": windows,
+            "tasks": args.tasks,
+            "questions": {t: TASKS[t].question for t in args.tasks},
             "flow_measure": "logit(knocked) / logit(clean) of the label's token",
+            "timing": f"effect = max(0, 1 - curve) at window {windows[0]}; "
+            f"first/last layer where effect >= {EFFECT_THRESHOLD}",
             "image_attribution": {
+                "tasks": args.attribution_tasks,
                 "n_masks": args.n_masks,
                 "p_ablate": P_ABLATE,
-                "baseline": f"mean image K/V of {args.n_reference} training images",
+                "baseline": f"mean image K/V of {args.n_reference} training images ({args.style})",
             },
-            "object_mask": f"8x8 ink > {args.ink_threshold}, 3x nearest upsampling, centred; "
-            "a patch is object when >= half of it is",
+            "object_mask": f"8x8 ink > {args.ink_threshold}, nearest resize to the digit's "
+            "size at its offset; a patch is object when >= half of it is",
             "seed": args.seed,
         },
         "runtime_s": {
@@ -364,17 +476,19 @@ def main(argv: Sequence[str] | None = None) -> None:
             "total": clock.seconds,
         },
         "flow": flow,
-        "image_attribution": object_summary(records),
-        "image_attribution_samples": records,
+        "timing": timing,
+        "image_attribution": attribution,
+        "image_attribution_samples": attribution_samples,
         "figures": sorted(figures),
     }
     write_json(args.out / "results.json", results)
-    objects = results["image_attribution"]
-    print(
-        f"wrote {args.out}: object share of positive image attribution "
-        f"{objects['object_share_of_positive_mass']['mean']:.2f} on "
-        f"{objects['object_area']['mean']:.2f} of the area, {clock.seconds:.0f} s"
+    summary = ", ".join(
+        f"{t}: object share {a['object_share_of_positive_mass']['mean']:.2f} "
+        f"on {a['object_area']['mean']:.2f} of the area"
+        for t, a in attribution.items()
+        if a["n_kept"]
     )
+    print(f"wrote {args.out}: {summary}; text before image {timing}; {clock.seconds:.0f} s")
 
 
 if __name__ == "__main__":

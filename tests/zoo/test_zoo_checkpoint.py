@@ -1,4 +1,5 @@
-"""The committed tiny-digits checkpoint loads like a hub model and reads digits."""
+"""The committed tiny-digits checkpoint (version 2) loads like a hub model and answers its
+four questions at the accuracies its model card states, measured as a user would."""
 
 from __future__ import annotations
 
@@ -10,15 +11,17 @@ import pytest
 import torch
 from transformers import AutoProcessor, LlavaForConditionalGeneration
 
-from tl_lvlm.testing import DIGIT_WORDS
+from tl_lvlm import HookedLVLM
+from tl_lvlm.tiny_llava import DIGIT_WORDS
 from tl_lvlm.zoo import (
     ZOO,
-    digit_token_ids,
     evaluate_accuracy,
     predict_first_tokens,
     resolve,
 )
-from tl_lvlm.zoo.digits import load_digit_images
+from tl_lvlm.zoo.digits import CANVAS_SIZE, load_digit_images, load_digit_set
+from tl_lvlm.zoo.evaluate_digits import style_accuracy, task_accuracy, user_array_accuracy
+from tl_lvlm.zoo.questions import ANSWER_WORDS, OBJECT_QUESTION, TASKS, answer_token_ids
 
 NAME = "tl-lvlm/tiny-digits"
 
@@ -29,6 +32,11 @@ def loaded():
     model = LlavaForConditionalGeneration.from_pretrained(path).eval()
     processor = AutoProcessor.from_pretrained(path)
     return model, processor
+
+
+@pytest.fixture(scope="module")
+def hooked() -> HookedLVLM:
+    return HookedLVLM.from_pretrained(NAME, device="cpu")
 
 
 @pytest.fixture(scope="module")
@@ -47,40 +55,94 @@ def test_checkpoint_is_small_and_complete():
     path = Path(resolve(NAME))
     files = {p.name for p in path.iterdir()}
     assert {"config.json", "model.safetensors", "tokenizer.json", "training.json"} <= files
-    assert sum(p.stat().st_size for p in path.iterdir()) <= 10 * 2**20
+    assert "README.md" in files
+    assert sum(p.stat().st_size for p in path.iterdir()) <= 15 * 2**20
 
 
-def test_architecture(loaded):
+def test_card_and_record_say_version_2(record):
+    card = (Path(resolve(NAME)) / "README.md").read_text()
+    assert "version: 2" in card and record["version"] == 2
+    minutes = record["train_wall_time_s"] / 60
+    assert minutes <= 90
+    assert f"{minutes:.0f} minutes" in card
+
+
+def test_architecture_is_the_recorded_one(loaded, record):
     model, processor = loaded
-    cfg = model.config
+    cfg, shapes = model.config, record["config"]["model"]
     assert cfg.architectures == ["LlavaForConditionalGeneration"]
     assert cfg.vision_config.model_type == "clip_vision_model"
     assert cfg.text_config.model_type == "llama"
-    assert cfg.text_config.num_hidden_layers == 8
-    assert cfg.text_config.num_attention_heads == 8
+    assert cfg.vision_config.image_size == CANVAS_SIZE == shapes["image_size"]
+    assert cfg.text_config.num_hidden_layers == shapes["n_layers"] == 12
+    assert cfg.text_config.num_attention_heads == shapes["n_heads"] == 8
+    assert cfg.text_config.num_key_value_heads == shapes["n_kv_heads"] == 4
     ids = processor(images=load_digit_images("test")[0][:1], text=["USER: <image>\nx"])["input_ids"]
-    assert sum(t == cfg.image_token_id for t in ids[0]) == 64 == cfg.image_seq_length
+    n_image = (shapes["image_size"] // shapes["patch_size"]) ** 2
+    assert sum(t == cfg.image_token_id for t in ids[0]) == n_image == cfg.image_seq_length == 36
     # every answer word is one token, and they are distinct
-    assert len(set(digit_token_ids(processor.tokenizer))) == 10
+    assert len(set(answer_token_ids(processor.tokenizer, ANSWER_WORDS))) == len(ANSWER_WORDS)
 
 
-def test_heldout_accuracy_original(loaded, record):
+def test_main_object_on_all_sklearn_digits_as_user_arrays(hooked, record):
+    """All 1,797 bare 8x8 scans through ``prepare``: uint8 or [0, 1] floats, either
+    polarity, grey or RGB, full frame."""
+    acc = user_array_accuracy(hooked)
+    assert len(acc) == 8
+    for form, a in acc.items():
+        assert a >= 0.95, form
+        # the recorded number is what this checkpoint actually gets
+        assert a == pytest.approx(record["user_arrays_object_accuracy"][form]), form
+
+
+def test_every_task_on_held_out_coloured_digits(hooked, record):
+    """>= 90% per task on held-out digits with random size, position and colours, both
+    with the canonical question and with the phrasings training never showed."""
+    acc = task_accuracy(hooked)
+    assert set(acc) == set(TASKS)
+    for name, a in acc.items():
+        assert a["question"] >= 0.90, name
+        assert a["held_out_phrasings"] >= 0.90, name
+        assert a["question"] == pytest.approx(record["test_task_accuracy"][name]["question"])
+        assert a["held_out_phrasings"] == pytest.approx(
+            record["test_task_accuracy"][name]["held_out_phrasings"]
+        )
+
+
+def test_style_accuracies_are_the_recorded_ones(hooked, record):
+    acc = style_accuracy(hooked)
+    assert acc == pytest.approx(record["test_accuracy"])
+    assert acc["original"] >= 0.95 and acc["inverted"] >= 0.95
+
+
+def test_hf_path_agrees_with_prepare(loaded, hooked):
+    """Two implementations of the greedy answer: HF forward vs HookedLVLM.prepare/answer."""
     model, processor = loaded
-    images, labels = load_digit_images("test", "original")
-    acc = evaluate_accuracy(model, processor, images, labels)
-    assert acc >= 0.95
-    # the recorded number is what this checkpoint actually gets
-    assert abs(acc - record["test_accuracy"]["original"]) <= 0.01
+    digits = load_digit_set("test", "coloured")
+    for question in (OBJECT_QUESTION, TASKS["parity"].held_out_phrasings[0]):
+        hf = predict_first_tokens(model, processor, digits.images[:64], question)
+        ids, _ = hooked.answer(hooked.prepare(digits.images[:64], question))
+        np.testing.assert_array_equal(hf, ids.numpy())
 
 
 def test_answers_depend_on_image(loaded):
     """Different digits get different answers; the text alone does not decide."""
     model, processor = loaded
-    images, labels = load_digit_images("test", "original")
-    pred = predict_first_tokens(model, processor, images[:100])
+    digits = load_digit_set("test", "original")
+    pred = predict_first_tokens(model, processor, digits.images[:100])
     assert len(set(pred.tolist())) == 10
     words = processor.tokenizer.convert_ids_to_tokens(pred[:5].tolist())
-    assert [w.lstrip("Ġ") for w in words] == [DIGIT_WORDS[d] for d in labels[:5]]
+    assert [w.lstrip("Ġ") for w in words] == [DIGIT_WORDS[d] for d in digits.labels[:5]]
+
+
+def test_each_question_gets_its_kind_of_answer(loaded):
+    model, processor = loaded
+    digits = load_digit_set("test", "coloured")
+    tok = processor.tokenizer
+    for name, task in TASKS.items():
+        answers = set(answer_token_ids(tok, task.answers))
+        got = predict_first_tokens(model, processor, digits.images[:40], task.question)
+        assert set(got.tolist()) <= answers, name
 
 
 def test_generate_says_the_word(loaded):
@@ -89,10 +151,7 @@ def test_generate_says_the_word(loaded):
     i = int(np.flatnonzero(labels == 7)[0])
     enc = processor(
         images=[images[i]],
-        text=[
-            "USER: <image>\nWhat is the main object in this image? Answer in a single word. "
-            "ASSISTANT:"
-        ],
+        text=[f"USER: <image>\n{OBJECT_QUESTION} ASSISTANT:"],
         return_tensors="pt",
     )
     with torch.no_grad():
