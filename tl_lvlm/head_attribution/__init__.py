@@ -35,6 +35,9 @@ One idea per module: ``labels`` (words to token ids), ``samples`` (input parsing
 (:class:`HeadAttributionResult` and its files), ``run`` (the driver).
 """
 
+import sys
+import types
+
 from tl_lvlm.head_attribution.baseline import MIN_MEAN_IMAGES, resolve_baseline
 from tl_lvlm.head_attribution.config import RESULTS_KIND, STORE_KEYS
 from tl_lvlm.head_attribution.convergence import AUTO_MAX_MASKS
@@ -59,3 +62,19 @@ __all__ = [
     "resolve_baseline",
     "stored_samples",
 ]
+
+
+class _CallablePackage(types.ModuleType):
+    """This package, callable as its driver :func:`head_attribution`.
+
+    ``tl_lvlm.head_attribution`` names both this package and the function exported from
+    ``tl_lvlm``; importing any of the package's modules rebinds the parent's attribute
+    to the package, so ``from tl_lvlm import head_attribution`` gives the package or the
+    function depending on import order. Calling either runs the driver.
+    """
+
+    def __call__(self, *args, **kwargs):
+        return self.head_attribution(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallablePackage
