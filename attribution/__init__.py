@@ -16,6 +16,10 @@ Typical use::
     c = completeness_curve(fn, ranking, ks)
     k = components_needed(ks, f.values, c.values)
 
+Comparing two maps' top-k components (tasks, models): :func:`topk_overlap`,
+:func:`chance_overlap_pvalue` (more shared than chance?) and :func:`task_permutation_test`
+(less shared than if the task did not matter?), in :mod:`attribution.overlap`.
+
 Sign convention: a positive coefficient means keeping the component raises the output.
 """
 
@@ -29,6 +33,13 @@ from attribution.evaluate import (
 )
 from attribution.fit import Aggregate, FitResult, aggregate, fit
 from attribution.masks import sample_masks
+from attribution.overlap import (
+    PermutationTest,
+    chance_overlap_pvalue,
+    task_permutation_test,
+    topk_overlap,
+    topk_set,
+)
 from attribution.plots import plot_curves, plot_heatmap, plot_scatter
 from attribution.rankings import random_ranking, rank_by
 from attribution.shards import (
@@ -44,8 +55,10 @@ __all__ = [
     "Aggregate",
     "Curve",
     "FitResult",
+    "PermutationTest",
     "Results",
     "aggregate",
+    "chance_overlap_pvalue",
     "collect",
     "completeness_curve",
     "components_needed",
@@ -63,4 +76,7 @@ __all__ = [
     "sample_masks",
     "save_results",
     "shard_indices",
+    "task_permutation_test",
+    "topk_overlap",
+    "topk_set",
 ]
