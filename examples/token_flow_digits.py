@@ -7,11 +7,11 @@ of every class (``--style``, default ``coloured``: random size, position and col
    :data:`tl_lvlm.PAPER_EDGE_SETS`), for each of the four questions (``--tasks``): the
    question now carries information (which of four things to answer), so the paper's
    text-flow finding can be tested: does the question reach the role and final tokens
-   *before* the image does? ``flow_timing.png`` draws, per task, the question -> role/final
-   knockout beside the image -> role/final knockout with the smaller window, and
-   ``results.json`` has their timing (:func:`flow_timing`): the effect-weighted mean layer
-   of each curve. The per-edge-set figures are drawn for the main-object question. A window
-   of layers slides over the decoder and blocks attention along the edges of each edge set.
+   *before* the image does? ``flow_timing_window{w}.png`` draws, per task, the question ->
+   role/final knockout beside the image -> role/final knockout, and ``results.json`` has
+   their timing per window (:func:`flow_timing`): the effect-weighted mean layer of each
+   curve. The per-edge-set figures are drawn for the main-object question. A window of
+   layers slides over the decoder and blocks attention along the edges of each edge set.
    Two window sizes by default (``--windows``): an eighth of the depth, the library's
    default and the paper's proportion (4 of LLaVA-1.5's 32 layers; 1 layer here), and half
    of the depth, since in a model this shallow one layer is easily routed around. Each
@@ -361,7 +361,7 @@ def plot_mean_map(maps: dict[int, np.ndarray], masks: np.ndarray) -> Figure:
 
 def plot_flow_timing(sweeps: dict[str, dict[str, Any]], window: int) -> Figure:
     """Per task: the question's and the image's route to role/final, knocked out by window."""
-    fig = Figure(figsize=(3.6 * len(sweeps), 3.4), layout="constrained", squeeze=False)
+    fig = Figure(figsize=(3.6 * len(sweeps), 3.4), layout="constrained")
     axes = fig.subplots(1, len(sweeps), squeeze=False)[0]
     for ax, (task, flow) in zip(axes, sweeps.items(), strict=True):
         entry = flow["windows"][window]
@@ -417,10 +417,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     flow, timing, figures = {}, {}, {}
     for task in args.tasks:
         flow[task], task_figures = knockout_sweeps(model, samples.asking(task), windows)
-        timing[task] = timing_summary(flow[task], windows[0])
+        timing[task] = {w: timing_summary(flow[task], w) for w in windows}
         if task == "object":
             figures.update(task_figures)
-    figures["flow_timing.png"] = plot_flow_timing(flow, windows[0])
+    for window in windows:
+        figures[f"flow_timing_window{window}.png"] = plot_flow_timing(flow, window)
     flow_s = clock.seconds
     reference = model.prepare(
         reference_images([args.style], args.n_reference, args.seed), samples.question
@@ -458,7 +459,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             "tasks": args.tasks,
             "questions": {t: TASKS[t].question for t in args.tasks},
             "flow_measure": "logit(knocked) / logit(clean) of the label's token",
-            "timing": f"effect = max(0, 1 - curve) at window {windows[0]}; "
+            "timing": "per window: effect = max(0, 1 - curve), its weighted mean layer; "
             f"first/last layer where effect >= {EFFECT_THRESHOLD}",
             "image_attribution": {
                 "tasks": args.attribution_tasks,
@@ -488,7 +489,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         for t, a in attribution.items()
         if a["n_kept"]
     )
-    print(f"wrote {args.out}: {summary}; text before image {timing}; {clock.seconds:.0f} s")
+    order = {t: {w: v["text_before_image"] for w, v in tw.items()} for t, tw in timing.items()}
+    print(
+        f"wrote {args.out}: {summary}; text before image (task: window: yes?) {order}; "
+        f"{clock.seconds:.0f} s"
+    )
 
 
 if __name__ == "__main__":

@@ -80,9 +80,9 @@ def default_model_config(seed: int = 0) -> TinyLlavaConfig:
         d_mlp=256,
         image_size=24,
         patch_size=4,
-        # Three CLIP layers of which LLaVA reads the second's output: recognising a digit
+        # Four CLIP layers of which LLaVA reads the third's output: recognising a digit
         # at any size and place needs the patches mixed before the causal decoder.
-        vision_layers=3,
+        vision_layers=4,
         vision_d_model=128,
         vision_heads=4,
         bpe_vocab_size=512,
@@ -112,9 +112,9 @@ class TrainConfig:
     p_full_frame: float = 0.5
     p_grey: float = 0.4
     #: Stage 1 (:func:`pretrain_vision`); ``vision_steps=0`` skips it.
-    vision_steps: int = 1500
+    vision_steps: int = 9000
     vision_batch_size: int = 128
-    vision_lr: float = 2e-3
+    vision_lr: float = 3e-3
     eos_loss: bool = True
     eval_every: int = 200
     model: TinyLlavaConfig = field(default_factory=default_model_config)
