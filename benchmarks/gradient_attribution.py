@@ -17,8 +17,8 @@ It reports per sample and method: suffix passes used (``result.passes_used``: ma
 passes per mask + the all-ablated run), heads needed (smallest k with faithfulness > 0.8
 and completeness < 0.2 on that sample's own curves, ranked by its own coefficients), and,
 against the 10,000-mask regression, the Pearson correlation of the coefficients and the
-overlap of the top-10 heads; and each method's wall time. Results go to ``--out`` (JSON)
-and stdout (a Markdown table).
+overlap of the top-10 heads; and each method's wall time. Results go to ``--out`` (JSON, and
+a figure beside it with the same name and ``.png``) and stdout (a Markdown table).
 
     python benchmarks/gradient_attribution.py   # ~65,000 passes + curves, one thread
 """
@@ -96,6 +96,33 @@ class _UniformGradient:
 
     def heads_needed(self) -> dict[str, int | None]:
         return self.evaluation.heads_needed()
+
+
+def plot(runs: dict, needed: dict, path: Path) -> None:
+    """Gradient vs regression coefficients (every head of every sample), and heads needed."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10, 4), layout="constrained")
+    ax_coef, ax_need = fig.subplots(1, 2)
+    ref = runs[REFERENCE].coef.ravel()
+    for name in ("regression-257", "gradient-128"):
+        ax_coef.scatter(ref, runs[name].coef.ravel(), s=6, alpha=0.5, label=name)
+    ax_coef.set(
+        xlabel=f"{REFERENCE} coefficient",
+        ylabel="coefficient",
+        title="Each head of each sample against the 10,000-mask regression",
+    )
+    ax_coef.legend(fontsize=8)
+    x = np.arange(len(needed[REFERENCE]))
+    names = list(runs)
+    width = 0.8 / len(names)
+    for j, name in enumerate(names):
+        values = [np.nan if v is None else v for v in needed[name]]
+        ax_need.bar(x + (j - (len(names) - 1) / 2) * width, values, width, label=name)
+    ax_need.set(xlabel="sample", ylabel="heads needed", title="Heads needed per sample")
+    ax_need.set_xticks(x)
+    ax_need.legend(fontsize=7)
+    fig.savefig(path, dpi=100)
 
 
 def main() -> None:
@@ -180,6 +207,7 @@ def main() -> None:
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
+    plot(runs, needed, args.out.with_suffix(".png"))
 
     print("| method | passes / sample | of 10,000-mask passes | median coef ρ | mean top-10 "
           "overlap | heads needed (mean curves) | samples within ±1 | time |")  # fmt: skip

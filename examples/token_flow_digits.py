@@ -284,7 +284,11 @@ def image_attributions(
         except NoImageEffectError as e:
             record["excluded"] = str(e)
             continue
-        mass = result.object_mass(masks[i])
+        try:
+            mass = result.object_mass(masks[i])
+        except ValueError as e:  # a small thin digit can cover no whole half-patch
+            record["excluded"] = str(e)
+            continue
         maps[i] = result.coef
         record.update(
             r2=result.fit.r2,

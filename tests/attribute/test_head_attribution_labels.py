@@ -58,4 +58,4 @@ def test_other_case_is_refused_with_a_single_token_suggestion(digits):
 def test_bad_label_in_a_sample_is_refused(digits):
     (image,) = load_image_set("digits", n=1).images
     with pytest.raises(ValueError, match="'four five' is 2 tokens"):
-        head_attribution(digits, [(image, DIGITS_QUESTION, "four five")], n_masks=100)
+        head_attribution(digits, [(image, DIGITS_QUESTION, "four five")], n_masks=200)

@@ -35,7 +35,7 @@ One idea per module: ``labels`` (words to token ids), ``samples`` (input parsing
 (:class:`HeadAttributionResult` and its files), ``run`` (the driver).
 """
 
-import sys
+import importlib
 import types
 
 from tl_lvlm.head_attribution.baseline import MIN_MEAN_IMAGES, resolve_baseline
@@ -77,4 +77,5 @@ class _CallablePackage(types.ModuleType):
         return self.head_attribution(*args, **kwargs)
 
 
-sys.modules[__name__].__class__ = _CallablePackage
+# During its own import the package is already registered: import_module returns it.
+importlib.import_module(__name__).__class__ = _CallablePackage

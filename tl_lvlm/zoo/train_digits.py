@@ -166,7 +166,10 @@ def pretrain_vision(
     with torch.no_grad():
         head.weight.normal_(0.0, d_model**-0.5, generator=gen)
         head.bias.zero_()
-    params = [*model.model.vision_tower.parameters(), *model.model.multi_modal_projector.parameters()]
+    params = [
+        *model.model.vision_tower.parameters(),
+        *model.model.multi_modal_projector.parameters(),
+    ]
     opt = torch.optim.AdamW([*params, *head.parameters()], lr=cfg.vision_lr, weight_decay=0.01)
     warmup = max(1, cfg.vision_steps // 20)
 
