@@ -94,6 +94,23 @@ def test_stage_two_keeps_the_vision_tower_frozen(two_runs):
     assert not torch.equal(a[w], b[w])  # while the decoder trained
 
 
+def test_tower_lr_ratio_trains_the_tower_at_that_rate():
+    """With a ratio the tower moves in stage 2; its updates scale with the ratio."""
+    cfg = _quick_config()
+    _set_determinism(cfg.seed)
+    alone, processor = build_tiny_llava(cfg.model)
+    pretrain_vision(alone, processor, cfg, log=lambda _: None)
+    frozen = alone.state_dict()
+    w = "model.vision_tower.encoder.layers.0.self_attn.q_proj.weight"
+    moved = {}
+    for ratio in (0.1, 1.0):
+        model, _, _ = train(_quick_config(tower_lr_ratio=ratio), log=None, evaluate=False)
+        moved[ratio] = (model.state_dict()[w] - frozen[w]).abs().max().item()
+    assert 0 < moved[0.1] < moved[1.0]
+    with pytest.raises(ValueError, match="tower_lr_ratio must be >= 0, got -1"):
+        train(_quick_config(tower_lr_ratio=-1.0), log=None, evaluate=False)
+
+
 def test_loss_decreases(two_runs):
     (_, _, info), _ = two_runs
     losses = info["losses"]

@@ -12,8 +12,9 @@ decoder), trained from scratch in LLaVA's two stages:
    linear read-out that is then thrown away. Trained end to end through the decoder
    only, the tower never starts reading the digit's *shape* once size, position and
    colours vary (docs/tiny-digits-v2-attempts.md: five runs at chance).
-2. **Instruction tuning** (:func:`train`): the vision tower frozen, the projector and
-   the decoder learn the four questions of :mod:`tl_lvlm.zoo.questions`.
+2. **Instruction tuning** (:func:`train`): the vision tower frozen (or trained at
+   ``tower_lr_ratio`` times the learning rate), the projector and the decoder learn the
+   four questions of :mod:`tl_lvlm.zoo.questions`.
 
 Each example is one training digit drawn in a fresh random
 :class:`~tl_lvlm.zoo.digits.Appearance` (size, position, colours, resampling filter;
@@ -115,6 +116,10 @@ class TrainConfig:
     vision_steps: int = 9000
     vision_batch_size: int = 128
     vision_lr: float = 3e-3
+    #: Stage 2 learning rate of the vision tower, as a fraction of ``lr``; 0 freezes it.
+    #: A probe continuing the bundled model with 0.1 (docs/tiny-digits-v2-attempts.md) fixed
+    #: its ink/background confusion.
+    tower_lr_ratio: float = 0.0
     eos_loss: bool = True
     eval_every: int = 200
     model: TinyLlavaConfig = field(default_factory=default_model_config)
@@ -351,19 +356,24 @@ def train(
         )
     eos = tok.eos_token_id
     vision_record = pretrain_vision(model, processor, cfg, log) if cfg.vision_steps else None
-    # LLaVA keeps the vision tower frozen while it learns instructions.
-    model.model.vision_tower.requires_grad_(False)
-    trained = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    no_decay = [p for n, p in trained if p.ndim < 2 or "embed" in n]
-    decay = [p for n, p in trained if p.ndim >= 2 and "embed" not in n]
-    opt = torch.optim.AdamW(
-        [
-            {"params": decay, "weight_decay": cfg.weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ],
-        lr=cfg.lr,
-        betas=(0.9, 0.98),
-    )
+    # LLaVA keeps the vision tower frozen while it learns instructions (tower_lr_ratio=0).
+    if cfg.tower_lr_ratio == 0:
+        model.model.vision_tower.requires_grad_(False)
+    elif cfg.tower_lr_ratio < 0:
+        raise ValueError(f"tower_lr_ratio must be >= 0, got {cfg.tower_lr_ratio}")
+    groups = []
+    for in_tower, lr in ((False, cfg.lr), (True, cfg.lr * cfg.tower_lr_ratio)):
+        named = [
+            (n, p)
+            for n, p in model.named_parameters()
+            if p.requires_grad and n.startswith("model.vision_tower.") == in_tower
+        ]
+        for decays in (True, False):
+            params = [p for n, p in named if (p.ndim >= 2 and "embed" not in n) == decays]
+            if params:
+                wd = cfg.weight_decay if decays else 0.0
+                groups.append({"params": params, "lr": lr, "weight_decay": wd})
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.98))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, cfg))
 
     losses: list[float] = []
@@ -504,6 +514,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
     p.add_argument("--lr", type=float, default=TrainConfig.lr)
+    p.add_argument(
+        "--tower-lr-ratio",
+        type=float,
+        default=TrainConfig.tower_lr_ratio,
+        help="stage-2 learning rate of the vision tower as a fraction of --lr (0: frozen)",
+    )
     p.add_argument("--eval-every", type=int, default=TrainConfig.eval_every)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument(
@@ -518,6 +534,7 @@ def main(argv: list[str] | None = None) -> None:
         seed=args.seed,
         batch_size=args.batch_size,
         lr=args.lr,
+        tower_lr_ratio=args.tower_lr_ratio,
         eval_every=args.eval_every,
         model=default_model_config(args.seed),
     )
