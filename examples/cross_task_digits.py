@@ -55,8 +55,11 @@ from typing import Any
 
 import numpy as np
 from _common import (
+    DEFAULT_STYLE,
+    DigitSamples,
     Stopwatch,
     choose_positions,
+    digit_samples,
     load_model,
     make_parser,
     reference_images,
@@ -75,20 +78,19 @@ from attribution import (
     task_permutation_test,
     topk_set,
 )
-from tl_lvlm import HookedLVLM, image_kv_baseline
+from tl_lvlm import (
+    HeadAttributionResult,
+    HookedLVLM,
+    answer_token_id,
+    head_attribution,
+    image_kv_baseline,
+)
 from tl_lvlm.ablation import ImageKVBaseline
-
-# From the submodule, not ``tl_lvlm``: once the submodule ``tl_lvlm.head_attribution`` is
-# imported (``_common`` imports ``answer_token_id``), the package's attribute of that name
-# is the submodule, and ``from tl_lvlm import head_attribution`` gives the module.
-from tl_lvlm.head_attribution import HeadAttributionResult, answer_token_id, head_attribution
-from tl_lvlm.zoo.digits import DigitImages, load_digit_set
+from tl_lvlm.zoo.digits import split_indices
 from tl_lvlm.zoo.questions import TASKS, Task
 
 NAME = "cross_task_digits"
 P_ABLATE = 0.75
-#: Random size, position and colours: each task's answer varies over the samples.
-STYLE = "coloured"
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -119,25 +121,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if args.min_samples < 2:
         parser.error("--min-samples must be at least 2 (the permutation test swaps pairs)")
     return args
-
-
-def held_out_digits(positions: np.ndarray, seed: int) -> DigitImages:
-    """The test scans at ``positions``, rendered in :data:`STYLE` (colours included)."""
-    d = load_digit_set("test", STYLE, seed)
-    return DigitImages(
-        [d.images[i] for i in positions],
-        d.labels[positions],
-        [d.appearances[i] for i in positions],
-        d.indices[positions],
-    )
-
-
-def task_samples(task: Task, digits: DigitImages) -> list[tuple[Any, str, str]]:
-    """``(image, canonical question, correct answer)`` of every digit for ``task``."""
-    return [
-        (image, task.question, task.answer(int(digit), look.ink, look.background))
-        for image, digit, look in zip(digits.images, digits.labels, digits.appearances, strict=True)
-    ]
 
 
 def untokenizable(model: HookedLVLM, task: Task) -> str | None:
@@ -314,11 +297,11 @@ def plot_overlap_matrix(
 
 
 def run_task(
-    model: HookedLVLM, task: Task, digits: DigitImages, baseline: ImageKVBaseline, args
+    model: HookedLVLM, task: Task, digits: DigitSamples, baseline: ImageKVBaseline, args
 ) -> HeadAttributionResult:
     return head_attribution(
         model,
-        task_samples(task, digits),
+        digits.asking(task.name).attribution_samples(),
         n_masks=args.n_masks,
         p_ablate=P_ABLATE,
         baseline=baseline,
@@ -341,10 +324,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             f"got {args.top_k}"
         )
     positions = choose_positions(args.n_per_digit, args.seed)
-    digits = held_out_digits(positions, args.seed)
+    digits = digit_samples(positions, DEFAULT_STYLE, seed=args.seed)
     tasks = [TASKS[name] for name in args.tasks]
     reference = model.prepare(
-        reference_images([STYLE], args.n_reference, args.seed), tasks[0].question
+        reference_images([DEFAULT_STYLE], args.n_reference, args.seed), tasks[0].question
     )
     baseline = image_kv_baseline(model, reference, kind="mean")
 
@@ -411,13 +394,13 @@ def main(argv: Sequence[str] | None = None) -> None:
             "checkpoint": checkpoint,
             "config": {
                 "split": "test",
-                "style": STYLE,
+                "style": DEFAULT_STYLE,
                 "n_per_digit": args.n_per_digit,
                 "positions": positions,
-                "dataset_indices": digits.indices,
+                "dataset_indices": split_indices("test")[positions],
                 "n_masks": args.n_masks,
                 "p_ablate": P_ABLATE,
-                "baseline": f"mean image K/V of {args.n_reference} {STYLE} training images",
+                "baseline": f"mean image K/V of {args.n_reference} {DEFAULT_STYLE} training images",
                 "top_k": args.top_k,
                 "n_permutations": args.n_permutations,
                 "min_samples": args.min_samples,
