@@ -97,6 +97,9 @@ TASKS: dict[str, Task] = {
                 "What color is the number?",
                 "Which color is the ink? Answer in a single word.",
                 "Name the color of the digit in this image.",
+                "Which color is the digit in this image?",
+                "What is the ink color of the picture?",
+                "Name the digit color.",
             ),
             (
                 "Which color is the number written in? Answer in a single word.",
@@ -112,6 +115,9 @@ TASKS: dict[str, Task] = {
                 "Which color is the background in this image?",
                 "Name the background color.",
                 "What is the background color of the picture?",
+                "Name the color of the background in this image.",
+                "What color is the background of this image?",
+                "Which color is the background? Answer in a single word.",
             ),
             (
                 "What color is the background here? Answer in a single word.",
