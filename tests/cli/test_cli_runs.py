@@ -221,8 +221,15 @@ def test_ctrl_c_exits_130_and_the_rerun_resumes_to_the_same_results(model_dir, t
     argv = attribute_argv(model_dir, tmp_path / "run", "--n-samples", "3", "--baseline", "zero")
     argv[argv.index("--n-masks") + 1] = "600"
     out = tmp_path / "run"
+
+    # A shell running the suite in the background (`make test &`, nohup) ignores SIGINT, and an
+    # ignored signal survives exec: give the child the default, as an interactive terminal does.
+    def default_sigint():
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+
     child = subprocess.Popen([*CLI, *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             text=True, env=os.environ.copy())  # fmt: skip
+                             text=True, env=os.environ.copy(),
+                             preexec_fn=default_sigint)  # fmt: skip
     deadline = time.monotonic() + 300
     while not any(p.is_file() for p in (out / "store").rglob("*")):
         assert child.poll() is None and time.monotonic() < deadline, child.communicate()
