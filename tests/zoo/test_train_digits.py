@@ -80,34 +80,45 @@ def test_vision_stage_trains_the_tower_and_projector_only():
     assert 0.0 <= record["test_coloured_digit_readout_accuracy"] <= 1.0
 
 
-def test_tower_lr_ratio_zero_keeps_the_vision_tower_frozen():
-    """With ``tower_lr_ratio=0`` (LLaVA's recipe; the default is 0.1) the tower after 20
-    instruction steps is the tower after the vision stage alone."""
-    model, _, _ = train(_quick_config(tower_lr_ratio=0.0), log=None, evaluate=False)
+@pytest.fixture(scope="module")
+def after_vision_stage() -> dict[str, torch.Tensor]:
+    """The state of the quick config's model after the vision stage alone."""
     cfg = _quick_config()
     _set_determinism(cfg.seed)
     alone, processor = build_tiny_llava(cfg.model)
     pretrain_vision(alone, processor, cfg, log=lambda _: None)
-    a, b = model.state_dict(), alone.state_dict()
+    return alone.state_dict()
+
+
+def test_tower_lr_ratio_zero_keeps_the_vision_tower_frozen(after_vision_stage):
+    """With ``tower_lr_ratio=0`` (LLaVA's recipe; the default is 0.1) the tower after 20
+    instruction steps is the tower after the vision stage alone."""
+    model, _, _ = train(_quick_config(tower_lr_ratio=0.0), log=None, evaluate=False)
+    a, b = model.state_dict(), after_vision_stage
     tower = [k for k in a if k.startswith("model.vision_tower.")]
     assert tower and all(torch.equal(a[k], b[k]) for k in tower)
     w = "model.language_model.layers.0.self_attn.q_proj.weight"
     assert not torch.equal(a[w], b[w])  # while the decoder trained
 
 
-def test_tower_lr_ratio_trains_the_tower_at_that_rate():
+def test_tower_lr_ratio_trains_the_tower_at_that_rate(two_runs, after_vision_stage):
     """With a ratio the tower moves in stage 2; its updates scale with the ratio."""
-    cfg = _quick_config()
-    _set_determinism(cfg.seed)
-    alone, processor = build_tiny_llava(cfg.model)
-    pretrain_vision(alone, processor, cfg, log=lambda _: None)
-    frozen = alone.state_dict()
+    (default, _, _), _ = two_runs
+    assert TrainConfig.tower_lr_ratio == 0.1
     w = "model.vision_tower.encoder.layers.0.self_attn.q_proj.weight"
-    moved = {}
-    for ratio in (0.1, 1.0):
-        model, _, _ = train(_quick_config(tower_lr_ratio=ratio), log=None, evaluate=False)
-        moved[ratio] = (model.state_dict()[w] - frozen[w]).abs().max().item()
+    full, _, _ = train(_quick_config(tower_lr_ratio=1.0), log=None, evaluate=False)
+    moved = {
+        ratio: (model.state_dict()[w] - after_vision_stage[w]).abs().max().item()
+        for ratio, model in ((0.1, default), (1.0, full))
+    }
     assert 0 < moved[0.1] < moved[1.0]
+
+
+def test_negative_tower_lr_ratio_is_refused_before_training(monkeypatch):
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("the vision stage ran before the bad tower_lr_ratio was refused")
+
+    monkeypatch.setattr("tl_lvlm.zoo.train_digits.pretrain_vision", must_not_run)
     with pytest.raises(ValueError, match="tower_lr_ratio must be >= 0, got -1"):
         train(_quick_config(tower_lr_ratio=-1.0), log=None, evaluate=False)
 

@@ -344,6 +344,8 @@ def train(
         raise ValueError(
             f"unknown tasks {sorted(unknown)} in task_weights; choose from {tuple(TASKS)}"
         )
+    if cfg.tower_lr_ratio < 0:
+        raise ValueError(f"tower_lr_ratio must be >= 0, got {cfg.tower_lr_ratio}")
     _set_determinism(cfg.seed)
     t0 = time.perf_counter()
     model, processor = build_tiny_llava(cfg.model)
@@ -358,8 +360,6 @@ def train(
     vision_record = pretrain_vision(model, processor, cfg, log) if cfg.vision_steps else None
     if cfg.tower_lr_ratio == 0:
         model.model.vision_tower.requires_grad_(False)
-    elif cfg.tower_lr_ratio < 0:
-        raise ValueError(f"tower_lr_ratio must be >= 0, got {cfg.tower_lr_ratio}")
     groups = []
     for in_tower, lr in ((False, cfg.lr), (True, cfg.lr * cfg.tower_lr_ratio)):
         named = [
