@@ -5,7 +5,7 @@ layout (576 image tokens, the LLaVA-1.5 template and question), measured in one 
 
 (a) naive: one ``run_with_hooks`` forward of the whole prompt per mask;
 (b) hooks batched: the hook reference, ``--ref-batch-size`` masks per forward;
-(c) engine: :class:`~tl_lvlm.engine.AblationEngine` (shared prefix, text suffix only).
+(c) engine: :class:`~tl_lvlm.ablation.engine.AblationEngine` (shared prefix, text suffix only).
 
 It also checks that (a), (b) and (c) agree on the masks they share.
 
@@ -46,8 +46,8 @@ import torch
 
 from tl_lvlm import HookedLVLM
 from tl_lvlm.ablation import image_kv_ablation_hooks, image_kv_baseline
-from tl_lvlm.engine import AblationEngine
-from tl_lvlm.templates import LLAVA_15_TEMPLATE
+from tl_lvlm.ablation.engine import AblationEngine
+from tl_lvlm.inputs.templates import LLAVA_15_TEMPLATE
 from tl_lvlm.testing import (
     IMAGE_TOKEN,
     TinyLlavaConfig,

@@ -10,7 +10,7 @@
    dtype=torch.bfloat16)`` and runs head attribution on 2 random images with the
    fewest masks the fit accepts (``--n-masks``), without the evaluation curves and the
    logit store. ``--via cli`` runs ``tl-lvlm attribute`` (needs its ``--dtype``);
-   ``--via api`` runs the same steps through :func:`~tl_lvlm.head_attribution`;
+   ``--via api`` runs the same steps through :func:`~tl_lvlm.analysis.heads`;
    ``auto`` picks ``cli`` when the installed CLI has ``--dtype``. The fit needs at
    least ``n_layers * n_heads + 1`` masks after its 10% holdout (1,139 per sample at
    32 layers); ``--via engine`` runs the same per-sample steps without the fit, so any
@@ -22,7 +22,7 @@
 Vocabulary: Vicuna's 32,000 tokens, then ``<image>`` = 32000 and ``<pad>`` = 32001
 as llava-hf adds them, and an embedding of 32,064 rows (llava-hf pads it to a multiple
 of 64). The tokenizer is the tiny kit's byte-level BPE
-(:func:`tl_lvlm.tiny_llava.build_tokenizer`) with its vocabulary padded to 32,000 by
+(:func:`tl_lvlm.zoo.tiny_llava.build_tokenizer`) with its vocabulary padded to 32,000 by
 filler tokens no merge produces (:func:`vicuna_sized_tokenizer`): prompts tokenize as
 on the tiny models, the ids and sizes are Vicuna's. The processor is a real
 ``LlavaProcessor`` with a ``CLIPImageProcessor`` at 336 px.
@@ -62,8 +62,8 @@ import torch
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from tl_lvlm.templates import IMAGE_PLACEHOLDER
-from tl_lvlm.tiny_llava import build_processor, build_tokenizer, save_atomic
+from tl_lvlm.inputs.templates import IMAGE_PLACEHOLDER
+from tl_lvlm.zoo.tiny_llava import build_processor, build_tokenizer, save_atomic
 
 #: llava-hf/llava-1.5-7b-hf, key by key (the rest are the Llama / CLIP config defaults).
 LLAVA_15_7B = {
@@ -158,7 +158,7 @@ class RandomCheckpoint:
     and shapes; the names are converted to the on-disk format and split into shards
     with the functions ``save_pretrained`` calls, and each shard's tensors are drawn
     only when that shard is written. Duck-types ``save_pretrained(directory)`` so that
-    :func:`tl_lvlm.tiny_llava.save_atomic` writes it with the processor, atomically.
+    :func:`tl_lvlm.zoo.tiny_llava.save_atomic` writes it with the processor, atomically.
     """
 
     def __init__(self, config, *, max_shard_size: str | int = "2GB", seed: int = 0):
@@ -277,7 +277,7 @@ class _PeakSampler(threading.Thread):
 
 def _install_timers(record: dict) -> None:
     """Time HookedLVLM.from_pretrained, AblationEngine.__init__ and AblationEngine.run."""
-    from tl_lvlm.engine import AblationEngine
+    from tl_lvlm.ablation.engine import AblationEngine
     from tl_lvlm.model import HookedLVLM
 
     def timed(fn, key: str, count=None):
@@ -335,9 +335,9 @@ def _run_in_process(spec: dict, record: dict) -> None:
         torch.set_num_threads(spec["threads"])
     from attribution import sample_masks
     from tl_lvlm.ablation import image_kv_baseline
-    from tl_lvlm.engine import AblationEngine
-    from tl_lvlm.head_attribution import head_attribution
-    from tl_lvlm.images import load_image_set
+    from tl_lvlm.ablation.engine import AblationEngine
+    from tl_lvlm.analysis.heads import head_attribution
+    from tl_lvlm.cli.image_sources import load_image_set
     from tl_lvlm.model import HookedLVLM
 
     model = HookedLVLM.from_pretrained(spec["model"], dtype=torch.bfloat16, device="cpu")

@@ -36,9 +36,10 @@ import torch
 
 from attribution import components_needed, default_ks, rank_by
 from tl_lvlm import HookedLVLM, head_attribution
-from tl_lvlm.engine import AblationEngine
-from tl_lvlm.evaluation import Evaluation, evaluate_rankings
-from tl_lvlm.head_attribution import HEAD_ATTRIBUTION, resolve_baseline
+from tl_lvlm.ablation import resolve_baseline
+from tl_lvlm.ablation.engine import AblationEngine
+from tl_lvlm.analysis.evaluation import Evaluation, evaluate_rankings
+from tl_lvlm.analysis.heads import HEAD_ATTRIBUTION
 from tl_lvlm.zoo import DIGITS_QUESTION, digit_token_ids, resolve
 from tl_lvlm.zoo.digits import STYLES, load_digit_images
 

@@ -7,7 +7,7 @@ its own):
 
 - ``n_masks=10_000`` (the paper's count);
 - ``n_masks="auto"`` (rounds of masks until the fit converges; see
-  ``tl_lvlm.head_attribution.convergence``).
+  ``tl_lvlm.analysis.heads.convergence``).
 
 It reports per sample: masks used, held-out R², heads needed (smallest k with
 faithfulness > 0.8 and completeness < 0.2 on that sample's own curves, ranked by its
@@ -30,7 +30,7 @@ import torch
 
 from attribution import components_needed, rank_by
 from tl_lvlm import HookedLVLM, head_attribution
-from tl_lvlm.head_attribution import HEAD_ATTRIBUTION
+from tl_lvlm.analysis.heads import HEAD_ATTRIBUTION
 from tl_lvlm.zoo import DIGITS_QUESTION, digit_token_ids
 from tl_lvlm.zoo.digits import load_digit_images
 

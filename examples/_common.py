@@ -151,7 +151,7 @@ class DigitSamples:
         return replace(self, task=task)
 
     def attribution_samples(self) -> list[tuple[Image.Image, str, str]]:
-        """``(image, question, label)`` tuples for :func:`tl_lvlm.head_attribution`."""
+        """``(image, question, label)`` tuples for :func:`tl_lvlm.analysis.heads`."""
         return [(im, self.question, w) for im, w in zip(self.images, self.words, strict=True)]
 
     def target_ids(self, model: HookedLVLM) -> list[int]:

@@ -47,7 +47,7 @@ from tqdm.auto import tqdm
 from attribution import components_needed, plot_curves, plot_heatmap, rank_by
 from tl_lvlm import HeadAttributionResult, HookedLVLM, head_attribution, image_kv_baseline
 from tl_lvlm.ablation import ImageKVBaseline
-from tl_lvlm.evaluation import C_THRESHOLD, F_THRESHOLD
+from tl_lvlm.analysis.evaluation import C_THRESHOLD, F_THRESHOLD
 from tl_lvlm.zoo.digits import STYLES
 
 NAME = "head_attribution_digits"

@@ -73,8 +73,8 @@ from tl_lvlm import (
     image_token_attribution,
 )
 from tl_lvlm.ablation import ImageKVBaseline
+from tl_lvlm.analysis.image_tokens import NoImageEffectError, patch_mask, plot_image_attribution
 from tl_lvlm.flow import plot_flow_sweep
-from tl_lvlm.image_attribution import NoImageEffectError, patch_mask, plot_image_attribution
 from tl_lvlm.zoo.digits import CANVAS_SIZE, STYLES, Appearance, digit_arrays
 from tl_lvlm.zoo.questions import TASKS
 

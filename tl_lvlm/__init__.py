@@ -2,16 +2,21 @@
 
 The main entry points; each step is also a function of its own module:
 
-- :class:`HookedLVLM` (``tl_lvlm.model``): load, ``prepare`` inputs with token groups, run with
-  hooks or a cache.
+Subpackages by layer, each importing only those above it in this list:
+
+- ``tl_lvlm.inputs``: :class:`LVLMInputs` and token groups, image conversion, templates.
 - ``tl_lvlm.families``: one :class:`LVLMFamily` per architecture; :func:`register_family`
   adds one.
-- ``tl_lvlm.ablation``: image-K/V head ablation hooks (the reference) and mean/zero baselines.
-- ``tl_lvlm.engine``: :class:`AblationEngine`, the same ablation for thousands of masks, fast.
-- ``tl_lvlm.head_attribution``: the paper's head attribution with baselines and evaluation.
-- ``tl_lvlm.flow``: attention knockout between token groups and layer-window sweeps.
-- ``tl_lvlm.image_attribution``: the same regression over image positions.
-- ``tl_lvlm.patching``: TransformerLens patching utilities with images carried along.
+- ``tl_lvlm.model``: :class:`HookedLVLM`: load, ``prepare`` inputs with token groups, run
+  with hooks or a cache, generate.
+- ``tl_lvlm.ablation``: image-K/V baselines, the hook reference and :class:`AblationEngine`,
+  the same ablation for thousands of masks, fast.
+- ``tl_lvlm.analysis``: :func:`head_attribution` (the paper's method, with baselines and
+  evaluation) and :func:`image_token_attribution`; ``tl_lvlm.flow``: attention knockout
+  between token groups and layer-window sweeps; ``tl_lvlm.patching``: TransformerLens
+  patching utilities with images carried along.
+- ``tl_lvlm.cli``: the ``tl-lvlm`` command. ``tl_lvlm.zoo``: the bundled model.
+  ``tl_lvlm.testing``: tiny checkpoints of every family, for your tests.
 """
 
 import importlib
@@ -20,10 +25,11 @@ import importlib
 # `tl-lvlm --help` do not pay for torch / transformers until something needs them.
 _EXPORTS = {
     "ImageKVBaseline": "tl_lvlm.ablation",
+    "resolve_baseline": "tl_lvlm.ablation",
     "image_kv_ablation": "tl_lvlm.ablation",
     "image_kv_ablation_hooks": "tl_lvlm.ablation",
     "image_kv_baseline": "tl_lvlm.ablation",
-    "AblationEngine": "tl_lvlm.engine",
+    "AblationEngine": "tl_lvlm.ablation",
     "LVLMFamily": "tl_lvlm.families",
     "PatchGeometry": "tl_lvlm.families",
     "register_family": "tl_lvlm.families",
@@ -32,18 +38,18 @@ _EXPORTS = {
     "Knockout": "tl_lvlm.flow",
     "flow_sweep": "tl_lvlm.flow",
     "knockout": "tl_lvlm.flow",
-    "HeadAttributionResult": "tl_lvlm.head_attribution",
-    "answer_token_id": "tl_lvlm.head_attribution",
-    "head_attribution": "tl_lvlm.head_attribution",
-    "ImageAttribution": "tl_lvlm.image_attribution",
-    "image_token_attribution": "tl_lvlm.image_attribution",
-    "object_mass": "tl_lvlm.image_attribution",
+    "HeadAttributionResult": "tl_lvlm.analysis.heads",
+    "answer_token_id": "tl_lvlm.analysis.heads",
+    "head_attribution": "tl_lvlm.analysis.heads",
+    "ImageAttribution": "tl_lvlm.analysis.image_tokens",
+    "image_token_attribution": "tl_lvlm.analysis.image_tokens",
+    "object_mass": "tl_lvlm.analysis.image_tokens",
     "GROUPS": "tl_lvlm.inputs",
     "LVLMInputs": "tl_lvlm.inputs",
-    "SUPPORTED_ARCHITECTURES": "tl_lvlm.model",
+    "supported_architectures": "tl_lvlm.families",
     "BoundLVLM": "tl_lvlm.model",
     "HookedLVLM": "tl_lvlm.model",
-    "LLAVA_15_TEMPLATE": "tl_lvlm.templates",
+    "LLAVA_15_TEMPLATE": "tl_lvlm.inputs.templates",
 }
 
 
@@ -64,7 +70,6 @@ __all__ = [
     "GROUPS",
     "LLAVA_15_TEMPLATE",
     "PAPER_EDGE_SETS",
-    "SUPPORTED_ARCHITECTURES",
     "AblationEngine",
     "BoundLVLM",
     "FlowSweep",
@@ -86,5 +91,7 @@ __all__ = [
     "knockout",
     "object_mass",
     "register_family",
+    "resolve_baseline",
+    "supported_architectures",
 ]
 __version__ = "0.1.0"

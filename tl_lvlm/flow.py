@@ -23,13 +23,13 @@ relative target logit ``logit(knocked) / logit(clean)``, as the paper reports th
 relative change of the answer's logit; the ``(knocked - ref) / (clean - ref)``
 normalization of head attribution would need a reference run per edge set.
 
-The hooks come from the model's family
-(:meth:`~tl_lvlm.families.LVLMFamily.knockout_hooks`): by default they edit the
-scores, which needs an attention component that computes them itself and lets
-hook edits flow into its softmax. Where TransformerBridge keeps attention native
-and fires ``hook_attn_scores`` after the fact, an edit would be discarded:
-:func:`knockout` refuses such models (``LVLMFamily.check_knockout``) rather than
-returning a silent no-op, unless the family brings hooks of its own.
+The hooks follow the family's :attr:`~tl_lvlm.families.LVLMFamily.attention_edits`:
+``"scores"`` edits the scores, which needs an attention component that computes them
+itself and lets hook edits flow into its softmax; ``"recompute"`` recomputes attention
+from ``hook_q/k/v`` (:func:`~tl_lvlm.ablation.recomputed.recomputed_knockout_hooks`).
+Where TransformerBridge keeps attention native and fires ``hook_attn_scores`` after the
+fact, a score edit would be discarded: :func:`knockout` refuses such models
+(``LVLMFamily.check_knockout``) rather than returning a silent no-op.
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from tl_lvlm.ablation.recomputed import recomputed_knockout_hooks
 from tl_lvlm.inputs import GROUPS, LVLMInputs
 from tl_lvlm.model import HookedLVLM
 
@@ -243,9 +244,14 @@ class Knockout:
 
     @property
     def fwd_hooks(self) -> list[tuple[str, Callable]]:
-        """``[(hook name, fn), ...]`` for ``run_with_hooks`` / ``model.hooks`` (the family's
-        :meth:`~tl_lvlm.families.LVLMFamily.knockout_hooks`)."""
-        return self.model.family.knockout_hooks(self)
+        """``[(hook name, fn), ...]`` for ``run_with_hooks`` / ``model.hooks``: the blocked
+        scores filled at ``hook_attn_scores``, or recomputed attention, as the family's
+        :attr:`~tl_lvlm.families.LVLMFamily.attention_edits` says."""
+        if self.model.family.attention_edits == "recompute":
+            return recomputed_knockout_hooks(self.model, self)
+        return [
+            (f"blocks.{layer}.attn.hook_attn_scores", self.mask_scores) for layer in self.layers
+        ]
 
     def __enter__(self) -> Knockout:
         if self._stack is not None:

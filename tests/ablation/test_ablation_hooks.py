@@ -15,7 +15,7 @@ from tl_lvlm.ablation import (
     image_kv_ablation_hooks,
     image_kv_baseline,
 )
-from tl_lvlm.templates import VICUNA_SYSTEM_TEMPLATE
+from tl_lvlm.inputs.templates import VICUNA_SYSTEM_TEMPLATE
 from tl_lvlm.testing import random_images
 
 

@@ -17,7 +17,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from tl_lvlm import HookedLVLM
 from tl_lvlm.ablation import image_kv_baseline
-from tl_lvlm.engine import AblationEngine
+from tl_lvlm.ablation.engine import AblationEngine
 from tl_lvlm.testing import TEST_QUESTIONS, TinyLlavaConfig, random_images, save_tiny_llava
 
 #: 24 x 24 = 576 image tokens; 8 query heads on 4 KV heads.

@@ -1,4 +1,4 @@
-"""AblationEngine (tl_lvlm.engine) against the hook reference, and its contract."""
+"""AblationEngine (tl_lvlm.ablation.engine) against the hook reference, and its contract."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from torch.utils._pytree import tree_leaves
 
 from tl_lvlm import HookedLVLM
 from tl_lvlm.ablation import image_kv_ablation_hooks, image_kv_baseline
-from tl_lvlm.engine import ATTENTION_NAME, AblationEngine, hf_modules
-from tl_lvlm.templates import VICUNA_SYSTEM_TEMPLATE
+from tl_lvlm.ablation.engine import ATTENTION_NAME, AblationEngine, hf_modules
+from tl_lvlm.inputs.templates import VICUNA_SYSTEM_TEMPLATE
 from tl_lvlm.testing import random_images
 
 

@@ -14,7 +14,7 @@ import torch
 
 from tl_lvlm import HookedLVLM
 from tl_lvlm.ablation import image_kv_baseline
-from tl_lvlm.engine import AblationEngine
+from tl_lvlm.ablation.engine import AblationEngine
 from tl_lvlm.testing import TEST_QUESTIONS, TinyLlavaConfig, random_images, save_tiny_llava
 
 CONFIG = TinyLlavaConfig(n_layers=2, n_heads=2, n_kv_heads=1, d_model=256, d_mlp=512, seed=3)

@@ -14,14 +14,11 @@ import functools
 import pytest
 import torch
 
-from tl_lvlm.ablation import (
-    _gather_positions,
-    _LayerAblation,
-    ablated_queries,
-    image_kv_ablation_hooks,
-)
-from tl_lvlm.engine import AblationEngine
-from tl_lvlm.normalization import LogitNormalization
+from tl_lvlm._utils.tensors import gather_positions
+from tl_lvlm.ablation import ablated_queries, image_kv_ablation_hooks
+from tl_lvlm.ablation.engine import AblationEngine
+from tl_lvlm.ablation.hooks import _LayerAblation
+from tl_lvlm.ablation.normalization import LogitNormalization
 
 
 class _InterpolatedLayer(_LayerAblation):
@@ -37,7 +34,7 @@ class _InterpolatedLayer(_LayerAblation):
         cols = self._image_columns(edited)
         q = self.seen["q"][:, self.first :].transpose(1, 2)
         cos, sin = (
-            _gather_positions(self.seen[n].expand(q.shape[0], -1, -1), self.image, dim=1)
+            gather_positions(self.seen[n].expand(q.shape[0], -1, -1), self.image, dim=1)
             for n in ("cos", "sin")
         )
         k_rot = self.rotate(self.k_base[None].expand(q.shape[0], -1, -1, -1), cos, sin)

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tl_lvlm.analysis.heads import HeadAttributionResult
 from tl_lvlm.cli import main
-from tl_lvlm.head_attribution import HeadAttributionResult
-from tl_lvlm.report import FIGURES
+from tl_lvlm.cli.report import FIGURES
 from tl_lvlm.testing import random_images
 
 pytest_plugins = ["planted_llava"]

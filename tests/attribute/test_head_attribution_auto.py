@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 
 from attribution import fit
-from tl_lvlm.head_attribution import HeadAttributionResult, head_attribution, stored_samples
-from tl_lvlm.head_attribution.convergence import (
+from tl_lvlm.analysis.heads import HeadAttributionResult, head_attribution, stored_samples
+from tl_lvlm.analysis.heads.convergence import (
     AUTO_MAX_MASKS,
     AUTO_R2_TOL,
     AUTO_TOP_K,
     auto_rounds,
 )
-from tl_lvlm.report import write_report
+from tl_lvlm.cli.report import write_report
 
 pytest_plugins = ["planted_llava"]
 pytestmark = pytest.mark.filterwarnings("ignore:the mean baseline is computed over only")

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from tl_lvlm.baselines import attention_to_image, single_head_effects
-from tl_lvlm.evaluation import evaluate_rankings
+from tl_lvlm.analysis.competing import attention_to_image, single_head_effects
+from tl_lvlm.analysis.evaluation import evaluate_rankings
 from tl_lvlm.testing import random_images
 
 

@@ -6,7 +6,7 @@ import torch
 
 from attribution import rank_by
 from tl_lvlm import HookedLVLM
-from tl_lvlm.head_attribution import head_attribution
+from tl_lvlm.analysis.heads import head_attribution
 
 pytest_plugins = ["planted_llava"]  # the planted model and its fixtures
 

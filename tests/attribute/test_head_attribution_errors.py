@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from attribution import save_results
-from tl_lvlm.head_attribution import HeadAttributionResult, answer_token_id, head_attribution
+from tl_lvlm.analysis.heads import HeadAttributionResult, answer_token_id, head_attribution
 from tl_lvlm.testing import random_images
 
 QUESTION = "What digit is shown? Answer in a single word."

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from attribution import rank_by, sample_masks
-from tl_lvlm.head_attribution import HeadAttributionResult, head_attribution
+from tl_lvlm.analysis.heads import HeadAttributionResult, head_attribution
 from tl_lvlm.testing import random_images
 
 pytest_plugins = ["planted_llava"]  # the planted model and its fixtures

@@ -7,8 +7,8 @@ import re
 import pytest
 
 from tl_lvlm import HookedLVLM
-from tl_lvlm.head_attribution import answer_token_id, head_attribution
-from tl_lvlm.images import load_image_set
+from tl_lvlm.analysis.heads import answer_token_id, head_attribution
+from tl_lvlm.cli.image_sources import load_image_set
 from tl_lvlm.zoo import DIGITS_QUESTION
 
 NAME = "tl-lvlm/tiny-digits"

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from tl_lvlm.ablation import image_kv_baseline
-from tl_lvlm.engine import AblationEngine
-from tl_lvlm.head_attribution import MIN_MEAN_IMAGES, head_attribution, resolve_baseline
-from tl_lvlm.image_attribution import image_token_attribution
-from tl_lvlm.report import write_report
+from tl_lvlm.ablation import MIN_MEAN_IMAGES, image_kv_baseline, resolve_baseline
+from tl_lvlm.ablation.engine import AblationEngine
+from tl_lvlm.analysis.heads import head_attribution
+from tl_lvlm.analysis.image_tokens import image_token_attribution
+from tl_lvlm.cli.report import write_report
 from tl_lvlm.testing import random_images
 
 pytest_plugins = ["planted_llava"]

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from attribution.store import OUTPUTS_NAME
-from tl_lvlm.head_attribution import HeadAttributionResult, head_attribution, stored_samples
+from tl_lvlm.analysis.heads import HeadAttributionResult, head_attribution, stored_samples
 
 pytest_plugins = ["planted_llava"]
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from tl_lvlm.ablation import image_kv_baseline
-from tl_lvlm.head_attribution import HeadAttributionResult, head_attribution
-from tl_lvlm.report import summarize
+from tl_lvlm.analysis.heads import HeadAttributionResult, head_attribution
+from tl_lvlm.cli.report import summarize
 from tl_lvlm.testing import random_images
 
 pytest_plugins = ["planted_llava"]

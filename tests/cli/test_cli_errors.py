@@ -13,8 +13,8 @@ from huggingface_hub import constants
 
 from tl_lvlm import model as model_module
 from tl_lvlm.cli import main
-from tl_lvlm.cli_common import CliError
-from tl_lvlm.model_source import check_model_source
+from tl_lvlm.cli.common import CliError
+from tl_lvlm.cli.model_source import check_model_source
 
 
 def one_error_line(stderr: str, prog: str = "tl-lvlm attribute") -> str:

@@ -7,7 +7,7 @@ import logging
 import pytest
 from cli_helpers import run_cli
 
-import tl_lvlm.head_attribution as head_attribution_module
+import tl_lvlm.analysis.heads as head_attribution_module
 from tl_lvlm.cli import build_parser, main
 
 ATTRIBUTE = ["attribute", "--model", "m", "--images", "random", "--out", "o"]
@@ -61,7 +61,7 @@ def test_same_names_in_every_command():
 
 
 def test_torchvision_fallback_warning_filtered_narrowly(caplog):
-    from tl_lvlm.cli_common import setup_runtime
+    from tl_lvlm.cli.common import setup_runtime
 
     setup_runtime(build_parser().parse_args(["report", "d"]))
     logger = logging.getLogger("transformers.utils.import_utils")

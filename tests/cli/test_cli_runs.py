@@ -16,10 +16,10 @@ import pytest
 import torch
 from cli_helpers import CLI, run_cli, tree_hashes
 
-import tl_lvlm.head_attribution as head_attribution_module
+import tl_lvlm.analysis.heads as head_attribution_module
 from tl_lvlm import HookedLVLM
+from tl_lvlm.analysis.heads import HeadAttributionResult, head_attribution
 from tl_lvlm.cli import main
-from tl_lvlm.head_attribution import HeadAttributionResult, head_attribution
 from tl_lvlm.testing import random_images
 
 QUESTION = "What is the main object in this image? Answer in a single word."

@@ -1,6 +1,6 @@
 """The family contract: every registered family against Hugging Face and tl-lvlm's references.
 
-Parametrized over every family with a tiny builder (``tl_lvlm.testing_families.BUILDERS``;
+Parametrized over every family with a tiny builder (``tl_lvlm.testing.BUILDERS``;
 a test checks that these are exactly the registered, supported families), each saved
 with ``save_pretrained`` and loaded with ``HookedLVLM.from_pretrained(path)``:
 
@@ -25,10 +25,10 @@ from transformers import AttentionInterface, AutoConfig
 from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
 from tl_lvlm.ablation import image_kv_ablation_hooks, image_kv_baseline
-from tl_lvlm.engine import AblationEngine
+from tl_lvlm.ablation.engine import AblationEngine
+from tl_lvlm.analysis.heads import head_attribution
 from tl_lvlm.families import family_of, supported_architectures
 from tl_lvlm.flow import knockout
-from tl_lvlm.head_attribution import head_attribution
 from tl_lvlm.testing import random_images
 
 QUESTIONS = [

@@ -7,7 +7,7 @@ import torch
 from tiny_families import family_model
 
 from tl_lvlm.ablation import image_kv_ablation_hooks, image_kv_baseline, key_hook
-from tl_lvlm.engine import AblationEngine
+from tl_lvlm.ablation.engine import AblationEngine
 from tl_lvlm.testing import random_images
 
 QUESTION = "Which number is written here?"

@@ -9,7 +9,7 @@ from PIL import Image
 from tiny_families import family_model
 
 from tl_lvlm.ablation import image_kv_baseline
-from tl_lvlm.engine import AblationEngine
+from tl_lvlm.ablation.engine import AblationEngine
 from tl_lvlm.testing import random_images
 
 QUESTION = "Which number is written here?"

@@ -13,7 +13,7 @@ from tiny_families import family_model, family_path, greedy_image_attribution, s
 
 from tl_lvlm.families import PatchGeometry
 from tl_lvlm.families.processors import torchvision_available
-from tl_lvlm.testing_families import OV_PATCH, OV_TILE
+from tl_lvlm.testing import OV_PATCH, OV_TILE
 
 QUESTIONS = [
     "What is the main object in this image? Answer in a single word.",

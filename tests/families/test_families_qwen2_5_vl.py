@@ -14,12 +14,11 @@ from tiny_families import family_model, family_path, greedy_image_attribution, s
 from transformers import Qwen2_5_VLForConditionalGeneration
 
 from tl_lvlm.ablation import image_kv_ablation_hooks, image_kv_baseline
-from tl_lvlm.engine import AblationEngine
+from tl_lvlm.ablation.engine import AblationEngine
 from tl_lvlm.families import PatchGeometry
 from tl_lvlm.families.processors import torchvision_available
 from tl_lvlm.flow import knockout
-from tl_lvlm.testing import random_images
-from tl_lvlm.testing_families import QWEN_MERGE, QWEN_PATCH
+from tl_lvlm.testing import QWEN_MERGE, QWEN_PATCH, random_images
 
 QUESTIONS = [
     "What is the main object in this image? Answer in a single word.",
@@ -204,11 +203,17 @@ def test_image_token_attribution_maps_the_merged_grid(model):
 def test_recomputed_hooks_refuse_a_sliding_window_they_do_not_apply(model, monkeypatch):
     sample = model.prepare(random_images(1, 28, seed=2), QUESTIONS[0])
     baseline = image_kv_baseline(model, sample, "zero")
-    monkeypatch.setattr(model.family.decoder_config, "sliding_window", sample.seq_len - 1)
     keep = torch.zeros(1, model.n_layers, model.n_heads, dtype=torch.bool)
-    with pytest.raises(NotImplementedError, match="Qwen2.5-VL: the recomputed.*sliding window"):
+    config = model.family.decoder_config
+    monkeypatch.setattr(config, "sliding_window", sample.seq_len - 1)
+    # HF applies the window only with use_sliding_window (off on Qwen2.5-VL's checkpoints);
+    # the engine and the recomputed hooks read the one refusal list, so both agree.
+    monkeypatch.setattr(config, "use_sliding_window", False)
+    assert image_kv_ablation_hooks(model, sample, baseline, keep)
+    monkeypatch.setattr(config, "use_sliding_window", True)
+    with pytest.raises(NotImplementedError, match="Qwen2.5-VL: the recomputed.*sliding attention window"):
         image_kv_ablation_hooks(model, sample, baseline, keep)
-    with pytest.raises(NotImplementedError, match="Qwen2.5-VL: the recomputed.*sliding window"):
+    with pytest.raises(NotImplementedError, match="Qwen2.5-VL: the recomputed.*sliding attention window"):
         with knockout(model, sample, ("image", "final"), [0]):
             pass
 

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from tiny_families import family_model, greedy_image_attribution
 
+from tl_lvlm.analysis.image_tokens import image_token_attribution, object_mass, patch_mask
 from tl_lvlm.families import PatchGeometry
-from tl_lvlm.image_attribution import image_token_attribution, object_mass, patch_mask
 from tl_lvlm.testing import random_images
 
 QUESTION = "Which number is written here?"

@@ -18,7 +18,7 @@ _PROBE = """
 import json, sys
 import tl_lvlm
 from transformers import AttentionInterface
-from tl_lvlm.engine import ATTENTION_NAME
+from tl_lvlm.ablation.engine import ATTENTION_NAME
 state = {
     "matplotlib": sorted(m for m in sys.modules if m.split(".")[0] == "matplotlib"),
     "registered": ATTENTION_NAME in AttentionInterface._global_mapping,

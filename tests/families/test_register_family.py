@@ -17,7 +17,9 @@ from transformers import LlavaForConditionalGeneration
 
 from tl_lvlm import HookedLVLM
 from tl_lvlm.ablation import image_kv_ablation_hooks, image_kv_baseline
-from tl_lvlm.engine import AblationEngine
+from tl_lvlm.ablation.engine import AblationEngine
+from tl_lvlm.analysis.heads import head_attribution
+from tl_lvlm.analysis.image_tokens import image_token_attribution
 from tl_lvlm.families import (
     Llava15Family,
     LVLMFamily,
@@ -27,10 +29,7 @@ from tl_lvlm.families import (
     unregister_family,
 )
 from tl_lvlm.flow import knockout
-from tl_lvlm.head_attribution import head_attribution
-from tl_lvlm.image_attribution import image_token_attribution
-from tl_lvlm.testing import random_images, save_atomic
-from tl_lvlm.testing_families import build_tiny_llava_15
+from tl_lvlm.testing import build_tiny_llava_15, random_images, save_atomic
 
 QUESTION = "Which number is written here?"
 

@@ -18,8 +18,8 @@ import torch
 from PIL import Image
 
 from tl_lvlm import HookedLVLM
-from tl_lvlm.image_attribution import image_token_attribution
-from tl_lvlm.testing_families import BUILDERS, save_tiny_family
+from tl_lvlm.analysis.image_tokens import image_token_attribution
+from tl_lvlm.testing import BUILDERS, save_tiny_family
 
 #: Families with a tiny builder: every supported family (the contract test checks it).
 FAMILIES = tuple(BUILDERS)

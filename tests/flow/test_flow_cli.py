@@ -8,8 +8,8 @@ import numpy as np
 from PIL import Image
 
 from tl_lvlm.cli import build_parser, main
+from tl_lvlm.cli.flow import EXPERIMENTS, flow_command
 from tl_lvlm.flow import PAPER_EDGE_SETS
-from tl_lvlm.flow_cli import EXPERIMENTS, flow_command
 from tl_lvlm.testing import random_images
 
 

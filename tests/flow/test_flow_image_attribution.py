@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from tl_lvlm import HookedLVLM
-from tl_lvlm.image_attribution import (
+from tl_lvlm.analysis.image_tokens import (
     image_token_attribution,
     object_mass,
     patch_mask,

@@ -8,8 +8,7 @@ import torch
 from lvlm_cases import DIGIT_QUESTION, DIGITS, hf_copy
 
 from tl_lvlm import HookedLVLM, zoo
-from tl_lvlm.testing import DIGIT_WORDS, TEST_QUESTIONS, random_images
-from tl_lvlm.testing_families import save_tiny_family
+from tl_lvlm.testing import DIGIT_WORDS, TEST_QUESTIONS, random_images, save_tiny_family
 from tl_lvlm.zoo.digits import load_digit_images
 
 

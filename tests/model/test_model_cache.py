@@ -12,7 +12,7 @@ import pytest
 import torch
 from lvlm_cases import DIGIT_QUESTION
 
-from tl_lvlm.embed_hook import hook_embed_at_residual_input
+from tl_lvlm.model.embed_hook import hook_embed_at_residual_input
 from tl_lvlm.testing import TEST_QUESTIONS
 
 

@@ -9,7 +9,7 @@ import torch
 from transformers import LlavaForConditionalGeneration
 
 from tl_lvlm import HookedLVLM
-from tl_lvlm.templates import CHATML_TEMPLATE, LLAVA_15_TEMPLATE, VICUNA_SYSTEM_TEMPLATE
+from tl_lvlm.inputs.templates import CHATML_TEMPLATE, LLAVA_15_TEMPLATE, VICUNA_SYSTEM_TEMPLATE
 from tl_lvlm.testing import TEST_QUESTIONS as QUESTIONS
 
 

@@ -12,7 +12,7 @@ import torch
 from lvlm_cases import DIGIT_QUESTION
 from PIL import Image
 
-from tl_lvlm.image_inputs import ACCEPTED_IMAGES
+from tl_lvlm.inputs.images import ACCEPTED_IMAGES
 
 FORMS = (
     "PIL",

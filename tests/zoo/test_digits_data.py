@@ -8,7 +8,6 @@ import itertools
 import numpy as np
 import pytest
 
-from tl_lvlm.tiny_llava import build_processor, build_tokenizer
 from tl_lvlm.zoo.digits import (
     CANVAS_SIZE,
     DIGIT_SIZE,
@@ -25,6 +24,7 @@ from tl_lvlm.zoo.digits import (
     user_arrays,
 )
 from tl_lvlm.zoo.questions import COLORS, PALETTE
+from tl_lvlm.zoo.tiny_llava import build_processor, build_tokenizer
 from tl_lvlm.zoo.train_digits import default_model_config
 
 

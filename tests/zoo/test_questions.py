@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from tl_lvlm.tiny_llava import build_tokenizer
 from tl_lvlm.zoo import DIGITS_QUESTION
 from tl_lvlm.zoo.questions import (
     ANSWER_WORDS,
@@ -17,6 +16,7 @@ from tl_lvlm.zoo.questions import (
     prompt,
     task,
 )
+from tl_lvlm.zoo.tiny_llava import build_tokenizer
 from tl_lvlm.zoo.train_digits import default_model_config
 
 

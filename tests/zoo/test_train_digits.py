@@ -12,10 +12,10 @@ import torch
 from transformers import AutoProcessor, LlavaForConditionalGeneration
 
 from tl_lvlm import HookedLVLM
-from tl_lvlm.tiny_llava import build_tiny_llava
 from tl_lvlm.zoo import resolve
 from tl_lvlm.zoo.evaluate_digits import evaluate
 from tl_lvlm.zoo.questions import TASKS, answer_token_ids
+from tl_lvlm.zoo.tiny_llava import build_tiny_llava
 from tl_lvlm.zoo.train_digits import (
     TrainConfig,
     _EpochStream,

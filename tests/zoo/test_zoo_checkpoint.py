@@ -12,7 +12,6 @@ import torch
 from transformers import AutoProcessor, LlavaForConditionalGeneration
 
 from tl_lvlm import HookedLVLM
-from tl_lvlm.tiny_llava import DIGIT_WORDS
 from tl_lvlm.zoo import (
     ZOO,
     evaluate_accuracy,
@@ -22,6 +21,7 @@ from tl_lvlm.zoo import (
 from tl_lvlm.zoo.digits import CANVAS_SIZE, load_digit_images, load_digit_set
 from tl_lvlm.zoo.evaluate_digits import style_accuracy, task_accuracy, user_array_accuracy
 from tl_lvlm.zoo.questions import ANSWER_WORDS, OBJECT_QUESTION, TASKS, answer_token_ids
+from tl_lvlm.zoo.tiny_llava import DIGIT_WORDS
 
 NAME = "tl-lvlm/tiny-digits"
 

@@ -42,13 +42,9 @@ for _family in (
 ):
     register_family(_family)
 
-#: HF architectures HookedLVLM loads with the built-in families.
-SUPPORTED_ARCHITECTURES = supported_architectures()
-
 __all__ = [
     "ANALYSES",
     "FAMILIES",
-    "SUPPORTED_ARCHITECTURES",
     "Gemma3Family",
     "LVLMFamily",
     "Llava15Family",

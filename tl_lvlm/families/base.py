@@ -16,7 +16,7 @@ import contextlib
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import torch
 from jaxtyping import Float, Int
@@ -24,11 +24,11 @@ from torch import Tensor
 
 from tl_lvlm.families.geometry import PatchGeometry
 from tl_lvlm.inputs import LVLMInputs
-from tl_lvlm.templates import IMAGE_PLACEHOLDER, QUESTION_PLACEHOLDER, split_template
+from tl_lvlm.inputs.templates import IMAGE_PLACEHOLDER, QUESTION_PLACEHOLDER, split_template
 
 #: Analyses a family may refuse (:attr:`LVLMFamily.refused_analyses`):
 #: ``"ablation"``: image-K/V head ablation (the hook reference, and so head and image
-#: attribution); ``"engine"``: the shared-prefix :class:`~tl_lvlm.engine.AblationEngine`
+#: attribution); ``"engine"``: the shared-prefix :class:`~tl_lvlm.ablation.engine.AblationEngine`
 #: (scope "text"); ``"knockout"``: attention knockout; ``"image_attribution"``:
 #: image-token maps and object masks.
 ANALYSES = ("ablation", "engine", "knockout", "image_attribution")
@@ -74,6 +74,12 @@ class LVLMFamily:
         nested_images: the processor takes one list of images per prompt.
         sequence_inputs: processor outputs with one entry per token (``[batch, pos]``),
             cut with the tokens when the engine runs a part of the prompt.
+        attention_edits: how the hook reference and knockout edit attention:
+            ``"scores"``, through ``hook_attn_scores`` / ``hook_z`` (the bridge recomputes
+            attention, so score edits reach the softmax); ``"recompute"``, by recomputing
+            attention from ``hook_q/k/v`` into ``hook_z`` (the bridge keeps the HF attention
+            native and discards score edits). In the spirit of TransformerLens's
+            ``maintain_native_attention``; the ablation and flow code pick their hooks by it.
         unsupported: why the whole family is refused at load time, or None.
         refused_analyses: analysis (:data:`ANALYSES`) -> why this family refuses it.
 
@@ -90,6 +96,7 @@ class LVLMFamily:
     bidirectional_image: ClassVar[bool] = False
     nested_images: ClassVar[bool] = False
     sequence_inputs: ClassVar[tuple[str, ...]] = ()
+    attention_edits: ClassVar[Literal["scores", "recompute"]] = "scores"
     unsupported: ClassVar[str | None] = None
     refused_analyses: ClassVar[Mapping[str, str]] = {}
 
@@ -322,26 +329,36 @@ class LVLMFamily:
         return [rotary(x, position_ids)] * int(self.decoder_config.num_hidden_layers)
 
     # ------------------------------------------------------------------ engine
+    def attention_refusals(self, n_tokens: int) -> list[str]:
+        """What a ``n_tokens`` prompt needs of attention that tl-lvlm's own attention code
+        (the engine's suffix attention, the recomputed-attention hooks) does not implement:
+        a sliding window shorter than the prompt, attention-logit softcapping. Empty when
+        it implements everything; the one list both refusals read."""
+        cfg = self.decoder_config
+        window = getattr(cfg, "sliding_window", None)
+        reasons = []
+        if window is not None and getattr(cfg, "use_sliding_window", True) and n_tokens > window:
+            reasons.append(
+                f"the prompt has {n_tokens} tokens, more than the sliding attention window "
+                f"({window})"
+            )
+        if getattr(cfg, "attn_logit_softcapping", None) is not None:
+            reasons.append("this checkpoint sets attn_logit_softcapping")
+        return reasons
+
     def check_engine(self, n_tokens: int) -> None:
         """Refuse what the engine's suffix attention does not implement (it never guesses).
 
         Raises:
-            NotImplementedError: the family refuses the engine; a sliding attention
-                window shorter than the prompt; attention-logit softcapping.
+            NotImplementedError: the family refuses the engine, or
+                :meth:`attention_refusals` names something.
         """
         self.require("engine")
-        cfg = self.decoder_config
-        window = getattr(cfg, "sliding_window", None)
-        if window is not None and getattr(cfg, "use_sliding_window", True) and n_tokens > window:
+        reasons = self.attention_refusals(n_tokens)
+        if reasons:
             raise NotImplementedError(
-                f"{self.name}: the prompt has {n_tokens} tokens, more than the sliding attention "
-                f"window ({window}), which the engine's suffix attention does not apply; use "
-                "scope='all' (hook reference) or a shorter prompt"
-            )
-        if getattr(cfg, "attn_logit_softcapping", None) is not None:
-            raise NotImplementedError(
-                f"{self.name}: this checkpoint sets attn_logit_softcapping, which the engine's "
-                "suffix attention does not apply; use scope='all' (hook reference)"
+                f"{self.name}: {'; '.join(reasons)}, which the engine's suffix attention does "
+                "not apply; use scope='all' (hook reference) or a shorter prompt"
             )
 
     def prefix_inputs(self, sample: LVLMInputs, end: int) -> dict[str, Tensor]:
@@ -358,27 +375,7 @@ class LVLMFamily:
             kwargs[name] = kwargs[name][:, pad : pad + end]
         return kwargs
 
-    # ----------------------------------------------------------- hook reference
-    def ablation_hooks(self, model, inputs: LVLMInputs, baseline, keep: Tensor, scope: str):
-        """Forward hooks of the image-K/V ablation hook reference (validated arguments).
-
-        Default: :func:`tl_lvlm.ablation.score_edit_hooks`, edits of ``hook_attn_scores``
-        and ``hook_z``; a family whose bridge keeps attention native (edits of those
-        hooks discarded) overrides this with hooks that recompute attention.
-        """
-        from tl_lvlm.ablation import score_edit_hooks
-
-        return score_edit_hooks(model, inputs, baseline, keep, scope=scope)
-
     # --------------------------------------------------------------- knockout
-    def knockout_hooks(self, knockout) -> list[tuple[str, Callable]]:
-        """Forward hooks of a :class:`~tl_lvlm.flow.Knockout` (default: fill the blocked
-        scores at ``hook_attn_scores`` with the dtype's minimum)."""
-        return [
-            (f"blocks.{layer}.attn.hook_attn_scores", knockout.mask_scores)
-            for layer in knockout.layers
-        ]
-
     def check_knockout(self, bridge, layers: Sequence[int]) -> None:
         """Raise ``NotImplementedError`` where edits to ``hook_attn_scores`` are discarded.
 
@@ -392,6 +389,8 @@ class LVLMFamily:
         )
 
         self.require("knockout")
+        if self.attention_edits == "recompute":
+            return  # the knockout hooks recompute attention: any attention bridge will do
         for layer in layers:
             attn = bridge.blocks[layer].attn
             if type(attn).forward is AttentionBridge.forward:

@@ -12,7 +12,7 @@ import math
 from tl_lvlm.families.base import LVLMFamily
 from tl_lvlm.families.geometry import PatchGeometry
 from tl_lvlm.inputs import LVLMInputs
-from tl_lvlm.templates import LLAVA_15_TEMPLATE
+from tl_lvlm.inputs.templates import LLAVA_15_TEMPLATE
 
 
 class Llava15Family(LVLMFamily):

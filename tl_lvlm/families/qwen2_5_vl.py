@@ -17,7 +17,7 @@ Quirks:
   cuts the same ids for its prefix and suffix runs);
 - TransformerBridge keeps the text attention native, so ``hook_attn_scores`` edits are
   discarded: the hook reference and knockout recompute attention from ``hook_q/k/v``
-  (:mod:`tl_lvlm.families.native_attention`);
+  (:mod:`tl_lvlm.ablation.recomputed`);
 - TransformerLens's adapter declares ``required_libraries = ["torchvision"]``, which
   neither the model nor the bridge uses; without torchvision the bridge is booted with
   that one check left out, and the processor is built without its video processor
@@ -36,10 +36,6 @@ from torch import Tensor
 
 from tl_lvlm.families.base import LVLMFamily
 from tl_lvlm.families.geometry import PatchGeometry
-from tl_lvlm.families.native_attention import (
-    recomputed_ablation_hooks,
-    recomputed_knockout_hooks,
-)
 from tl_lvlm.families.processors import (
     load_image_processor_only,
     qwen2_5_vl_processor_class,
@@ -82,6 +78,7 @@ class Qwen2_5_VLFamily(LVLMFamily):
     image_prompt = "<|vision_start|><|image_pad|><|vision_end|>"
     fixed_resolution = False
     sequence_inputs = ("mm_token_type_ids",)
+    attention_edits = "recompute"  # the bridge keeps Qwen's M-RoPE attention native
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -139,18 +136,6 @@ class Qwen2_5_VLFamily(LVLMFamily):
         (random images)."""
         vision = self.config.vision_config
         return 16 * int(vision.patch_size) * int(vision.spatial_merge_size)
-
-    # ------------------------------------------------------------ hook reference
-    def ablation_hooks(self, model, inputs: LVLMInputs, baseline, keep: Tensor, scope: str):
-        """Recomputed attention (the bridge keeps Qwen's M-RoPE attention native)."""
-        return recomputed_ablation_hooks(model, inputs, baseline, keep, scope)
-
-    def knockout_hooks(self, knockout):
-        return recomputed_knockout_hooks(knockout.model, knockout)
-
-    def check_knockout(self, bridge, layers: Sequence[int]) -> None:
-        # The knockout hooks recompute attention, so a native attention bridge is fine.
-        self.require("knockout")
 
     # ---------------------------------------------------------- image geometry
     def patch_geometry(self, processor, sample: LVLMInputs) -> PatchGeometry:

@@ -30,8 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tl_lvlm.tiny_llava import DIGIT_WORDS
-from tl_lvlm.zoo.questions import OBJECT_QUESTION, answer_token_ids, prompt
+from tl_lvlm.zoo.questions import DIGIT_WORDS, OBJECT_QUESTION, answer_token_ids, prompt
 
 CHECKPOINT_DIR = Path(__file__).resolve().parent / "checkpoints"
 

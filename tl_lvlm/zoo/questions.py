@@ -28,8 +28,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from tl_lvlm.templates import LLAVA_15_TEMPLATE
-from tl_lvlm.tiny_llava import DIGIT_WORDS
+from tl_lvlm.inputs.templates import LLAVA_15_TEMPLATE
+
+#: The digits' answer words, as the bundled model writes them (after a space).
+DIGIT_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+
 
 #: The palette of ink and background colours, name -> RGB.
 PALETTE: dict[str, tuple[int, int, int]] = {

@@ -3,7 +3,7 @@
     python -m tl_lvlm.zoo.train_digits --out DIR --threads 2 [--steps N] [--seed S]
 
 The model is a complete ``LlavaForConditionalGeneration`` built by
-:func:`tl_lvlm.tiny_llava.build_tiny_llava` (CLIP vision tower, projector, Llama
+:func:`tl_lvlm.zoo.tiny_llava.build_tiny_llava` (CLIP vision tower, projector, Llama
 decoder), trained from scratch in LLaVA's two stages:
 
 1. **Vision pre-training** (:func:`pretrain_vision`, standing in for CLIP's
@@ -52,7 +52,6 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from tl_lvlm.tiny_llava import TinyLlavaConfig, build_tiny_llava
 from tl_lvlm.zoo import answer_accuracy, evaluate_digits
 from tl_lvlm.zoo.digits import (
     digit_arrays,
@@ -61,6 +60,7 @@ from tl_lvlm.zoo.digits import (
     sample_appearance,
 )
 from tl_lvlm.zoo.questions import ANSWER_WORDS, COLORS, TASKS, answer_token_ids, prompt
+from tl_lvlm.zoo.tiny_llava import TinyLlavaConfig, build_tiny_llava
 
 #: Version of the bundled model this script trains (the model card's).
 VERSION = 2

@@ -1,0 +1,553 @@
+"""``AblationEngine``: image-K/V head ablation for many masks on one sample, fast.
+
+With scope ``"text"`` every mask leaves everything up to the end of the image
+unchanged, so the engine
+
+1. runs that prefix once and keeps its post-rotary keys and values
+   (``[n_kv_heads, prefix, d_head]`` per layer, one copy for all masks);
+2. runs only the text suffix (about 20 tokens for LLaVA-1.5, against about 620
+   for the whole prompt) for a batch of masks, through the Hugging Face decoder
+   with a custom attention function (``transformers.AttentionInterface``,
+   registered as :data:`ATTENTION_NAME` when an engine first runs) that scores
+   each suffix query against the shared prefix and picks clean or baseline image
+   K/V per (mask, layer, query head), or per image position too.
+
+The shared prefix is never copied per mask: the attention function folds
+(mask, query head in group, query) into the rows of one matrix per KV head, so
+``[n_kv, rows, d] @ [n_kv, d, prefix]`` is a single batched matmul against the
+batch-1 prefix. The prefix is stored twice side by side, clean and with the
+baseline at the image columns (``[..., 2 * d_head]``); with per-head masks a row
+``[q * keep, q * ~keep]`` then scores exactly the keys its head should see in
+that one matmul, and reads the matching half of ``probs @ [V_clean | V_base]``.
+Per-image-position masks use the hook reference's two edits instead (pick the
+baseline score per column, add ``probs[image] @ (V_base - V_clean)``).
+
+Why the original modules are swapped back. The TransformerLens bridge replaces
+the HF model's submodules in place (``layers[i]`` is a ``BlockBridge``,
+``layers[i].self_attn`` a ``PositionEmbeddingsAttentionBridge`` that reimplements
+attention and never calls the HF attention function). While the engine runs, it
+puts every wrapped module's ``original_component`` back into the HF module tree
+and selects its attention function on the language model's config; both are
+undone in a ``finally``, so the bridge, its hooks and other threads' view after
+the call are as before (do not run the bridge concurrently with an engine call).
+Hooks attached to the bridge therefore do not fire in the engine's scope-"text" runs.
+Scope ``"all"`` changes the image tokens' own computation, so there is no prefix
+to share: it falls back to batched forward passes through the hook reference.
+
+Continuous gates (:meth:`AblationEngine.gate_gradients`). The per-head path also
+takes a float gate ``g`` in [0, 1] per (mask, layer, query head) instead of a
+bool: the row is scored with ``[q * g, q * (1 - g)] @ [K_clean; K_base]`` and reads
+``g * P @ V_clean + (1 - g) * P @ V_base``, i.e. the head sees, at the image
+positions only, ``K = g * K_clean + (1 - g) * K_base`` (post-rotary; rotation is
+linear, so the same as interpolating before it) and ``V = g * V_clean + (1 - g) *
+V_base``. At g in {0, 1} every term is the bool path's (``1 * x + 0 * y == x``).
+Autograd through the suffix run then gives the normalized logit's gradient with
+respect to all gates in one backward pass.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from jaxtyping import Bool, Float
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from tl_lvlm.ablation.baseline import ImageKVBaseline, unpadded_image_span
+from tl_lvlm.ablation.hooks import check_keep, image_kv_ablation_hooks
+from tl_lvlm.ablation.normalization import LogitNormalization
+from tl_lvlm.ablation.scope import Scope, check_scope
+from tl_lvlm.inputs import LVLMInputs
+
+if TYPE_CHECKING:
+    from tl_lvlm.model import HookedLVLM
+
+#: Name of the engine's attention function in ``transformers.AttentionInterface``.
+ATTENTION_NAME = "tl_lvlm_image_ablation"
+#: Keyword argument that carries the engine's state down to the attention function.
+STATE_KWARG = "tl_lvlm_ablation"
+
+Masks = Bool[Tensor, "n_masks n_layers n_heads"] | Bool[Tensor, "n_masks n_layers n_heads n_image"]
+Gates = Float[Tensor, "n_masks n_layers n_heads"]
+
+
+@dataclass
+class SharedPrefix:
+    """The prefix's keys and values, computed once per sample and shared by all masks.
+
+    Post-rotary, with two variants side by side along the last axis:
+    ``[..., :d_head]`` is the clean prefix, ``[..., d_head:]`` the prefix with the
+    baseline at the image columns (baseline keys rotated to the image positions).
+    """
+
+    k: Float[Tensor, "n_layers n_kv_heads prefix two_d_head"]
+    v: Float[Tensor, "n_layers n_kv_heads prefix two_d_head"]
+    image: slice
+
+
+@dataclass
+class SuffixState:
+    """Passed as ``tl_lvlm_ablation=`` through the HF forward to :func:`image_ablation_attention`.
+
+    ``keep`` is laid out for the attention function: ``[n_layers, n_kv_heads,
+    batch, group, 1, n_image or 1]`` (query head ``h = kv * group + g``); bool masks,
+    or float gates in [0, 1] per head (last axis 1; module docstring).
+    """
+
+    prefix: SharedPrefix
+    keep: (
+        Bool[Tensor, "n_layers n_kv_heads batch group 1 n_image_or_1"]
+        | Float[Tensor, "n_layers n_kv_heads batch group 1 1"]
+    )
+
+
+def image_ablation_attention(
+    module: torch.nn.Module,
+    query: Float[Tensor, "batch n_heads suffix d_head"],
+    key: Float[Tensor, "batch n_kv_heads suffix d_head"],
+    value: Float[Tensor, "batch n_kv_heads suffix d_head"],
+    attention_mask: Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[Float[Tensor, "batch suffix n_heads d_head"], None]:
+    """Suffix attention over a shared prefix with image K/V ablated per mask and head.
+
+    Follows HF's eager attention (softmax in fp32, causal among the suffix);
+    ``attention_mask`` is ignored because the engine's rows are unpadded. The
+    (mask, query head in group, query) triples are the rows of one matrix per KV
+    head, multiplied by the batch-1 prefix in a single matmul.
+
+    Per-head masks: row r is scored with ``[q * keep_r, q * ~keep_r] @ [K_clean;
+    K_base]`` and reads ``P @ [V_clean | V_base]`` on the side it keeps, so it sees
+    exactly one of the two key/value sets without a per-mask copy of either.
+    Per-position masks score the image columns against both sets and pick per
+    column; ablated columns add ``P[image] @ (V_base - V_clean)``.
+    Float per-head gates ``g`` score with ``[q * g, q * (1 - g)]`` and read
+    ``g * P @ V_clean + (1 - g) * P @ V_base`` (differentiable in ``g``).
+
+    Returns ``(output [batch, suffix, n_heads, d_head], None)``.
+    """
+    state: SuffixState | None = kwargs.get(STATE_KWARG)
+    if state is None:
+        raise RuntimeError(
+            f"attention implementation {ATTENTION_NAME!r} only runs inside AblationEngine; "
+            "set the model back to 'eager'"
+        )
+    prefix, layer = state.prefix, module.layer_idx
+    k2, v2 = prefix.k[layer], prefix.v[layer]  # [n_kv, prefix, 2 * d]
+    image = prefix.image
+    b, n_heads, s, d = query.shape
+    n_kv, n_prefix = k2.shape[:2]
+    g, n_rows = n_heads // n_kv, b * n_heads // n_kv * s
+    keep = state.keep[layer]  # [n_kv, b, g, 1, n_image or 1]
+    per_head = keep.shape[-1] == 1
+
+    # Scaling q rather than the scores saves a pass over the largest tensor.
+    q = (query * scaling).view(b, n_kv, g, s, d).transpose(0, 1)  # [n_kv, b, g, s, d]
+    if per_head:
+        kept = keep.to(q.dtype)
+        q2 = torch.cat([q * kept, q * (1 - kept)], -1).reshape(n_kv, n_rows, 2 * d)
+        prefix_scores = torch.matmul(q2, k2.transpose(1, 2)).view(n_kv, b, g, s, n_prefix)
+    else:
+        rows = q.reshape(n_kv, n_rows, d)
+        prefix_scores = torch.matmul(rows, k2[..., :d].transpose(1, 2))
+        prefix_scores = prefix_scores.view(n_kv, b, g, s, n_prefix)
+        base = torch.matmul(rows, k2[:, image, d:].transpose(1, 2)).view(n_kv, b, g, s, -1)
+        clean = prefix_scores[..., image]
+        clean.copy_(torch.where(keep, clean, base))
+
+    key_s, value_s = (t.transpose(0, 1)[:, :, None] for t in (key, value))  # [n_kv, b, 1, s, d]
+    suffix_scores = torch.matmul(q, key_s.transpose(-1, -2))  # [n_kv, b, g, s, s]
+    causal = torch.ones(s, s, dtype=torch.bool, device=query.device).triu(1)
+    suffix_scores.masked_fill_(causal, torch.finfo(suffix_scores.dtype).min)
+
+    probs = torch.softmax(torch.cat([prefix_scores, suffix_scores], -1), -1, dtype=torch.float32)
+    probs = probs.to(query.dtype)
+    p_prefix = probs[..., :n_prefix].reshape(n_kv, n_rows, n_prefix)
+    if per_head:
+        out2 = torch.matmul(p_prefix, v2).view(n_kv, b, g, s, 2 * d)
+        if keep.dtype == torch.bool:
+            out = torch.where(keep, out2[..., :d], out2[..., d:])
+        else:  # gates: P @ (g * V_clean + (1 - g) * V_base) at the image columns
+            out = kept * out2[..., :d] + (1 - kept) * out2[..., d:]
+    else:
+        out = torch.matmul(p_prefix, v2[..., :d]).view(n_kv, b, g, s, d)
+        ablated = (probs[..., image] * ~keep).reshape(n_kv, n_rows, -1)
+        delta = v2[:, image, d:] - v2[:, image, :d]
+        out += torch.matmul(ablated, delta).view(n_kv, b, g, s, d)
+    out = out + torch.matmul(probs[..., n_prefix:], value_s)
+    return out.permute(1, 3, 0, 2, 4).reshape(b, s, n_heads, d), None
+
+
+@functools.cache
+def register_attention() -> None:
+    """Register :func:`image_ablation_attention` with transformers as :data:`ATTENTION_NAME`.
+
+    Done when an engine first runs, not at import: importing tl_lvlm changes nothing
+    in transformers.
+    """
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(ATTENTION_NAME, image_ablation_attention)
+
+
+@contextlib.contextmanager
+def hf_modules(model: HookedLVLM, attn_implementation: str | None = None) -> Iterator[None]:
+    """Run the HF model with its original modules instead of the bridge's wrappers.
+
+    Puts each bridge component's ``original_component`` back where the bridge
+    put the component, and optionally selects ``attn_implementation`` on the
+    language model's config; restores both on exit.
+    """
+    from transformer_lens.model_bridge.generalized_components.base import GeneralizedComponent
+
+    undo: list[tuple[torch.nn.Module, str, torch.nn.Module]] = []
+
+    def unwrap(module: torch.nn.Module) -> None:
+        for name, child in list(module.named_children()):
+            if isinstance(child, GeneralizedComponent):
+                undo.append((module, name, child))
+                child = child.original_component
+                setattr(module, name, child)
+            unwrap(child)
+
+    if attn_implementation == ATTENTION_NAME:
+        register_attention()
+    decoder_config = model.family.decoder_config
+    attn_before = decoder_config._attn_implementation
+    try:
+        unwrap(model.hf_model)
+        if attn_implementation is not None:
+            decoder_config._attn_implementation = attn_implementation
+        yield
+    finally:
+        decoder_config._attn_implementation = attn_before
+        for module, name, child in reversed(undo):
+            setattr(module, name, child)
+
+
+class AblationEngine:
+    """Target logits of one sample under many image-K/V head-ablation masks.
+
+    Args:
+        model: the model.
+        sample: one prompt (``inputs[i]`` of a prepared batch; left padding is dropped).
+        baseline: from :func:`~tl_lvlm.ablation.image_kv_baseline`, same template and image span.
+        target: token id whose logit is reported; None = the clean greedy answer's first token.
+        scope: ``"text"`` (shared prefix, fast) or ``"all"`` (batched hooked forwards).
+
+    Attributes:
+        target: the target token id.
+        clean_logit: the target's logit at the final position of the clean run
+            (``model(sample)``); ``run`` on the all-kept mask reproduces it.
+        clean_logits: ``[d_vocab]`` final-position logits of the clean run.
+    """
+
+    def __init__(
+        self,
+        model: HookedLVLM,
+        sample: LVLMInputs,
+        baseline: ImageKVBaseline,
+        *,
+        target: int | None = None,
+        scope: Scope = "text",
+    ):
+        check_scope(scope)
+        if not isinstance(sample, LVLMInputs) or sample.batch_size != 1:
+            got = sample.batch_size if isinstance(sample, LVLMInputs) else type(sample).__name__
+            raise ValueError(
+                f"AblationEngine runs one sample: pass a single-row LVLMInputs such as "
+                f"inputs[i], got {got}"
+            )
+        model.family.require("ablation")
+        unpadded_image_span(sample)  # rejects a sample without image tokens
+        baseline.check(model, sample)
+        self.model = model
+        self.scope = scope
+        self.dtype = model.hf_model.dtype
+        self.device = model.device
+        self.sample = sample.to(self.device)
+        self.baseline = baseline.to(self.device, self.dtype)
+        with torch.no_grad():
+            self.clean_logits = model.final_logits(self.sample)[0].cpu()
+        vocab = self.clean_logits.shape[0]
+        if target is None:
+            target = int(self.clean_logits.argmax())
+        elif not 0 <= int(target) < vocab:
+            raise ValueError(f"target must be a token id in [0, {vocab}), got {target}")
+        self.target = int(target)
+        self.clean_logit = float(self.clean_logits[self.target])
+
+        self._pad = self.sample.padding(0)
+        self._ids = self.sample.input_ids[:, self._pad :]  # [1, seq]
+        #: Position ids of the unpadded prompt, ``[..., 1, seq]`` (the family's layout).
+        self._positions = model.family.position_ids(self.sample)[..., self._pad :]
+        self.image_start, self.prefix_len = baseline.image_span
+        self.suffix_len = self._ids.shape[1] - self.prefix_len
+        if scope == "text":
+            self._check_suffix_attention()
+            self.prefix = self._build_prefix()
+        else:
+            self.prefix = None
+
+    def _check_suffix_attention(self) -> None:
+        """Refuse what :func:`image_ablation_attention` does not implement (it never guesses)."""
+        self.model.family.check_engine(self._ids.shape[1])
+
+    @property
+    def n_image(self) -> int:
+        return self.baseline.n_image
+
+    @torch.no_grad()
+    def _build_prefix(self) -> SharedPrefix:
+        """Run the prefix once; rotate the baseline keys to the image positions."""
+        family = self.model.family
+        positions = self._positions[..., : self.prefix_len]
+        with hf_modules(self.model):
+            out = self.model.hf_model.model(
+                input_ids=self._ids[:, : self.prefix_len],
+                position_ids=positions,
+                use_cache=True,
+                **family.prefix_inputs(self.sample, self.prefix_len),
+            )
+        cache = out.past_key_values.layers
+        k = torch.stack([layer.keys[0] for layer in cache])  # [n_layers, n_kv, prefix, d]
+        v = torch.stack([layer.values[0] for layer in cache])
+        image = slice(self.image_start, self.prefix_len)
+        rotations = family.rotations(k, positions[..., image])
+        k_base = torch.cat(
+            [
+                family.rotate_keys(layer, base, cos, sin)
+                for layer, (base, (cos, sin)) in enumerate(
+                    zip(self.baseline.k.split(1), rotations, strict=True)
+                )
+            ]
+        )
+        k_alt, v_alt = k.clone(), v.clone()
+        k_alt[:, :, image], v_alt[:, :, image] = k_base, self.baseline.v
+        return SharedPrefix(torch.cat([k, k_alt], -1), torch.cat([v, v_alt], -1), image)
+
+    def check_masks(self, masks: Masks | np.ndarray) -> Masks:
+        """Validate ``masks`` (as :func:`~tl_lvlm.ablation.check_keep`); return a bool tensor."""
+        return check_keep(
+            masks,
+            n_rows=None,
+            n_layers=self.model.n_layers,
+            n_heads=self.model.n_heads,
+            n_image=self.n_image,
+            name="masks",
+        )
+
+    def run(
+        self,
+        masks: Masks | np.ndarray,
+        batch_size: int | None = None,
+        *,
+        return_logits: bool = False,
+        progress: bool | None = None,
+    ) -> (
+        Float[Tensor, " n_masks"]
+        | tuple[Float[Tensor, " n_masks"], Float[Tensor, "n_masks d_vocab"]]
+    ):
+        """Target logit at the final position for every mask.
+
+        Args:
+            masks: ``[n_masks, n_layers, n_heads]`` bool, True = head kept; or
+                ``[n_masks, n_layers, n_heads, n_image]`` per image position (an
+                ``expand``-ed view costs no memory).
+            batch_size: masks per forward pass; None chooses one from free memory
+                (:meth:`auto_batch_size`).
+            return_logits: also return the full final-position logits.
+            progress: tqdm progress bar; None shows it on a terminal when there is
+                more than one batch.
+
+        Returns:
+            fp32 CPU ``[n_masks]`` target logits, and ``[n_masks, d_vocab]`` logits
+            with ``return_logits``.
+        """
+        masks = self.check_masks(masks)
+        n = masks.shape[0]
+        batch_size = batch_size or self.auto_batch_size()
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        starts = range(0, n, batch_size)
+        if progress is None:
+            disable = True if len(starts) == 1 else None  # None: tqdm shows it on a terminal
+        else:
+            disable = not progress
+        if self.scope == "text":
+            run_batch, swapped = self._run_text, hf_modules(self.model, ATTENTION_NAME)
+        else:
+            run_batch, swapped = self._run_all, contextlib.nullcontext()
+        logits = []
+        with torch.no_grad(), swapped, tqdm(total=n, unit="mask", disable=disable) as bar:
+            for start in starts:
+                keep = masks[start : start + batch_size].to(self.device)
+                logits.append(run_batch(keep).float().cpu())
+                bar.update(keep.shape[0])
+        logits = torch.cat(logits)
+        if return_logits:
+            return logits[:, self.target].clone(), logits
+        return logits[:, self.target].clone()
+
+    @functools.cached_property
+    def normalization(self) -> LogitNormalization:
+        """Clean and all-ablated target logits (one run of the all-ablated mask, cached)."""
+        n_components = self.model.n_layers * self.model.n_heads
+
+        def logits(masks: np.ndarray) -> np.ndarray:
+            keep = torch.from_numpy(masks).reshape(-1, self.model.n_layers, self.model.n_heads)
+            return self.run(keep, 1, progress=False).double().numpy()
+
+        return LogitNormalization.measure(self.clean_logit, logits, n_components)
+
+    def check_gates(self, gates: Gates | np.ndarray) -> Gates:
+        """Validate gates ``[n, n_layers, n_heads]`` in [0, 1] (bool allowed); return fp32."""
+        if isinstance(gates, np.ndarray):
+            gates = torch.from_numpy(gates)
+        if not isinstance(gates, Tensor) or not (
+            gates.is_floating_point() or gates.dtype == torch.bool
+        ):
+            got = gates.dtype if isinstance(gates, Tensor) else type(gates).__name__
+            raise TypeError(f"gates must be a float (or bool) tensor or numpy array, got {got}")
+        want = (self.model.n_layers, self.model.n_heads)
+        if gates.ndim != 3 or tuple(gates.shape[1:]) != want or gates.shape[0] == 0:
+            raise ValueError(
+                f"gates must have shape [batch, n_layers={want[0]}, n_heads={want[1]}] (one gate "
+                f"per head; per-image-position gates are not supported), got {tuple(gates.shape)}"
+            )
+        gates = gates.float()
+        if not bool(((gates >= 0) & (gates <= 1)).all()):
+            raise ValueError("gates must lie in [0, 1] (1 = clean image K/V, 0 = baseline)")
+        return gates
+
+    def gate_gradients(
+        self,
+        gates: Gates | np.ndarray,
+        batch_size: int | None = None,
+        *,
+        normalization: LogitNormalization | None = None,
+        progress: bool | None = None,
+    ) -> tuple[Float[Tensor, " n_masks"], Float[Tensor, "n_masks n_layers n_heads"]]:
+        """Normalized target logit and its gradient with respect to continuous head gates.
+
+        Gate ``g`` of head (l, h) interpolates what that query head sees at the image
+        positions (scope ``"text"``: text queries only):
+        ``K = g * K_clean + (1 - g) * K_base`` (post-rotary) and
+        ``V = g * V_clean + (1 - g) * V_base``; g = 1 is clean, g = 0 the baseline, and
+        bool gates give exactly :meth:`run`'s masks. One forward and one backward pass
+        of the suffix per batch.
+
+        Args:
+            gates: ``[n_masks, n_layers, n_heads]`` in [0, 1] (float or bool).
+            batch_size: gate vectors per pass; None chooses one from free memory
+                (:meth:`auto_batch_size` with ``backward=True``).
+            normalization: clean and all-ablated logits defining
+                ``y = (logit - ablated) / (clean - ablated)``; None = :attr:`normalization`.
+            progress: tqdm progress bar, as in :meth:`run`.
+
+        Returns:
+            fp32 CPU ``y`` ``[n_masks]`` and ``dy/dgates`` ``[n_masks, n_layers, n_heads]``.
+
+        Raises:
+            ValueError: scope ``"all"`` (it has no shared-prefix suffix run to differentiate),
+                gates of the wrong shape or outside [0, 1].
+        """
+        if self.scope != "text":
+            raise ValueError(
+                "gate gradients need scope='text' (they differentiate the engine's shared-prefix "
+                f"suffix run); this engine has scope={self.scope!r}"
+            )
+        gates = self.check_gates(gates)
+        norm = normalization or self.normalization
+        n = gates.shape[0]
+        batch_size = batch_size or self.auto_batch_size(backward=True)
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        starts = range(0, n, batch_size)
+        disable = (len(starts) == 1 or None) if progress is None else not progress
+        ys, grads = [], []
+        swapped = hf_modules(self.model, ATTENTION_NAME)
+        with torch.enable_grad(), swapped, tqdm(total=n, unit="mask", disable=disable) as bar:
+            for start in starts:
+                g = gates[start : start + batch_size].to(self.device).requires_grad_()
+                logit = self._run_text(g)[:, self.target].float()
+                y = (logit - norm.ablated) / norm.gap
+                # Rows are independent, so d(sum y)/dg is each row's own gradient; autograd.grad
+                # leaves the parameters' .grad untouched.
+                (grad,) = torch.autograd.grad(y.sum(), g)
+                ys.append(y.detach().cpu())
+                grads.append(grad.float().cpu())
+                bar.update(g.shape[0])
+        return torch.cat(ys), torch.cat(grads)
+
+    def auto_batch_size(self, max_batch: int | None = None, *, backward: bool = False) -> int:
+        """Masks per forward pass that fit in free memory, at most ``max_batch``.
+
+        Budget: half the free accelerator memory on CUDA, a quarter of the
+        available RAM on CPU (2 GiB when ``psutil`` is missing), divided by an
+        estimate of the activations one mask needs (:meth:`_bytes_per_mask`).
+        ``max_batch`` defaults to 512 on CUDA and 32 on CPU, where larger batches
+        are slower once a layer's attention scores no longer fit in cache.
+        ``backward=True`` sizes a batch of :meth:`gate_gradients`, which keeps every
+        layer's activations for the backward pass.
+        """
+        if self.device.type == "cuda":
+            budget = torch.cuda.mem_get_info(self.device)[0] // 2
+            max_batch = max_batch or 512
+        else:
+            try:
+                import psutil
+
+                budget = psutil.virtual_memory().available // 4
+            except ImportError:
+                budget = 2 * 2**30
+            max_batch = max_batch or 32
+        per_mask = self._bytes_per_mask() * (self.model.n_layers + 1 if backward else 1)
+        return int(max(1, min(max_batch, budget // per_mask)))
+
+    def _bytes_per_mask(self) -> int:
+        """Rough upper estimate of the activation bytes one mask needs in a forward pass.
+
+        Dominated by attention scores ``[n_heads, queries, keys]`` (several copies,
+        the softmax in fp32) and the MLP's ``[queries, d_mlp]``; doubled for slack.
+        """
+        cfg = self.model.family.decoder_config
+        item = torch.finfo(self.dtype).bits // 8
+        n_heads, n_image = self.model.n_heads, self.n_image
+        seq = self._ids.shape[1]
+        queries = self.suffix_len if self.scope == "text" else seq
+        scores = n_heads * queries * (seq + n_image) * (8 + 3 * item)
+        if self.scope == "all":  # the hook reference's [head, query, n_image] gathers
+            scores += n_heads * queries * n_image * (4 * item + 1)
+        hidden = queries * (3 * cfg.intermediate_size + 8 * cfg.hidden_size) * item
+        return 2 * (scores + hidden + cfg.vocab_size * (item + 4))
+
+    def _run_text(self, keep: Masks) -> Float[Tensor, "batch d_vocab"]:
+        """Final-position logits of the suffix run for one batch of masks (HF modules in place)."""
+        b, n_layers, n_heads = keep.shape[:3]
+        n_kv = self.model.n_kv_heads
+        per_position = keep.shape[3] if keep.ndim == 4 else 1
+        layout = keep.reshape(b, n_layers, n_kv, n_heads // n_kv, 1, per_position)
+        state = SuffixState(self.prefix, layout.permute(1, 2, 0, 3, 4, 5))
+        family = self.model.family
+        hidden = family.decoder(
+            input_ids=self._ids[:, self.prefix_len :].expand(b, -1),
+            position_ids=self._positions[..., self.prefix_len :],
+            use_cache=False,
+            **{STATE_KWARG: state},
+        ).last_hidden_state
+        return family.final_logits(hidden[:, -1])
+
+    def _run_all(self, keep: Masks) -> Float[Tensor, "batch d_vocab"]:
+        """Final-position logits of whole hooked forwards, the sample repeated per mask."""
+        rows = self.sample[[0] * keep.shape[0]]
+        hooks = image_kv_ablation_hooks(self.model, rows, self.baseline, keep, scope="all")
+        return self.model.final_logits(rows, hooks)

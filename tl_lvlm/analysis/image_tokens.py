@@ -1,0 +1,317 @@
+"""Image-token attribution: which image patches carry the answer.
+
+The regression of head attribution with image positions as the components: each
+random mask ablates a subset of image positions (probability ``p_ablate``, 0.75),
+replacing their keys and values by the baseline in *every* head as seen by the text
+queries, and ElasticNet maps masks to the normalized target logit
+
+    y = (logit(mask) - logit(all ablated)) / (logit(clean) - logit(all ablated)).
+
+A coefficient is a patch's attribution (positive: keeping the patch raises the
+answer's logit). The model's family says how its image tokens lie on the image
+(:class:`~tl_lvlm.families.PatchGeometry`: LLaVA-1.5 lays them out row by row over
+the CLIP patch grid of the centre crop), so the ``n_image`` coefficients reshape to
+a ``[rows, cols]`` map; families without one grid refuse, naming the reason.
+
+:func:`object_mass` compares the attribution on an object's patches with the
+background's (the paper: image information sits in object *and* background
+tokens), and :func:`plot_image_attribution` overlays the map on the image.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+import torch
+from jaxtyping import Bool, Float
+from numpy.typing import ArrayLike
+from PIL import Image
+
+from attribution import FitResult, collect, fit, sample_masks
+from tl_lvlm._utils.fingerprint import tensor_sha256
+from tl_lvlm.ablation import ImageKVBaseline
+from tl_lvlm.ablation.baseline import REFERENCE_HINT, resolve_baseline
+from tl_lvlm.ablation.engine import AblationEngine
+from tl_lvlm.ablation.normalization import LogitNormalization
+from tl_lvlm.families.geometry import PatchGeometry
+from tl_lvlm.inputs import LVLMInputs
+from tl_lvlm.model import HookedLVLM
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+
+class NoImageEffectError(ValueError):
+    """Ablating the whole image barely moves the target logit: nothing to attribute."""
+
+
+@dataclass
+class ImageAttribution:
+    """Attribution of one sample's target logit to its image patches.
+
+    Attributes:
+        coef: ``[rows, cols]`` attribution per patch of the family's patch grid.
+        fit: the ElasticNet fit (flat ``coef`` over image positions, held-out R², ρ).
+        target: token id whose logit is attributed.
+        clean_logit: target logit with every image position kept.
+        ablated_logit: target logit with every image position ablated.
+        masks: bool ``[n_masks, n_image]`` (True = position kept).
+        y: ``[n_masks]`` normalized target logit of every mask.
+        geometry: where the map's patches lie on the image (None: a square map over
+            the image's central square).
+    """
+
+    coef: Float[np.ndarray, "rows cols"]
+    fit: FitResult
+    target: int
+    clean_logit: float
+    ablated_logit: float
+    masks: Bool[np.ndarray, "n_masks n_image"]
+    y: Float[np.ndarray, " n_masks"]
+    geometry: PatchGeometry | None = field(default=None)
+
+    @property
+    def grid(self) -> int:
+        return int(self.coef.shape[0])
+
+    def object_mass(self, object_mask: ArrayLike) -> ObjectMass:
+        """:func:`object_mass` of this map, the object mask placed by its patch geometry."""
+        return object_mass(self.coef, object_mask, self.geometry)
+
+
+def image_token_attribution(
+    model: HookedLVLM,
+    sample: LVLMInputs,
+    *,
+    baseline: ImageKVBaseline | Literal["mean", "zero"] = "mean",
+    reference: LVLMInputs | None = None,
+    target: int | None = None,
+    n_masks: int = 10_000,
+    p_ablate: float = 0.75,
+    min_logit_gap: float = 0.1,
+    alpha: float = 0.0005,
+    l1_ratio: float = 0.5,
+    holdout: float = 0.1,
+    seed: int = 0,
+    batch_size: int = 64,
+    store: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> ImageAttribution:
+    """Attribute one sample's target logit to its image positions.
+
+    Args:
+        model: the model.
+        sample: one prompt (a single-row :class:`~tl_lvlm.LVLMInputs`, e.g. ``inputs[i]``).
+        baseline: an :class:`~tl_lvlm.ablation.ImageKVBaseline`, ``"mean"`` (image K/V
+            averaged over ``reference``) or ``"zero"``.
+        reference: images (or inputs prepared with the sample's template) for
+            ``"mean"``; the sample alone is no reference, its own mean is itself
+            (:func:`~tl_lvlm.analysis.heads.resolve_baseline` refuses it).
+        target: token id to attribute; default the clean greedy answer.
+        n_masks: random masks, at least ``n_image + 1``.
+        p_ablate: probability that a position is ablated in a mask.
+        min_logit_gap: refuse samples whose ``clean - all ablated`` logit is below this:
+            the normalized logit would divide by (almost) nothing.
+        alpha, l1_ratio, holdout, seed: passed to :func:`attribution.fit` (``seed``
+            also draws the masks).
+        batch_size: masks per engine call.
+        store: resumable :func:`attribution.collect` store for the raw target logits.
+        progress: show a progress bar.
+
+    Returns:
+        :class:`ImageAttribution` with a ``[rows, cols]`` map.
+
+    Raises:
+        NoImageEffectError: ``clean - all ablated < min_logit_gap``.
+        ValueError: a ``"mean"`` baseline without reference.
+        NotImplementedError: the family has no single patch grid for its image tokens.
+    """
+    geometry = model.family.patch_geometry(model.processor, sample)
+    baseline = resolve_baseline(model, baseline, reference, sample)
+    engine = AblationEngine(model, sample, baseline, target=target)
+    n_layers, n_heads, n_image = model.n_layers, model.n_heads, engine.n_image
+
+    def logits(keep: Bool[np.ndarray, "b n_image"]) -> Float[np.ndarray, " b"]:
+        # One position mask applies to every head of every layer (a free expand).
+        per_head = torch.from_numpy(keep)[:, None, None].expand(-1, n_layers, n_heads, -1)
+        return engine.run(per_head, batch_size, progress=False).double().numpy()
+
+    norm = LogitNormalization.measure(engine.clean_logit, logits, n_image)
+    if norm.too_small(min_logit_gap):
+        raise NoImageEffectError(
+            f"ablating every image position moves the target logit by only {norm.gap:.4g} "
+            f"(clean {norm.clean:.4g}, ablated {norm.ablated:.4g}) < min_logit_gap="
+            f"{min_logit_gap}: the answer does not depend on the image here under this "
+            f"baseline, so there is nothing to attribute; with a mean over few images, "
+            f"{REFERENCE_HINT}, or try baseline='zero' or a lower min_logit_gap"
+        )
+    masks = sample_masks(n_masks, n_image, p_ablate, seed)
+    meta = {
+        "kind": "tl_lvlm.image_token_attribution/1",
+        "inputs_sha256": tensor_sha256(sample.input_ids, sample.pixel_values),
+        "target": engine.target,
+        "baseline_sha256": tensor_sha256(baseline.k, baseline.v),
+    }
+    raw = collect(
+        logits,
+        masks,
+        batch_size=batch_size,
+        store=store,
+        meta=meta,
+        progress=progress,
+        desc="image-token attribution",
+    )
+    y = norm(raw)
+    result = fit(masks, y, alpha=alpha, l1_ratio=l1_ratio, holdout=holdout, seed=seed)
+    return ImageAttribution(
+        coef=geometry.to_map(result.coef),
+        fit=result,
+        target=engine.target,
+        clean_logit=norm.clean,
+        ablated_logit=norm.ablated,
+        masks=masks,
+        y=y,
+        geometry=geometry,
+    )
+
+
+# ------------------------------------------------------------- object vs background
+@dataclass
+class ObjectMass:
+    """How an attribution map divides between an object's patches and the background.
+
+    Attributes:
+        object_share: sum of the positive coefficients on object patches divided by
+            the sum of all positive coefficients (NaN when no coefficient is positive).
+        object_area: fraction of patches that are object patches: the share a map
+            spread evenly over the patches would give.
+        mean_object: mean coefficient per object patch.
+        mean_background: mean coefficient per background patch.
+        n_object: number of object patches.
+        n_background: number of background patches.
+    """
+
+    object_share: float
+    object_area: float
+    mean_object: float
+    mean_background: float
+    n_object: int
+    n_background: int
+
+
+def patch_mask(object_mask: ArrayLike, grid: int | PatchGeometry) -> Bool[np.ndarray, "rows cols"]:
+    """Object mask of the image (``[height, width]``) -> which patches are object patches.
+
+    ``grid``: the map's :class:`~tl_lvlm.families.PatchGeometry` (the family's crop or
+    resize), or the side of a square grid over the central square, as CLIP's
+    processor crops the image. A patch is an object patch when at least half of its
+    area is object.
+    """
+    if not isinstance(grid, PatchGeometry):
+        grid = PatchGeometry(grid, grid, "center")
+    return grid.patch_mask(object_mask)
+
+
+def object_mass(
+    coef: Float[np.ndarray, "rows cols"],
+    object_mask: ArrayLike,
+    geometry: PatchGeometry | None = None,
+) -> ObjectMass:
+    """Attribution on object vs background patches (see :class:`ObjectMass`).
+
+    Args:
+        coef: ``[rows, cols]`` attribution map.
+        object_mask: ``[height, width]`` binary mask of the object over the image the
+            map was computed for (nonzero = object).
+        geometry: where the map lies on the image (``ImageAttribution.geometry``);
+            None = a square map over the image's central square.
+    """
+    coef = np.asarray(coef, dtype=np.float64)
+    geometry = _geometry(coef, geometry)
+    on_object = geometry.patch_mask(object_mask)
+    n_object = int(on_object.sum())
+    if n_object in (0, on_object.size):
+        where = "no" if n_object == 0 else "every"
+        raise ValueError(
+            f"the object mask covers {where} patch of the {coef.shape[0]}x{coef.shape[1]} grid "
+            "(a patch counts as object when half of it is), so object and background cannot "
+            "be compared"
+        )
+    positive = np.clip(coef, 0, None)
+    total = positive.sum()
+    return ObjectMass(
+        object_share=float(positive[on_object].sum() / total) if total > 0 else float("nan"),
+        object_area=n_object / on_object.size,
+        mean_object=float(coef[on_object].mean()),
+        mean_background=float(coef[~on_object].mean()),
+        n_object=n_object,
+        n_background=int(on_object.size - n_object),
+    )
+
+
+def _geometry(
+    coef: Float[np.ndarray, "rows cols"], geometry: PatchGeometry | None
+) -> PatchGeometry:
+    """``geometry`` checked against the map; None = a square map over the central square."""
+    if geometry is None:
+        if coef.ndim != 2 or coef.shape[0] != coef.shape[1]:
+            raise ValueError(f"coef must be a square [grid, grid] map, got shape {coef.shape}")
+        return PatchGeometry(coef.shape[0], coef.shape[0], "center")
+    if coef.shape != geometry.shape:
+        raise ValueError(f"coef has shape {coef.shape} but the patch grid is {geometry.shape}")
+    return geometry
+
+
+def plot_image_attribution(
+    coef: Float[np.ndarray, "rows cols"],
+    image: Image.Image | np.ndarray,
+    path: str | os.PathLike | None = None,
+    *,
+    object_mask: ArrayLike | None = None,
+    geometry: PatchGeometry | None = None,
+    title: str = "Image-token attribution",
+    alpha: float = 0.6,
+    ax: Axes | None = None,
+) -> Figure:
+    """Overlay a ``[rows, cols]`` attribution map on the image region it covers, in gray.
+
+    ``image`` is a PIL image or a ``[height, width(, 3)]`` uint8 array; ``geometry``
+    (``ImageAttribution.geometry``) places the map, None = a square map over the
+    image's central square.
+
+    Diverging colors centered at 0 (red: keeping the patch raises the answer's logit);
+    with ``object_mask`` the object's patches are outlined.
+    """
+    from attribution.plots import new_figure, save_figure
+
+    coef = np.asarray(coef, dtype=np.float64)
+    # Grayscale underneath, so that the image's colors do not read as attribution.
+    pixels = np.asarray(Image.fromarray(np.asarray(image)).convert("L"))
+    geometry = _geometry(coef, geometry)
+    top, left, height, width = geometry.region(*pixels.shape[:2])
+    fig, ax = new_figure(ax, figsize=(4.5, 4))
+    extent = (0, width, height, 0)
+    ax.imshow(pixels[top : top + height, left : left + width], cmap="gray", extent=extent)
+    vmax = float(np.abs(coef).max()) or 1.0
+    overlay = ax.imshow(
+        coef,
+        cmap="RdBu_r",
+        vmin=-vmax,
+        vmax=vmax,
+        alpha=alpha,
+        extent=extent,
+        interpolation="nearest",
+    )
+    if object_mask is not None:
+        # Upsampled with repeats, so that the outline follows the patch edges.
+        fine = np.kron(geometry.patch_mask(object_mask), np.ones((16, 16)))
+        ys = (np.arange(fine.shape[0]) + 0.5) * height / fine.shape[0]
+        xs = (np.arange(fine.shape[1]) + 0.5) * width / fine.shape[1]
+        ax.contour(xs, ys, fine, levels=[0.5], colors="k", linewidths=1.5)
+    fig.colorbar(overlay, ax=ax, label="coefficient")
+    ax.set(title=title, xticks=[], yticks=[])
+    return save_figure(fig, path)

@@ -1,0 +1,87 @@
+"""The kit for your own tests (as ``torch.testing`` is for PyTorch's): tiny random checkpoints
+of every registered family, saved in Hugging Face format, and test images.
+
+- :func:`save_tiny_family` / :data:`BUILDERS`: a tiny ``(hf_model, processor)`` per family
+  (``"llava"``, ``"llava_next"``, ``"gemma3"``, ``"llava_onevision"``, ``"qwen2_5_vl"``, ...),
+  written with ``save_pretrained`` so ``HookedLVLM.from_pretrained(path)`` loads it as it
+  loads a hub checkpoint. Forward passes take milliseconds on a CPU; no torchvision needed.
+- :func:`build_tiny_llava` / :func:`save_tiny_llava` (:class:`TinyLlavaConfig`): a tiny
+  LLaVA-1.5 of any shape (the zoo's builder).
+- :func:`random_images`, :data:`TEST_QUESTIONS`.
+
+Production code never imports this package; tests, benchmarks and examples may.
+"""
+
+from tl_lvlm.inputs.templates import LLAVA_15_TEMPLATE
+from tl_lvlm.testing._tiny import TinyFamilyConfig, family_tokenizer
+from tl_lvlm.testing.builders import BUILDERS, save_tiny_family
+from tl_lvlm.testing.gemma3 import (
+    GEMMA3_IMAGE,
+    GEMMA3_IMAGE_TOKENS,
+    GEMMA3_PATCH,
+    build_tiny_gemma3,
+)
+from tl_lvlm.testing.llava import build_tiny_llava_15
+from tl_lvlm.testing.llava_next import NEXT_PATCH, NEXT_PINPOINTS, NEXT_TILE, build_tiny_llava_next
+from tl_lvlm.testing.llava_onevision import (
+    OV_PATCH,
+    OV_PINPOINTS,
+    OV_TILE,
+    build_tiny_llava_onevision,
+)
+from tl_lvlm.testing.qwen2_5_vl import QWEN_MERGE, QWEN_PATCH, build_tiny_qwen2_5_vl
+from tl_lvlm.zoo.questions import DIGIT_WORDS
+from tl_lvlm.zoo.tiny_llava import (
+    IMAGE_TOKEN,
+    SPECIAL_TOKENS,
+    TinyLlavaConfig,
+    build_processor,
+    build_tiny_llava,
+    build_tokenizer,
+    random_images,
+    save_atomic,
+    save_tiny_llava,
+    scale_init,
+)
+
+#: Two questions of different lengths, so a batch of them needs padding.
+TEST_QUESTIONS = [
+    "What is the main object in this image? Answer in a single word.",
+    "Which number is written here?",
+]
+
+__all__ = [
+    "BUILDERS",
+    "DIGIT_WORDS",
+    "GEMMA3_IMAGE",
+    "GEMMA3_IMAGE_TOKENS",
+    "GEMMA3_PATCH",
+    "IMAGE_TOKEN",
+    "LLAVA_15_TEMPLATE",
+    "NEXT_PATCH",
+    "NEXT_PINPOINTS",
+    "NEXT_TILE",
+    "OV_PATCH",
+    "OV_PINPOINTS",
+    "OV_TILE",
+    "QWEN_MERGE",
+    "QWEN_PATCH",
+    "SPECIAL_TOKENS",
+    "TEST_QUESTIONS",
+    "TinyFamilyConfig",
+    "TinyLlavaConfig",
+    "build_processor",
+    "build_tiny_gemma3",
+    "build_tiny_llava_15",
+    "build_tiny_llava_next",
+    "build_tiny_llava_onevision",
+    "build_tiny_qwen2_5_vl",
+    "build_tiny_llava",
+    "build_tokenizer",
+    "family_tokenizer",
+    "random_images",
+    "save_atomic",
+    "save_tiny_family",
+    "save_tiny_llava",
+    "scale_init",
+]
