@@ -200,6 +200,9 @@ def test_image_token_attribution_maps_the_merged_grid(model):
     assert (mass.n_object, mass.n_background) == (4, 16)
 
 
+WINDOW = "Qwen2.5-VL: the recomputed.*sliding attention window"
+
+
 def test_recomputed_hooks_refuse_a_sliding_window_they_do_not_apply(model, monkeypatch):
     sample = model.prepare(random_images(1, 28, seed=2), QUESTIONS[0])
     baseline = image_kv_baseline(model, sample, "zero")
@@ -211,9 +214,9 @@ def test_recomputed_hooks_refuse_a_sliding_window_they_do_not_apply(model, monke
     monkeypatch.setattr(config, "use_sliding_window", False)
     assert image_kv_ablation_hooks(model, sample, baseline, keep)
     monkeypatch.setattr(config, "use_sliding_window", True)
-    with pytest.raises(NotImplementedError, match="Qwen2.5-VL: the recomputed.*sliding attention window"):
+    with pytest.raises(NotImplementedError, match=WINDOW):
         image_kv_ablation_hooks(model, sample, baseline, keep)
-    with pytest.raises(NotImplementedError, match="Qwen2.5-VL: the recomputed.*sliding attention window"):
+    with pytest.raises(NotImplementedError, match=WINDOW):
         with knockout(model, sample, ("image", "final"), [0]):
             pass
 
