@@ -213,7 +213,7 @@ def _run_flow(args, model, image_set, masks, reference) -> int:
             title=f"{name}: R² {result.fit.r2:.2f}",
         )
 
-    from tl_lvlm.cli.report import write_json
+    from tl_lvlm._utils.files import write_json
 
     write_json(args.out / "flow.json", report)
     print(f"wrote {args.out}")

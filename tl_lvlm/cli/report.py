@@ -14,8 +14,6 @@
 
 from __future__ import annotations
 
-import json
-import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,8 +25,11 @@ from matplotlib.ticker import MaxNLocator
 
 from attribution import plot_curves, plot_heatmap, plot_scatter
 from attribution.atomic import atomic_file
+from tl_lvlm._utils.files import json_safe, write_json
 from tl_lvlm.analysis.evaluation import C_THRESHOLD, F_THRESHOLD
 from tl_lvlm.analysis.heads import HeadAttributionResult
+from tl_lvlm.cli.common import CliError, one_line
+from tl_lvlm.cli.run_dir import SAMPLES_NAME, read_record, report_files
 
 SUMMARY_NAME = "summary.json"
 FIGURES = ("heatmap.png", "faithfulness.png", "completeness.png", "scatter.png")
@@ -122,7 +123,7 @@ def summarize(
             "faithfulness": {k: v.tolist() for k, v in ev.mean_faithfulness().items()},
             "completeness": {k: v.tolist() for k, v in ev.mean_completeness().items()},
         }
-    return _json_safe(summary)
+    return json_safe(summary)
 
 
 def format_summary(summary: dict[str, Any]) -> str:
@@ -228,8 +229,6 @@ def load_run(out_dir: str | os.PathLike) -> tuple[HeadAttributionResult, list[st
             that cannot be read or do not merge, or a ``samples.json`` that does not describe
             the results.
     """
-    from tl_lvlm.cli.common import CliError, one_line
-    from tl_lvlm.cli.run_dir import SAMPLES_NAME, read_record, report_files
 
     out = Path(out_dir)
     files, names = report_files(out)
@@ -261,25 +260,6 @@ def load_run(out_dir: str | os.PathLike) -> tuple[HeadAttributionResult, list[st
     if diffs:
         raise CliError(f"{out}: {SAMPLES_NAME} and the results disagree ({'; '.join(diffs)})")
     return result, names[:n_samples]
-
-
-def write_json(path: str | os.PathLike, data: Any) -> None:
-    """Write ``data`` as indented JSON, atomically."""
-    with atomic_file(path) as f:
-        f.write(json.dumps(data, indent=2, allow_nan=False).encode())
-
-
-def _json_safe(value: Any) -> Any:
-    """``value`` with numpy scalars as Python numbers and NaN / inf as None (strict JSON)."""
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 def _num(x: float | None) -> str:

@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from tl_lvlm._utils.files import write_json
 from tl_lvlm.cli.common import CliError
 
 SAMPLES_NAME = "samples.json"
@@ -79,8 +80,6 @@ def read_record(out: Path) -> RunRecord | None:
 
 
 def write_record(out: Path, record: RunRecord) -> None:
-    from tl_lvlm.cli.report import write_json
-
     write_json(Path(out) / SAMPLES_NAME, asdict(record))
 
 
