@@ -42,7 +42,7 @@ def test_too_few_masks_for_the_heads(tiny_mha, samples):
             {"baseline": "median"},
             r"baseline must be one of \('mean', 'zero'\) or an ImageKVBaseline",
         ),
-        ({"baselines": ["attention", "random"]}, r"unknown baselines \['attention'\]"),
+        ({"compare_with": ["attention", "random"]}, r"unknown rankings \['attention'\]"),
         ({"scope": "image"}, "unknown scope 'image'"),
         ({"batch_size": 0}, "batch_size must be a positive integer"),
         ({"min_logit_gap": -1.0}, "min_logit_gap must be >= 0"),
@@ -108,3 +108,14 @@ def test_results_file_of_another_kind(tmp_path):
     path = save_results(tmp_path / "other.safetensors", [0], {"x": np.zeros(1)}, {"kind": "x"})
     with pytest.raises(ValueError, match="not a head attribution results file"):
         HeadAttributionResult.load(path)
+
+
+def test_the_old_baselines_name_of_compare_with_warns_and_works(tiny_mha, samples):
+    with pytest.warns(DeprecationWarning, match=r"now compare_with"):
+        with pytest.raises(ValueError, match=r"unknown rankings \['attention'\]"):
+            head_attribution(tiny_mha, samples, n_masks=50, baselines=["attention"])
+
+
+def test_an_unknown_setting_is_a_type_error_naming_it(tiny_mha, samples):
+    with pytest.raises(TypeError, match=r"unknown setting\(s\) \['n_mask'\]"):
+        head_attribution(tiny_mha, samples, n_mask=50)

@@ -75,6 +75,31 @@ def test_planted_patch_ranks_first(planted):
     assert result.fit.r2 > 0.99
 
 
+def test_takes_the_sample_forms_of_head_attribution(planted):
+    """``[(image, question, label), ...]`` as for head attribution: one map per sample, each
+    equal to the one-prompt call on the same prepared row."""
+    model, sample = planted
+    images = random_images(2, 28, seed=1)
+    settings = dict(baseline="zero", n_masks=60, batch_size=30, progress=False)
+    results = image_token_attribution(
+        model, [(images[0], QUESTION, TARGET), (images[1], QUESTION)], **settings
+    )
+    assert isinstance(results, list) and len(results) == 2
+    for image, got in zip(images, results, strict=True):
+        want = image_token_attribution(model, model.prepare(image, QUESTION), **settings)
+        np.testing.assert_allclose(got.coef, want.coef, atol=1e-9)
+        assert got.target == want.target
+    wrong = (images[0], QUESTION, TARGET + 1)
+    with pytest.raises(ValueError, match="sample 0 is labelled 43 but the model answers"):
+        image_token_attribution(model, [wrong], **settings)
+
+
+def test_too_few_masks_for_the_image_positions_are_refused(planted):
+    model, sample = planted
+    with pytest.raises(ValueError, match=r"at least 16 image positions \+ 1 = 17"):
+        image_token_attribution(model, sample, baseline="zero", n_masks=16, progress=False)
+
+
 def test_mean_baseline_needs_a_reference(planted):
     model, sample = planted
     with pytest.raises(ValueError, match="needs reference images"):

@@ -21,8 +21,9 @@ tokens), and :func:`plot_image_attribution` overlays the map on the image.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
@@ -36,6 +37,9 @@ from tl_lvlm.ablation import ImageKVBaseline
 from tl_lvlm.ablation.baseline import REFERENCE_HINT, resolve_baseline
 from tl_lvlm.ablation.engine import AblationEngine
 from tl_lvlm.ablation.normalization import LogitNormalization
+from tl_lvlm.analysis.heads.config import RegressionConfig
+from tl_lvlm.analysis.heads.labels import Answer, answer_token_id
+from tl_lvlm.analysis.heads.samples import Samples
 from tl_lvlm.families.geometry import PatchGeometry
 from tl_lvlm.inputs import LVLMInputs
 from tl_lvlm.model import HookedLVLM
@@ -83,57 +87,112 @@ class ImageAttribution:
         return object_mass(self.coef, object_mask, self.geometry)
 
 
+#: image_token_attribution's defaults: the paper's regression, with a lower gap filter
+#: (all image positions at once move the logit less than all heads do).
+IMAGE_TOKEN_DEFAULTS = RegressionConfig(min_logit_gap=0.1)
+
+
 def image_token_attribution(
     model: HookedLVLM,
-    sample: LVLMInputs,
+    samples: LVLMInputs | Sequence[tuple],
+    config: RegressionConfig | None = None,
     *,
     baseline: ImageKVBaseline | Literal["mean", "zero"] = "mean",
-    reference: LVLMInputs | None = None,
-    target: int | None = None,
-    n_masks: int = 10_000,
-    p_ablate: float = 0.75,
-    min_logit_gap: float = 0.1,
-    alpha: float = 0.0005,
-    l1_ratio: float = 0.5,
-    holdout: float = 0.1,
-    seed: int = 0,
-    batch_size: int = 64,
+    reference: Sequence | LVLMInputs | None = None,
+    target: Answer | None = None,
+    labels: Sequence[Answer | None] | None = None,
     store: str | os.PathLike | None = None,
     progress: bool = True,
-) -> ImageAttribution:
-    """Attribute one sample's target logit to its image positions.
+    **settings: Any,
+) -> ImageAttribution | list[ImageAttribution]:
+    """Attribute each sample's target logit to its image positions.
+
+    Takes the sample forms :func:`~tl_lvlm.head_attribution` takes. One prompt (a
+    single-row :class:`~tl_lvlm.LVLMInputs`, e.g. ``inputs[i]``) gives one
+    :class:`ImageAttribution`; ``[(image, question[, label]), ...]`` or a batch of
+    several rows gives a list, one per sample, over one baseline. The regression's
+    settings are a :class:`~tl_lvlm.analysis.heads.RegressionConfig` (``config``,
+    default :data:`IMAGE_TOKEN_DEFAULTS`), any field of which may be given as a keyword
+    (``n_masks=``, ``p_ablate=``, ``min_logit_gap=``, ``seed=``, ``batch_size=``, ...).
 
     Args:
         model: the model.
-        sample: one prompt (a single-row :class:`~tl_lvlm.LVLMInputs`, e.g. ``inputs[i]``).
+        samples: one prompt, or samples as for head attribution.
+        config: the regression settings (``n_masks`` at least ``n_image + 1``; no
+            ``"auto"``).
         baseline: an :class:`~tl_lvlm.ablation.ImageKVBaseline`, ``"mean"`` (image K/V
             averaged over ``reference``) or ``"zero"``.
-        reference: images (or inputs prepared with the sample's template) for
-            ``"mean"``; the sample alone is no reference, its own mean is itself
-            (:func:`~tl_lvlm.analysis.heads.resolve_baseline` refuses it).
-        target: token id to attribute; default the clean greedy answer.
-        n_masks: random masks, at least ``n_image + 1``.
-        p_ablate: probability that a position is ablated in a mask.
-        min_logit_gap: refuse samples whose ``clean - all ablated`` logit is below this:
-            the normalized logit would divide by (almost) nothing.
-        alpha, l1_ratio, holdout, seed: passed to :func:`attribution.fit` (``seed``
-            also draws the masks).
-        batch_size: masks per engine call.
-        store: resumable :func:`attribution.collect` store for the raw target logits.
+        reference: images (or inputs prepared with the samples' template) for
+            ``"mean"``; default: several samples' own images; one sample alone is no
+            reference, its own mean is itself (:func:`~tl_lvlm.ablation.resolve_baseline`
+            refuses it).
+        target: token id or one-token word to attribute; default the label, else the
+            clean greedy answer.
+        labels: expected answer per sample (or in the tuples); a sample answered otherwise
+            is refused, naming it.
+        store: resumable :func:`attribution.collect` store for the raw target logits
+            (``store/sample-{i}`` per sample for several samples).
         progress: show a progress bar.
 
     Returns:
-        :class:`ImageAttribution` with a ``[rows, cols]`` map.
+        :class:`ImageAttribution` with a ``[rows, cols]`` map (a list of them for several
+        samples).
 
     Raises:
         NoImageEffectError: ``clean - all ablated < min_logit_gap``.
-        ValueError: a ``"mean"`` baseline without reference.
+        ValueError: a ``"mean"`` baseline without reference; too few masks; a labelled
+            sample the model answers otherwise.
         NotImplementedError: the family has no single patch grid for its image tokens.
     """
+    cfg = (config or IMAGE_TOKEN_DEFAULTS).updated(**settings)
+    if cfg.n_masks == "auto":
+        raise ValueError("image_token_attribution takes a fixed n_masks, not 'auto'")
+    if isinstance(samples, LVLMInputs) and samples.batch_size == 1 and labels is None:
+        target_id = None if target is None else answer_token_id(model, target, samples.template)
+        baseline = resolve_baseline(model, baseline, reference, samples)
+        return _attribute_one(model, samples, baseline, target_id, cfg, store, progress)
+    prepared = Samples.parse(model, samples, labels)
+    mean_over_samples = isinstance(baseline, str) and baseline == "mean" and reference is None
+    kv = resolve_baseline(
+        model,
+        baseline,
+        reference,
+        prepared.all_images() if mean_over_samples else prepared.inputs(0),
+    )
+    results = []
+    for i in range(len(prepared)):
+        inputs = prepared.inputs(i)
+        given = target if target is not None else prepared.labels[i]
+        target_id = None if given is None else answer_token_id(model, given, prepared.template)
+        if prepared.labels[i] is not None:
+            with torch.no_grad():
+                answer = int(model.final_logits(inputs).argmax())
+            if answer != target_id and target is None:
+                raise ValueError(
+                    f"sample {i} is labelled {prepared.labels[i]!r} but the model answers "
+                    f"{model.tokenizer.decode([answer])!r}: attribute its own answer "
+                    "(no label) or leave it out"
+                )
+        sample_store = None if store is None else os.path.join(store, f"sample-{i}")
+        results.append(_attribute_one(model, inputs, kv, target_id, cfg, sample_store, progress))
+    return results
+
+
+def _attribute_one(
+    model: HookedLVLM,
+    sample: LVLMInputs,
+    baseline: ImageKVBaseline,
+    target: int | None,
+    cfg: RegressionConfig,
+    store: str | os.PathLike | None,
+    progress: bool,
+) -> ImageAttribution:
+    """One prompt's attribution map under a resolved baseline (see the public function)."""
     geometry = model.family.patch_geometry(model.processor, sample)
-    baseline = resolve_baseline(model, baseline, reference, sample)
-    engine = AblationEngine(model, sample, baseline, target=target)
+    engine = AblationEngine(model, sample, baseline, target=target, scope=cfg.scope)
     n_layers, n_heads, n_image = model.n_layers, model.n_heads, engine.n_image
+    cfg.check_components(n_image, "image positions")
+    batch_size = cfg.batch_size or engine.auto_batch_size()
 
     def logits(keep: Bool[np.ndarray, "b n_image"]) -> Float[np.ndarray, " b"]:
         # One position mask applies to every head of every layer (a free expand).
@@ -141,6 +200,7 @@ def image_token_attribution(
         return engine.run(per_head, batch_size, progress=False).double().numpy()
 
     norm = LogitNormalization.measure(engine.clean_logit, logits, n_image)
+    min_logit_gap = cfg.min_logit_gap
     if norm.too_small(min_logit_gap):
         raise NoImageEffectError(
             f"ablating every image position moves the target logit by only {norm.gap:.4g} "
@@ -149,7 +209,7 @@ def image_token_attribution(
             f"baseline, so there is nothing to attribute; with a mean over few images, "
             f"{REFERENCE_HINT}, or try baseline='zero' or a lower min_logit_gap"
         )
-    masks = sample_masks(n_masks, n_image, p_ablate, seed)
+    masks = sample_masks(cfg.n_masks, n_image, cfg.p_ablate, cfg.seed)
     meta = {
         "kind": "tl_lvlm.image_token_attribution/1",
         "inputs_sha256": tensor_sha256(sample.input_ids, sample.pixel_values),
@@ -166,7 +226,7 @@ def image_token_attribution(
         desc="image-token attribution",
     )
     y = norm(raw)
-    result = fit(masks, y, alpha=alpha, l1_ratio=l1_ratio, holdout=holdout, seed=seed)
+    result = fit(masks, y, **cfg.fit_kwargs())
     return ImageAttribution(
         coef=geometry.to_map(result.coef),
         fit=result,

@@ -38,7 +38,12 @@ One idea per module: ``labels`` (words to token ids), ``samples`` (input parsing
 (:class:`HeadAttributionResult` and its files), ``run`` (the driver).
 """
 
-from tl_lvlm.analysis.heads.config import RESULTS_KIND, STORE_KEYS
+from tl_lvlm.analysis.heads.config import (
+    RESULTS_KIND,
+    STORE_KEYS,
+    HeadAttributionConfig,
+    RegressionConfig,
+)
 from tl_lvlm.analysis.heads.convergence import AUTO_MAX_MASKS
 from tl_lvlm.analysis.heads.labels import Answer, answer_token_id
 from tl_lvlm.analysis.heads.rankings import HEAD_ATTRIBUTION
@@ -54,7 +59,9 @@ __all__ = [
     "STORE_KEYS",
     "Answer",
     "ExcludedSample",
+    "HeadAttributionConfig",
     "HeadAttributionResult",
+    "RegressionConfig",
     "answer_token_id",
     "head_attribution",
     "stored_samples",

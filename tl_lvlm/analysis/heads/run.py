@@ -6,12 +6,11 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from jaxtyping import Bool, Float
-from numpy.typing import ArrayLike
 from tqdm.auto import tqdm
 
 from attribution import FitResult, collect, default_ks, fit, shard_indices
@@ -21,15 +20,12 @@ from tl_lvlm.ablation import ImageKVBaseline
 from tl_lvlm.ablation.baseline import resolve_baseline_with_id
 from tl_lvlm.ablation.engine import AblationEngine
 from tl_lvlm.ablation.normalization import LogitNormalization
-from tl_lvlm.analysis.competing import BASELINES
 from tl_lvlm.analysis.evaluation import Evaluation
 from tl_lvlm.analysis.heads.config import (
     RESULTS_KIND,
     STORE_KEYS,
-    check_args,
-    check_method,
+    HeadAttributionConfig,
     n_drawn,
-    n_masks_config,
     run_masks,
 )
 from tl_lvlm.analysis.heads.convergence import auto_rounds, converged
@@ -45,38 +41,31 @@ from tl_lvlm.inputs import LVLMInputs
 def head_attribution(
     model,
     samples: Sequence[tuple] | LVLMInputs,
+    config: HeadAttributionConfig | None = None,
     *,
-    n_masks: int | Literal["auto"] = 10_000,
-    p_ablate: float = 0.75,
     baseline: Literal["mean", "zero"] | ImageKVBaseline = "mean",
     target: Answer | Sequence[Answer | None] | None = None,
     labels: Sequence[Answer | None] | None = None,
     reference: Sequence | LVLMInputs | None = None,
-    scope: Literal["text", "all"] = "text",
-    min_logit_gap: float = 0.5,
-    alpha: float = 0.0005,
-    l1_ratio: float = 0.5,
-    holdout: float = 0.1,
-    seed: int = 0,
-    batch_size: int | None = None,
     store_dir: str | os.PathLike | None = None,
     shard: int | None = None,
     n_shards: int | None = None,
-    evaluate: bool = True,
-    baselines: Sequence[str] = BASELINES,
-    ks: ArrayLike | None = None,
     progress: bool = True,
     on_sample_done: Callable[[int, int], None] | None = None,
-    method: Literal["regression", "gradient"] = "regression",
-    n_gradient_masks: int = 128,
+    **settings: Any,
 ) -> HeadAttributionResult:
     """Attribute each sample's target logit to the attention heads reading the image.
+
+    The run's settings are one :class:`HeadAttributionConfig` (``config``), with any of its
+    fields also accepted as a keyword argument (``n_masks=4000``, ``p_ablate=0.75``, ...),
+    which replaces the field of ``config``. The rest are this call's data and plumbing.
 
     Args:
         model: a :class:`~tl_lvlm.HookedLVLM`.
         samples: ``[(image, question), ...]`` or ``[(image, question, label), ...]``
             (PIL images or ``HxWx3`` arrays), or an :class:`~tl_lvlm.LVLMInputs` batch
             from ``model.prepare``. Sample ids are the positions in this sequence.
+        config: the settings; default :class:`HeadAttributionConfig`'s defaults (the paper's).
         n_masks: random masks per sample (the paper: 10,000); at least
             ``n_layers * n_heads + 1``. ``"auto"``: masks in rounds until the sample's fit
             has converged, at most 10,000 (criterion in
@@ -109,8 +98,9 @@ def head_attribution(
             refused before anything is written.
         shard, n_shards: run only this shard's block of samples
             (:func:`attribution.shard_indices`; default from torchrun/SLURM variables).
-        evaluate: score the baselines and measure faithfulness / completeness curves.
-        baselines: which of :data:`tl_lvlm.analysis.competing.BASELINES` to compare against.
+        evaluate: score the competing rankings and measure faithfulness / completeness.
+        compare_with: which of :data:`tl_lvlm.analysis.competing.BASELINES` to compare
+            against (``baselines=`` still works, with a DeprecationWarning).
         ks: numbers of top heads for the curves; default :func:`attribution.default_ks`.
         progress: show progress bars.
         on_sample_done: called as ``on_sample_done(n_done, n_total)`` after each of this
@@ -134,12 +124,15 @@ def head_attribution(
             ``store_dir`` (each named in the message).
         NotImplementedError: ``method="gradient"`` on a family that refuses the engine.
     """
+    cfg = HeadAttributionConfig.build(config, **settings)
+    cfg.check_model(model)
+    if cfg.method == "gradient" and store_dir is not None:
+        raise ValueError(
+            "store_dir keeps the regression's per-mask logits; method='gradient' stores "
+            "nothing to resume (pass store_dir=None)"
+        )
+    gradient = cfg.method == "gradient"
     n_components = model.n_layers * model.n_heads
-    check_args(
-        n_masks, n_components, p_ablate, holdout, min_logit_gap, batch_size, baselines, scope
-    )
-    check_method(model, method, n_gradient_masks, scope, store_dir)
-    gradient = method == "gradient"
     prepared = Samples.parse(model, samples, labels)
     # Resolved up front, so that a bad label or target fails before any model run.
     template = prepared.template
@@ -149,11 +142,7 @@ def head_attribution(
 
     label_ids = token_ids(prepared.labels)
     target_ids = token_ids(per_sample(target, len(prepared), "target"))
-    if ks is None:
-        ks = default_ks(n_components)
-    ks = np.asarray(ks, dtype=np.int64)
-    if ks.ndim != 1 or ks.size == 0 or ks.min() < 0 or ks.max() > n_components:
-        raise ValueError(f"ks must be a non-empty 1-D array of head counts in [0, {n_components}]")
+    ks = np.asarray(cfg.ks if cfg.ks is not None else default_ks(n_components), dtype=np.int64)
 
     ids = shard_indices(len(prepared), shard, n_shards)
     mean_over_samples = isinstance(baseline, str) and baseline == "mean" and reference is None
@@ -169,28 +158,24 @@ def head_attribution(
         "n_layers": model.n_layers,
         "n_heads": model.n_heads,
         "n_samples": len(prepared),
-        "method": method,
-        "passes_per_mask": PASSES_PER_MASK[method],
-        "n_masks": int(n_gradient_masks) if gradient else n_masks_config(n_masks),
-        "p_ablate": float(p_ablate),
         "baseline": baseline_id,
-        "scope": scope,
         "template": template,
-        "min_logit_gap": float(min_logit_gap),
-        "alpha": float(alpha),
-        "l1_ratio": float(l1_ratio),
-        "holdout": 0.0 if gradient else float(holdout),
-        "seed": int(seed),
-        "evaluated": bool(evaluate),
-        "rankings": [HEAD_ATTRIBUTION, *baselines] if evaluate else [],
-        "ks": ks.tolist() if evaluate else [],
+        "passes_per_mask": PASSES_PER_MASK[cfg.method],
+        **cfg.result_settings(),
+        # A gradient run uses its n_gradient_masks and holds out nothing.
+        "n_masks": cfg.n_gradient_masks if gradient else cfg.n_masks,
+        "holdout": 0.0 if gradient else cfg.holdout,
+        "evaluated": cfg.evaluate,
+        "rankings": [HEAD_ATTRIBUTION, *cfg.compare_with] if cfg.evaluate else [],
+        "ks": ks.tolist() if cfg.evaluate else [],
     }
+    del config["evaluate"]
     run_config = {key: config[key] for key in STORE_KEYS}
     if store_dir is not None:
         check_run(store_dir, run_config)
     masks = run_masks(config)
     flat_masks = masks.reshape(len(masks), n_components)
-    rounds = auto_rounds(n_components) if isinstance(n_masks, str) else [len(masks)]
+    rounds = auto_rounds(n_components) if cfg.n_masks == "auto" else [len(masks)]
 
     kept: list[_Kept] = []
     excluded: list[ExcludedSample] = []
@@ -201,14 +186,14 @@ def head_attribution(
         inputs = prepared.inputs(sample_id)
         label = label_ids[sample_id]
         given = target_ids[sample_id] if target_ids[sample_id] is not None else label
-        engine = AblationEngine(model, inputs, kv_baseline, target=given, scope=scope)
+        engine = AblationEngine(model, inputs, kv_baseline, target=given, scope=cfg.scope)
         answer = int(engine.clean_logits.argmax())
-        run = _SampleRun(engine, model.n_layers, model.n_heads, batch_size)
+        run = _SampleRun(engine, model.n_layers, model.n_heads, cfg.batch_size)
         norm = run.norm
         reason = None
         if label is not None and label != answer:
             reason = "wrong_answer"
-        elif norm.too_small(min_logit_gap):
+        elif norm.too_small(cfg.min_logit_gap):
             reason = "small_gap"
         if reason is not None:
             excluded.append(
@@ -230,7 +215,7 @@ def head_attribution(
                     engine,
                     norm,
                     flat_masks,
-                    batch_size or engine.auto_batch_size(backward=True),
+                    cfg.batch_size or engine.auto_batch_size(backward=True),
                     progress=progress,
                     desc=f"sample {sample_id}",
                 )
@@ -241,17 +226,17 @@ def head_attribution(
                     rounds,
                     None if store_dir is None else sample_store(store_dir, sample_id),
                     meta,
-                    dict(alpha=alpha, l1_ratio=l1_ratio, holdout=holdout, seed=seed),
+                    cfg.fit_kwargs(),
                     progress=progress,
                     desc=f"sample {sample_id}",
                 )
             sample_scores = {}
-            if evaluate:
+            if cfg.evaluate:
                 # Evaluated now, while the engine exists: engines hold the prefix K/V cache,
                 # too big to keep for every sample of a large model.
                 sample_scores, sample_curves = evaluate_sample(
-                    model, inputs, run.normalized, result.coef, baselines, ks,
-                    sample_seed(seed, sample_id), run.batch_size,
+                    model, inputs, run.normalized, result.coef, cfg.compare_with, ks,
+                    sample_seed(cfg.seed, sample_id), run.batch_size,
                 )  # fmt: skip
                 curves.append(sample_curves)
             kept.append(
@@ -269,8 +254,8 @@ def head_attribution(
     shape = (len(kept), model.n_layers, model.n_heads)
     scores = {
         name: np.reshape([k.scores[name] for k in kept], shape)
-        for name in baselines
-        if evaluate and name != "random"
+        for name in cfg.compare_with
+        if cfg.evaluate and name != "random"
     }
     return HeadAttributionResult(
         sample_ids=np.array([k.sample_id for k in kept], dtype=np.int64),
@@ -285,7 +270,7 @@ def head_attribution(
         masks=masks,
         excluded=excluded,
         scores=scores,
-        evaluation=Evaluation.concatenate(curves, ks, config["rankings"]) if evaluate else None,
+        evaluation=Evaluation.concatenate(curves, ks, config["rankings"]) if cfg.evaluate else None,
         config=config,
     )
 
