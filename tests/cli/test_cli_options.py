@@ -88,8 +88,9 @@ def test_flow_prints_no_warning_and_quiet_no_bar(tiny_paths, tmp_path):
 def test_attribute_flags_reach_the_api(monkeypatch, tiny_paths, tmp_path):
     seen = {}
 
-    def spy(model, samples, *, on_sample_done, **kwargs):
+    def spy(model, samples, config, *, on_sample_done, **kwargs):
         seen.update(kwargs, n_samples=len(samples), on_sample_done=on_sample_done)
+        seen.update(batch_size=config.batch_size, n_masks=config.n_masks)
         raise KeyboardInterrupt  # stop there: only the call is checked
 
     monkeypatch.setattr(head_attribution_module, "head_attribution", spy)

@@ -29,8 +29,6 @@ from tl_lvlm.cli.common import (
     add_global_options,
     add_images_option,
     add_samples_option,
-    check_out_dir,
-    load_model,
     non_negative_int,
     positive_int,
     resolve_device,
@@ -103,31 +101,18 @@ def add_flow_parser(subparsers) -> argparse.ArgumentParser:
 
 def flow_command(args: argparse.Namespace) -> int:
     """Run ``tl-lvlm flow`` (see the module doc); returns the exit status."""
-    from tl_lvlm.cli.image_sources import check_image_source, load_image_set
-    from tl_lvlm.cli.model_source import check_model_source
+    from tl_lvlm.cli.sources import check_sources, load_sources
 
     # Everything that can be checked without the model, first.
-    check_model_source(args.model)
-    check_image_source(args.images)
-    if args.reference_images is not None:
-        check_image_source(args.reference_images, "--reference-images")
+    check_sources(args)
     if args.object_masks is not None and not args.object_masks.is_dir():
         raise CliError(f"--object-masks {args.object_masks} is not a directory")
-    check_out_dir(args.out)
     device = resolve_device(args.device)
 
-    model = load_model(args.model, device, args.dtype, quiet=args.quiet)
-    image_set = load_image_set(
-        args.images, n=args.n_samples, image_size=model.image_size, seed=args.seed
-    )
+    model, image_set, reference = load_sources(args, device, reference=args.image_attribution > 0)
     n_attributed = min(args.image_attribution, len(image_set))
     # Checked before any model run, so that a missing mask fails fast.
     masks = [_object_mask(args.object_masks, name) for name in image_set.names[:n_attributed]]
-    reference = None
-    if masks and args.reference_images is not None:
-        reference = load_image_set(
-            args.reference_images, image_size=model.image_size, seed=args.seed
-        ).images
     return _run_flow(args, model, image_set, masks, reference)
 
 

@@ -43,8 +43,6 @@ from tl_lvlm.cli.common import (
     add_images_option,
     add_samples_option,
     auto_or_positive_int,
-    check_out_dir,
-    load_model,
     non_negative_float,
     non_negative_int,
     one_line,
@@ -56,8 +54,6 @@ from tl_lvlm.cli.common import (
     source_id,
 )
 from tl_lvlm.cli.flow import DEFAULT_QUESTION, add_flow_parser
-from tl_lvlm.cli.image_sources import check_image_source
-from tl_lvlm.cli.model_source import check_model_source
 
 DEMO_MODEL = "tl-lvlm/tiny-digits"
 #: What the CLI prints as one line (exit status 2) instead of a traceback.
@@ -176,17 +172,14 @@ def _one_line_warning(prog: str):
 
 def attribute_command(args: argparse.Namespace) -> int:
     """Run ``tl-lvlm attribute`` (see the module doc)."""
+    from tl_lvlm.cli.sources import check_sources, load_sources
+
     # Everything that can be checked without the model, first, and before the slow imports.
-    check_model_source(args.model)
-    check_image_source(args.images)
-    if args.reference_images is not None:
-        check_image_source(args.reference_images, "--reference-images")
+    check_sources(args)
     out: Path = args.out
-    check_out_dir(out)
 
     from attribution import resolve_shard, shard_indices
-    from tl_lvlm.analysis.heads import head_attribution, stored_samples
-    from tl_lvlm.cli.image_sources import load_image_set
+    from tl_lvlm.analysis.heads import HeadAttributionConfig, head_attribution, stored_samples
     from tl_lvlm.cli.run_dir import (
         RESULTS_NAME,
         RunRecord,
@@ -198,33 +191,30 @@ def attribute_command(args: argparse.Namespace) -> int:
 
     shard, n_shards = resolve_shard(args.shard, args.n_shards)
     device = resolve_device(args.device)
+    config = HeadAttributionConfig(
+        n_masks=args.n_masks,
+        p_ablate=args.p_ablate,
+        scope=args.scope,
+        min_logit_gap=args.min_logit_gap,
+        seed=args.seed,
+        evaluate=not args.no_evaluate,
+        batch_size=None if args.batch_size == "auto" else args.batch_size,
+    )
+    # What the results depend on: the run's sources and its HeadAttributionConfig.
     settings = {
         "model": source_id(args.model),
         "dtype": str(resolve_dtype(args.dtype, device)).removeprefix("torch."),
-        "n_masks": args.n_masks,
-        "p_ablate": args.p_ablate,
         "baseline": args.baseline,
         "reference_images": None
         if args.reference_images is None
         else source_id(args.reference_images),
-        "scope": args.scope,
-        "seed": args.seed,
-        "min_logit_gap": args.min_logit_gap,
-        "evaluate": not args.no_evaluate,
         "n_shards": n_shards,
+        **config.result_settings(),
     }
     images_id = source_id(args.images)
     check_settings(out, settings, args.question, images_id)
 
-    model = load_model(args.model, device, args.dtype, quiet=args.quiet)
-    images = load_image_set(
-        args.images, n=args.n_samples, image_size=model.image_size, seed=args.seed
-    )
-    reference = None
-    if args.reference_images is not None:
-        reference = load_image_set(
-            args.reference_images, image_size=model.image_size, seed=args.seed
-        ).images
+    model, images, reference = load_sources(args, device)
     record = RunRecord(images_id, args.question, images.names, images.labels, settings)
     state = check_rerun(out, record)
 
@@ -249,19 +239,13 @@ def attribute_command(args: argparse.Namespace) -> int:
         result = head_attribution(
             model,
             [(image, args.question) for image in images.images],
+            config,
             labels=images.labels,
-            n_masks=args.n_masks,
-            p_ablate=args.p_ablate,
             baseline=args.baseline,
             reference=reference,
-            scope=args.scope,
-            min_logit_gap=args.min_logit_gap,
-            seed=args.seed,
-            batch_size=None if args.batch_size == "auto" else args.batch_size,
             store_dir=store,
             shard=shard,
             n_shards=n_shards,
-            evaluate=not args.no_evaluate,
             progress=not args.quiet,
             on_sample_done=on_sample_done,
         )

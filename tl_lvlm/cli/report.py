@@ -27,7 +27,7 @@ from attribution import plot_curves, plot_heatmap, plot_scatter
 from attribution.atomic import atomic_file
 from tl_lvlm._utils.files import json_safe, write_json
 from tl_lvlm.analysis.evaluation import C_THRESHOLD, F_THRESHOLD
-from tl_lvlm.analysis.heads import HeadAttributionResult
+from tl_lvlm.analysis.heads import HeadAttributionConfig, HeadAttributionResult
 from tl_lvlm.cli.common import CliError, one_line
 from tl_lvlm.cli.run_dir import SAMPLES_NAME, read_record, report_files
 
@@ -254,8 +254,9 @@ def load_run(out_dir: str | os.PathLike) -> tuple[HeadAttributionResult, list[st
     settings = read_record(out).settings
     diffs = [
         f"{key}: {SAMPLES_NAME} {settings[key]!r}, results {config[key]!r}"
-        for key in ("n_masks", "p_ablate", "scope", "seed", "min_logit_gap")
-        if key in settings and settings[key] != "auto" and settings[key] != config.get(key)
+        for key in HeadAttributionConfig.result_keys()
+        # "auto" masks and default ks are resolved in the results.
+        if settings.get(key) not in (None, "auto") and settings[key] != config.get(key)
     ]
     if diffs:
         raise CliError(f"{out}: {SAMPLES_NAME} and the results disagree ({'; '.join(diffs)})")

@@ -292,7 +292,7 @@ class HeadAttributionResult:
 
         fits = [fit_of(i) for i in np.flatnonzero(kept)]
         evaluation = None
-        if config["evaluated"]:
+        if config.get("evaluate", config.get("evaluated")):  # "evaluated" before 0.2
             curves = {
                 kind: {name: a[f"{kind}.{name}"][kept] for name in config["rankings"]}
                 for kind in ("faithfulness", "completeness")

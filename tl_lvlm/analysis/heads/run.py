@@ -165,11 +165,9 @@ def head_attribution(
         # A gradient run uses its n_gradient_masks and holds out nothing.
         "n_masks": cfg.n_gradient_masks if gradient else cfg.n_masks,
         "holdout": 0.0 if gradient else cfg.holdout,
-        "evaluated": cfg.evaluate,
         "rankings": [HEAD_ATTRIBUTION, *cfg.compare_with] if cfg.evaluate else [],
         "ks": ks.tolist() if cfg.evaluate else [],
     }
-    del config["evaluate"]
     run_config = {key: config[key] for key in STORE_KEYS}
     if store_dir is not None:
         check_run(store_dir, run_config)
