@@ -159,6 +159,81 @@ class HookedLVLM:
             raise AttributeError(name)
         return getattr(self.bridge, name)
 
+    # ------------------------------------------------ PyTorch habits, kept
+    # nn.Module's methods return the module they were called on; called through the
+    # delegation above they would return the bare bridge, and a user holding that would
+    # lose prepare and run image-blind. Each runs on the bridge and returns this model.
+    def to(self, *args, **kwargs) -> HookedLVLM:
+        """Move and/or cast the model as ``nn.Module.to`` does; returns this model."""
+        self.bridge.to(*args, **kwargs)
+        return self
+
+    def cpu(self) -> HookedLVLM:
+        return self.to("cpu")
+
+    def cuda(self, device: int | str | torch.device | None = None) -> HookedLVLM:
+        if device is None or isinstance(device, int):
+            device = torch.device("cuda", device)
+        return self.to(device)
+
+    def eval(self) -> HookedLVLM:
+        self.bridge.eval()
+        return self
+
+    def train(self, mode: bool = True) -> HookedLVLM:
+        self.bridge.train(mode)
+        return self
+
+    def half(self) -> HookedLVLM:
+        return self.to(torch.float16)
+
+    def float(self) -> HookedLVLM:
+        return self.to(torch.float32)
+
+    def bfloat16(self) -> HookedLVLM:
+        return self.to(torch.bfloat16)
+
+    def requires_grad_(self, requires_grad: bool = True) -> HookedLVLM:
+        self.bridge.requires_grad_(requires_grad)
+        return self
+
+    # ------------------------------------------- TransformerLens habits, kept
+    @property
+    def blocks(self) -> _Blocks:
+        """The bridge's blocks, where ``blocks[l].attn.OV`` / ``.QK`` are layer ``l``'s
+        circuits (``[n_heads, d_model, d_model]`` FactoredMatrix), as in TransformerLens;
+        everything else is the bridge's own component."""
+        return _Blocks(self.bridge.blocks)
+
+    def get_token_position(
+        self,
+        single_token: str | int,
+        input: LVLMInputs | str | Tensor,
+        mode: str = "first",
+        prepend_bos: bool | None = None,
+        padding_side: str | None = None,
+        *,
+        row: int = 0,
+    ) -> int:
+        """Position of ``single_token`` in ``input``, as TransformerLens's
+        ``get_token_position``; with :class:`LVLMInputs`, in row ``row``'s padded
+        ``input_ids`` (image tokens included), so the position indexes its activations."""
+        if isinstance(input, LVLMInputs):
+            input = input.input_ids[row]
+        return self.bridge.get_token_position(single_token, input, mode, prepend_bos, padding_side)
+
+    def _check_inputs(self, inputs: Any, call: str) -> None:
+        """Refuse anything but :class:`LVLMInputs`: token ids alone would run image-blind."""
+        if isinstance(inputs, LVLMInputs):
+            return
+        what = type(inputs).__name__
+        raise TypeError(
+            f"{call} takes LVLMInputs from model.prepare(image, question), got {what}: a "
+            "string, image, array or token ids alone would run without the image (its "
+            "<image> tokens embedded as text). Call model.prepare(image, question) first, or "
+            "model.bind(inputs) for TransformerLens tooling that passes tokens"
+        )
+
     # ------------------------------------------------------------ model facts
     @property
     def n_layers(self) -> int:
@@ -340,6 +415,7 @@ class HookedLVLM:
     # --------------------------------------------------------------- running
     def forward(self, inputs: LVLMInputs, **kwargs) -> Float[Tensor, "batch pos d_vocab"]:
         """Logits for every position (kwargs go to the bridge's forward)."""
+        self._check_inputs(inputs, "model(...)")
         with hook_embed_at_residual_input(self):
             return self.bridge(inputs.input_ids, **inputs.model_kwargs(), **kwargs)
 
@@ -352,6 +428,7 @@ class HookedLVLM:
         features at image positions (see :mod:`tl_lvlm.model.embed_hook`), and
         ``cache.logit_attrs`` uses :meth:`tokens_to_residual_directions`.
         """
+        self._check_inputs(inputs, "run_with_cache")
         with hook_embed_at_residual_input(self):
             logits, cache = self.bridge.run_with_cache(
                 inputs.input_ids, **inputs.model_kwargs(), **kwargs
@@ -366,6 +443,7 @@ class HookedLVLM:
         An edit of ``hook_embed`` at image positions edits the image features the
         language model reads (see :mod:`tl_lvlm.model.embed_hook`).
         """
+        self._check_inputs(inputs, "run_with_hooks")
         with hook_embed_at_residual_input(self):
             return self.bridge.run_with_hooks(
                 inputs.input_ids,
@@ -463,13 +541,7 @@ class HookedLVLM:
             ``list[str]`` with one continuation per row, or ``[batch, n_new]`` token ids
             (after a row has stopped, its remaining places hold the end-of-sequence id).
         """
-        if not isinstance(inputs, LVLMInputs):
-            raise TypeError(
-                f"generate takes LVLMInputs from model.prepare(image, question), got "
-                f"{type(inputs).__name__}: token ids alone would run without the image "
-                "(its <image> tokens embedded as text); use model.generate(inputs) or "
-                "model.bind(inputs).generate()"
-            )
+        self._check_inputs(inputs, "generate")
         if return_type not in ("str", "tokens"):
             raise ValueError(f"return_type must be 'str' or 'tokens', got {return_type!r}")
         carried = sorted(kwargs.keys() & _CARRIED_BY_INPUTS)
@@ -562,6 +634,71 @@ class BoundLVLM:
 _CARRIED_BY_INPUTS = frozenset(
     {"input", "pixel_values", "attention_mask", "position_ids", "return_cache", "output_logits"}
 )
+
+
+class _Blocks(Sequence):
+    """``model.blocks``: the bridge's blocks, each seen through :class:`_BlockView`."""
+
+    def __init__(self, blocks: torch.nn.ModuleList):
+        self._blocks = blocks
+
+    def __len__(self) -> int:
+        return len(self._blocks)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [_BlockView(b) for b in self._blocks[index]]
+        return _BlockView(self._blocks[index])
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._blocks, name)
+
+
+class _Delegate:
+    """A view of a bridge component: its own attributes first, then the component's."""
+
+    def __init__(self, component: torch.nn.Module):
+        object.__setattr__(self, "_component", component)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._component, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self._component, name, value)
+
+    def __call__(self, *args, **kwargs):
+        return self._component(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return repr(self._component)
+
+
+class _BlockView(_Delegate):
+    @property
+    def attn(self) -> _AttentionView:
+        return _AttentionView(self._component.attn)
+
+
+class _AttentionView(_Delegate):
+    """A layer's attention with TransformerLens's per-layer circuits."""
+
+    def _per_query_head(self, w: Float[Tensor, "n_kv_heads ..."]) -> Float[Tensor, "n_heads ..."]:
+        # Grouped-query attention: each KV head serves n_heads / n_kv_heads query heads.
+        return w.repeat_interleave(self.W_Q.shape[0] // w.shape[0], dim=0)
+
+    @property
+    def OV(self):
+        """``[n_heads, d_model, d_model]`` FactoredMatrix ``W_V @ W_O`` per query head."""
+        from transformer_lens import FactoredMatrix
+
+        return FactoredMatrix(self._per_query_head(self.W_V), self.W_O)
+
+    @property
+    def QK(self):
+        """``[n_heads, d_model, d_model]`` FactoredMatrix ``W_Q @ W_K^T`` per query head."""
+        from transformer_lens import FactoredMatrix
+
+        return FactoredMatrix(self.W_Q, self._per_query_head(self.W_K).transpose(-2, -1))
 
 
 def _pad_rows(rows: list[Tensor]) -> Int[Tensor, "batch n"]:
