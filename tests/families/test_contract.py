@@ -342,13 +342,14 @@ def test_gradient_head_attribution_equals_finite_differences(model):
     n_masks = 8
     result = head_attribution(
         model, samples, method="gradient", n_gradient_masks=n_masks, baseline="zero",
-        min_logit_gap=0.0, evaluate=False, progress=False,
+        min_logit_gap=0.0, progress=False,
     )  # fmt: skip
     kept = list(result.sample_ids)
     assert kept, f"every sample was excluded: {result.excluded}"
     assert sorted(kept + [e.sample_id for e in result.excluded]) == [0, 1, 2]
     assert result.coef.shape == (len(kept), model.n_layers, model.n_heads)
     assert result.config["method"] == "gradient" and result.y.shape == (len(kept), n_masks)
+    assert result.evaluation is not None
 
     # The first kept sample's largest coefficient, against the engine's gated output
     # g -> y moved along that head's gate into the cube (gates must stay in [0, 1]).
