@@ -9,26 +9,47 @@ with ``save_pretrained`` and loaded with ``HookedLVLM.from_pretrained(path)``:
 - the AblationEngine equals the hook reference (<= 1e-4) in both scopes, on 32 random
   masks plus the all-kept and all-ablated ones (and on per-position masks);
 - attention knockout equals HF's own attention with the blocked pairs masked;
-- head attribution runs end to end.
+- head attribution runs end to end;
+- greedy ``generate`` equals an independently loaded HF model's own ``generate``, on one
+  image and on a batch of two (of two sizes where the family takes any size);
+- the cache's ``decompose_resid`` and ``logit_attrs`` add up at the final position to the
+  last residual and to HF's logits;
+- ``tl_lvlm.patching`` equals a hand-written patch through ``run_with_hooks``;
+- image-token attribution's logits are the hook reference's (or the family refuses it by
+  name);
+- head attribution with ``method="gradient"`` runs end to end, and a head's coefficient
+  is the mean finite difference of the engine's gated output;
+- ``flow_sweep`` equals running ``knockout`` window by window by hand.
 
 ``docs/families.md`` cites these tests by id; ``test_docs_families`` checks every citation.
 """
 
 from __future__ import annotations
 
+import re
 import sys
 
+import numpy as np
 import pytest
 import torch
-from tiny_families import FAMILIES, family_model, family_path
+from tiny_families import (
+    FAMILIES,
+    family_model,
+    family_path,
+    greedy_image_attribution,
+    sized_images,
+)
 from transformers import AttentionInterface, AutoConfig
 from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
-from tl_lvlm.ablation import image_kv_ablation_hooks, image_kv_baseline
+import tl_lvlm.patching
+from tl_lvlm.ablation import image_kv_ablation_hooks, image_kv_baseline, resolve_baseline
 from tl_lvlm.ablation.engine import AblationEngine
+from tl_lvlm.ablation.normalization import LogitNormalization
 from tl_lvlm.analysis.heads import head_attribution
+from tl_lvlm.analysis.image_tokens import image_token_attribution
 from tl_lvlm.families import family_of, supported_architectures
-from tl_lvlm.flow import knockout
+from tl_lvlm.flow import flow_sweep, knockout
 from tl_lvlm.testing import random_images
 
 QUESTIONS = [
@@ -202,3 +223,181 @@ def test_head_attribution_runs_end_to_end(model):
     assert sorted(kept + [e.sample_id for e in result.excluded]) == [0, 1, 2]
     assert result.coef.shape == (len(kept), model.n_layers, model.n_heads)
     assert result.evaluation is not None
+
+
+def _until_eos(row: torch.Tensor, eos: int) -> list[int]:
+    """Token ids up to and including the first end-of-sequence token (after it the two
+    loops pad differently)."""
+    ids = row.tolist()
+    return ids[: ids.index(eos) + 1] if eos in ids else ids
+
+
+def test_generate_equals_hugging_face_greedy(family, model):
+    hf = _hf(family, attn_implementation="eager")
+    if model.family.fixed_resolution:
+        pair = random_images(2, model.image_size, seed=7)
+    else:  # two sizes: two image-token counts, so the rows' image spans differ
+        pair = sized_images((28, 28), (40, 24), seed=7)
+    batches = [
+        model.prepare(random_images(1, 28, seed=6), QUESTIONS[0]),
+        model.prepare(pair, QUESTIONS),
+    ]
+    eos = model.tokenizer.eos_token_id
+    for inputs in batches:
+        ours = model.generate(inputs, max_new_tokens=4, return_type="tokens")
+        with torch.no_grad():
+            ref = hf.generate(
+                inputs.input_ids, **inputs.model_kwargs(), do_sample=False, max_new_tokens=4
+            )[:, inputs.seq_len :]
+        assert ours.shape[0] == inputs.batch_size
+        for row in range(inputs.batch_size):
+            assert _until_eos(ours[row], eos) == _until_eos(ref[row], eos), row
+    if not model.family.fixed_resolution:
+        n_image = [batches[1].positions("image", row).numel() for row in (0, 1)]
+        assert n_image[0] != n_image[1], "the two sizes should give two image-token counts"
+    with pytest.raises(ValueError, match="generate needs use_past_kv_cache=True"):
+        model.generate(batches[0], max_new_tokens=2, use_past_kv_cache=False)
+
+
+def test_cache_decomposition_adds_up_at_the_final_position(family, model):
+    hf = _hf(family, attn_implementation="eager")
+    inputs = model.prepare(random_images(2, 28, seed=0), QUESTIONS)
+    with torch.no_grad():
+        _, cache = model.run_with_cache(inputs)
+        final = hf(input_ids=inputs.input_ids, **inputs.model_kwargs()).logits[:, -1]
+    parts, labels = cache.decompose_resid(pos_slice=-1, return_labels=True)
+    assert labels[0] == "embed" and len(labels) == 1 + 2 * model.n_layers
+    last = cache[f"blocks.{model.n_layers - 1}.hook_resid_post"][:, -1]
+    assert (parts.sum(0) - last).abs().max() <= 1e-4
+    rows = torch.arange(inputs.batch_size)
+    answer, other = final.topk(2).indices.T
+    # logit_attrs applies the final norm's scale (tokens_to_residual_directions folds its
+    # weight in); HF's logits are the independent reference.
+    attrs = cache.logit_attrs(parts, tokens=answer, pos_slice=-1)
+    assert attrs.shape == (len(labels), inputs.batch_size)
+    assert (attrs.sum(0) - final[rows, answer]).abs().max() <= 1e-4
+    diff = cache.logit_attrs(parts, tokens=answer, incorrect_tokens=other, pos_slice=-1)
+    expected = final[rows, answer] - final[rows, other]
+    assert (expected.abs() > 1e-4).all(), "a vacuous logit difference"
+    assert (diff.sum(0) - expected).abs().max() <= 1e-4
+
+
+def test_activation_patching_equals_a_hand_written_patch(model):
+    clean, corrupted = (model.prepare(i, QUESTIONS[0]) for i in random_images(2, 28, seed=8))
+    assert torch.equal(clean.input_ids, corrupted.input_ids)
+    with torch.no_grad():
+        _, clean_cache = model.run_with_cache(clean)
+        answer = int(model.final_logits(clean).argmax())
+        corrupted_metric = float(model(corrupted)[0, -1, answer])
+
+    def metric(logits: torch.Tensor) -> torch.Tensor:
+        return logits[0, -1, answer]
+
+    effect = tl_lvlm.patching.get_act_patch_resid_pre(model, corrupted, clean_cache, metric)
+    assert effect.shape == (model.n_layers, corrupted.seq_len)
+    first_image = int(corrupted.positions("image", 0)[0])
+    for layer, pos in [(0, first_image), (model.n_layers - 1, corrupted.seq_len - 1)]:
+        name = f"blocks.{layer}.hook_resid_pre"
+
+        def patch(resid, hook, pos=pos, name=name):
+            resid = resid.clone()
+            resid[:, pos] = clean_cache[name][:, pos]
+            return resid
+
+        with torch.no_grad():
+            by_hand = float(metric(model.run_with_hooks(corrupted, fwd_hooks=[(name, patch)])))
+        assert abs(float(effect[layer, pos]) - by_hand) <= 1e-4, (layer, pos)
+    assert (effect - corrupted_metric).abs().max() > 1e-3, "no patch changes the metric"
+
+
+def test_image_token_attribution_or_its_refusal(model):
+    sample = model.prepare(random_images(1, 28, seed=2), QUESTIONS[1])
+    if not model.family.supports("image_attribution"):
+        with pytest.raises(NotImplementedError, match=re.escape(model.family.name)):
+            image_token_attribution(model, sample, baseline="zero", n_masks=20, progress=False)
+        return
+    n_image = sample.positions("image", 0).numel()
+    result = greedy_image_attribution(model, sample, n_masks=n_image + 8)
+    geometry = model.family.patch_geometry(model.processor, sample)
+    assert result.geometry == geometry
+    assert result.coef.shape == (geometry.rows, geometry.cols)
+    assert result.masks.shape == (n_image + 8, n_image)
+    # The logits behind y are the hook reference's: one position mask for every head.
+    keep = torch.from_numpy(result.masks[:4])
+    every = torch.ones(1, n_image, dtype=torch.bool)
+    keep = torch.cat([keep, every, ~every])  # the masks, all kept, all ablated
+    per_head = keep[:, None, None].expand(-1, model.n_layers, model.n_heads, -1)
+    baseline = resolve_baseline(model, "zero", None, sample)
+    ref = _reference(model, sample, baseline, per_head, "text", result.target).double()
+    assert abs(result.clean_logit - float(ref[-2])) <= 1e-4
+    assert abs(result.ablated_logit - float(ref[-1])) <= 1e-4
+    gap = result.clean_logit - result.ablated_logit
+    logits = result.y[:4] * gap + result.ablated_logit
+    assert np.abs(logits - ref[:4].numpy()).max() <= 1e-4
+    assert abs(gap) > 1e-3, "ablating the image does not move the target"
+
+
+def test_gradient_head_attribution_equals_finite_differences(model):
+    samples = [(image, QUESTIONS[0]) for image in random_images(3, 28, seed=4)]
+    n_masks = 8
+    result = head_attribution(
+        model, samples, method="gradient", n_gradient_masks=n_masks, baseline="zero",
+        min_logit_gap=0.0, progress=False,
+    )  # fmt: skip
+    kept = list(result.sample_ids)
+    assert kept, f"every sample was excluded: {result.excluded}"
+    assert sorted(kept + [e.sample_id for e in result.excluded]) == [0, 1, 2]
+    assert result.coef.shape == (len(kept), model.n_layers, model.n_heads)
+    assert result.config["method"] == "gradient" and result.y.shape == (len(kept), n_masks)
+    assert result.evaluation is not None
+
+    # The first kept sample's largest coefficient, against the engine's gated output
+    # g -> y moved along that head's gate into the cube (gates must stay in [0, 1]).
+    sample = model.prepare(samples[kept[0]][0], QUESTIONS[0])
+    baseline = resolve_baseline(model, "zero", None, sample)
+    engine = AblationEngine(model, sample, baseline, target=int(result.targets[0]))
+    layer, head = np.unravel_index(np.abs(result.coef[0]).argmax(), result.coef.shape[1:])
+    assert abs(result.coef[0, layer, head]) > 1e-3, "no head moves the answer"
+    # Raw logits (gap 1) so that the differences are not amplified by a small gap.
+    raw = LogitNormalization(1.0, 0.0)
+    gates = torch.from_numpy(result.masks).float()
+    inward = torch.where(gates[:, layer, head] > 0.5, -1.0, 1.0)
+    h = 0.02
+    offsets = torch.tensor([0, h / 2, h, 2 * h])
+    shifted = gates[None].repeat(len(offsets), 1, 1, 1)
+    shifted[:, :, layer, head] += offsets[:, None] * inward
+    y, grads = engine.gate_gradients(shifted.reshape(-1, *gates.shape[1:]), normalization=raw)
+    y = y.double().reshape(len(offsets), n_masks)
+
+    def one_sided(y0, y1, y2, step):  # second order: error c * step**2
+        return (-3 * y0 + 4 * y1 - y2) / (2 * step)
+
+    # Richardson-extrapolated over steps h and h/2 (error O(h^3)): the tiny models' gates
+    # curve enough for the O(h^2) error alone to reach 1 %.
+    fd = (
+        inward.double() * (4 * one_sided(y[0], y[1], y[2], h / 2) - one_sided(*y[[0, 2, 3]], h)) / 3
+    )
+    grad = grads[:n_masks, layer, head].double()
+    scale = max(1.0, float(fd.abs().max()))
+    assert (grad - fd).abs().max() <= 2e-3 * scale
+    gap = float(result.clean_logit[0] - result.ablated_logit[0])
+    np.testing.assert_allclose(result.y[0] * gap + result.ablated_logit[0], y[0], atol=1e-4)
+    assert abs(float(result.coef[0, layer, head]) * gap - float(fd.mean())) <= 2e-3 * scale
+
+
+def test_flow_sweep_equals_knockout_window_by_window(model):
+    samples = model.prepare(random_images(2, 28, seed=3), QUESTIONS)
+    name, edges = "image -> final", [("image", "final")]
+    sweep = flow_sweep(model, samples, {name: edges}, window=1, batch_size=1, progress=False)
+    assert sweep.starts == list(range(model.n_layers))
+    rows = torch.arange(samples.batch_size)
+    with torch.no_grad():
+        clean = model(samples)[:, -1]
+    targets = clean.argmax(-1)
+    assert sweep.targets.tolist() == targets.tolist()
+    assert np.abs(sweep.clean - clean[rows, targets].numpy()).max() <= 1e-4
+    for i, start in enumerate(sweep.starts):
+        with torch.no_grad(), knockout(model, samples, edges, range(start, start + 1)):
+            knocked = model(samples)[:, -1]
+        assert np.abs(sweep.knocked[name][i] - knocked[rows, targets].numpy()).max() <= 1e-4
+    assert np.abs(sweep.knocked[name] - sweep.clean).max() > 1e-3, "the knockout does nothing"

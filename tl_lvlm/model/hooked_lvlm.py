@@ -24,7 +24,8 @@ Traps of the bridge worth knowing (they are not bugs of this package):
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -535,7 +536,7 @@ class HookedLVLM:
                 tokens dropped), or ``"tokens"``, the new token ids.
             do_sample, verbose, kwargs: for ``TransformerBridge.generate``
                 (``temperature``, ``top_k``, ``top_p``, ``stop_at_eos``,
-                ``eos_token_id``, ``use_past_kv_cache``, ...).
+                ``eos_token_id``, ...; ``use_past_kv_cache=False`` is refused).
 
         Returns:
             ``list[str]`` with one continuation per row, or ``[batch, n_new]`` token ids
@@ -551,16 +552,24 @@ class HookedLVLM:
                 "positions come with inputs, and the output is the continuation only; "
                 "for the prompt's cache use run_with_cache(inputs)"
             )
-        with hook_embed_at_residual_input(self):
+        if not kwargs.get("use_past_kv_cache", True):
+            raise ValueError(
+                "generate needs use_past_kv_cache=True: the bridge's loop passes the images "
+                "only to the first step, so without the cache every later step would re-run "
+                "the prompt with its image tokens embedded as text"
+            )
+        # The family's forward arguments (its repacking of pixel_values included) go to the
+        # first step; the position ids of the later steps continue the prompt's.
+        model_kwargs = inputs.model_kwargs()
+        positions = model_kwargs.pop("position_ids")
+        with hook_embed_at_residual_input(self), _decode_step_positions(self.hf_model, positions):
             out = self.bridge.generate(
                 inputs.input_ids,
                 max_new_tokens=max_new_tokens,
                 do_sample=do_sample,
                 verbose=verbose,
                 return_type="tokens",
-                pixel_values=inputs.pixel_values,
-                attention_mask=inputs.attention_mask,
-                **inputs.extra,
+                **model_kwargs,
                 **kwargs,
             )
         new = out[:, inputs.seq_len :]
@@ -699,6 +708,39 @@ class _AttentionView(_Delegate):
         from transformer_lens import FactoredMatrix
 
         return FactoredMatrix(self.W_Q, self._per_query_head(self.W_K).transpose(-2, -1))
+
+
+@contextlib.contextmanager
+def _decode_step_positions(
+    hf_model: torch.nn.Module, prompt: Int[Tensor, "... batch pos"]
+) -> Iterator[None]:
+    """Position ids for the decoding steps of the bridge's generate loop, until the block ends.
+
+    A step with ``n_new`` tokens after ``n_cached`` cached ones gets the prompt's last
+    position (``prompt[..., -1:]``, the family's ids: ``[batch, 1]``, or ``[3, batch, 1]``
+    for M-RoPE) plus its offset from the prompt's end: every generated token is text, one
+    position after the one before. The loop derives positions from the growing mask only
+    for models that take 2-D positions; a model that owns its position derivation (M-RoPE)
+    gets none, and Hugging Face's fallback reads the whole mask as the new tokens'
+    positions. The prompt step keeps the model's own positions (and sets M-RoPE deltas).
+    """
+    n_prompt, last = prompt.shape[-1], prompt[..., -1:]
+
+    def continue_positions(module, args, kwargs):
+        cache = kwargs.get("past_key_values")
+        n_cached = 0 if cache is None else cache.get_seq_length()
+        if n_cached == 0:
+            return None
+        n_new = kwargs["attention_mask"].shape[-1] - n_cached
+        offset = n_cached - n_prompt + 1
+        kwargs["position_ids"] = last + torch.arange(offset, offset + n_new, device=last.device)
+        return args, kwargs
+
+    handle = hf_model.register_forward_pre_hook(continue_positions, with_kwargs=True)
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 def _pad_rows(rows: list[Tensor]) -> Int[Tensor, "batch n"]:
