@@ -52,6 +52,11 @@ EXPECTED_TEXT = {
         "<|vision_end|>",
         "<|im_end|>\n<|im_start|>assistant\n",
     ),
+    "internvl": (
+        "<|im_start|>user\n<img>",
+        "</img>\n",
+        "<|im_end|>\n<|im_start|>assistant\n",
+    ),
 }
 
 N_RANDOM_MASKS = 32
