@@ -479,6 +479,10 @@ class HookedLVLM:
                 "positions come with inputs, and the output is the continuation only; "
                 "for the prompt's cache use run_with_cache(inputs)"
             )
+        # The family's forward kwargs (its own pixel layout and extras); the positions are
+        # left to generate, which counts them from the growing attention mask.
+        forward = inputs.model_kwargs()
+        del forward["position_ids"]
         with hook_embed_at_residual_input(self):
             out = self.bridge.generate(
                 inputs.input_ids,
@@ -486,9 +490,7 @@ class HookedLVLM:
                 do_sample=do_sample,
                 verbose=verbose,
                 return_type="tokens",
-                pixel_values=inputs.pixel_values,
-                attention_mask=inputs.attention_mask,
-                **inputs.extra,
+                **forward,
                 **kwargs,
             )
         new = out[:, inputs.seq_len :]
