@@ -58,6 +58,7 @@ EXPECTED_TEXT = {
         "<|im_end|>\n<|im_start|>assistant\n",
     ),
 }
+EXPECTED_TEXT["internvl3_5"] = EXPECTED_TEXT["internvl"]  # the same template, a Qwen3 decoder
 
 N_RANDOM_MASKS = 32
 

@@ -4,6 +4,7 @@ HF, cache tooling, gradient head attribution, and the pixel-shuffle geometry of 
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -36,11 +37,24 @@ def model():
     return family_model("internvl")
 
 
-@pytest.fixture(scope="module")
-def hf():
+@functools.cache
+def _hf_model(name: str):
+    """An independent copy of the tiny checkpoint ``name`` (the bridge edits its own in place)."""
     return InternVLForConditionalGeneration.from_pretrained(
-        family_path("internvl"), attn_implementation="eager"
+        family_path(name), attn_implementation="eager"
     ).eval()
+
+
+@pytest.fixture
+def hf():
+    return _hf_model("internvl")
+
+
+@pytest.fixture(params=["internvl", "internvl3_5"])
+def variant(request):
+    """``(model, hf)`` of InternVL-3 (Qwen2 decoder) and InternVL-3.5 (Qwen3: q/k norms, tied
+    unembedding)."""
+    return family_model(request.param), _hf_model(request.param)
 
 
 def _texts(model, questions):
@@ -162,9 +176,10 @@ def _hf_generate(hf, inputs, n: int) -> torch.Tensor:
 @pytest.mark.parametrize(
     "shapes", [[(28, 56)], [(28, 56), (56, 28)], [(28, 28), (28, 56)]], ids=["one", "two", "mixed"]
 )
-def test_generate_equals_hugging_face_greedy(model, hf, shapes):
+def test_generate_equals_hugging_face_greedy(variant, shapes):
     """Greedy continuations: one tiled image; two images of different tilings (same number of
     tiles); 1 and 3 tiles (different prompt lengths, so left padding)."""
+    model, hf = variant
     questions = QUESTIONS[: len(shapes)]
     inputs = model.prepare(sized_images(*shapes, seed=2), questions)
     ours = model.generate(inputs, max_new_tokens=3, return_type="tokens", stop_at_eos=False)
@@ -172,7 +187,8 @@ def test_generate_equals_hugging_face_greedy(model, hf, shapes):
     assert torch.equal(ours, _hf_generate(hf, inputs, 3))
 
 
-def test_logit_attrs_of_the_decomposed_residual_add_up_to_the_final_logit(model, hf):
+def test_logit_attrs_of_the_decomposed_residual_add_up_to_the_final_logit(variant):
+    model, hf = variant
     inputs = model.prepare(sized_images((28, 56), (28, 28), seed=3), QUESTIONS)
     with torch.no_grad():
         ref = hf(input_ids=inputs.input_ids, **inputs.model_kwargs()).logits[:, -1]

@@ -27,6 +27,7 @@ from tl_lvlm.testing.internvl import (
     INTERNVL_PATCH,
     INTERNVL_TILE,
     build_tiny_internvl,
+    build_tiny_internvl3_5,
 )
 from tl_lvlm.testing.llava import build_tiny_llava_15
 from tl_lvlm.testing.llava_next import NEXT_PATCH, NEXT_PINPOINTS, NEXT_TILE, build_tiny_llava_next
@@ -83,6 +84,7 @@ __all__ = [
     "build_processor",
     "build_tiny_gemma3",
     "build_tiny_internvl",
+    "build_tiny_internvl3_5",
     "build_tiny_llava_15",
     "build_tiny_llava_next",
     "build_tiny_llava_onevision",

@@ -35,13 +35,17 @@ _INTERNVL_CHAT = (
 )
 
 
-def build_tiny_internvl(cfg: TinyFamilyConfig | None = None):
+def build_tiny_internvl(cfg: TinyFamilyConfig | None = None, *, text: str = "qwen2"):
     """A tiny ``InternVLForConditionalGeneration`` (InternViT + Qwen2) and its processor.
 
     The processor is the real ``InternVLProcessor`` with the PIL ``GotOcr2ImageProcessorPil``
     (tiles cropped from the resized image, plus a thumbnail) and no video processor
     (:func:`tl_lvlm.families.internvl.internvl_processor`); it saves as an
     ``InternVLProcessor``, as the public checkpoints do.
+
+    Args:
+        text: the decoder: ``"qwen2"`` (InternVL-3) or ``"qwen3"`` (InternVL-3.5: q/k norms,
+            and the unembedding tied to the embeddings as on the small public checkpoints).
     """
     from transformers import (
         GotOcr2ImageProcessorPil,
@@ -49,10 +53,13 @@ def build_tiny_internvl(cfg: TinyFamilyConfig | None = None):
         InternVLForConditionalGeneration,
         InternVLVisionConfig,
         Qwen2Config,
+        Qwen3Config,
     )
 
     from tl_lvlm.families.internvl import internvl_processor
 
+    if text not in ("qwen2", "qwen3"):
+        raise ValueError(f"text must be 'qwen2' or 'qwen3', got {text!r}")
     cfg = cfg or TinyFamilyConfig()
     tokenizer = family_tokenizer(
         cfg,
@@ -78,15 +85,27 @@ def build_tiny_internvl(cfg: TinyFamilyConfig | None = None):
         image_size=INTERNVL_TILE,
         patch_size=INTERNVL_PATCH,
     )
+    tied = text == "qwen3"
+    if tied:
+        decoder = text_config(Qwen3Config, cfg, tokenizer, head_dim=cfg.d_model // cfg.n_heads)
+        decoder.tie_word_embeddings = True
+    else:
+        decoder = text_config(Qwen2Config, cfg, tokenizer)
     config = InternVLConfig(
         vision_config=vision,
-        text_config=text_config(Qwen2Config, cfg, tokenizer),
+        text_config=decoder,
         image_token_id=tokenizer.convert_tokens_to_ids("<IMG_CONTEXT>"),
         image_seq_length=image_seq_length,
         downsample_ratio=downsample,
         vision_feature_layer=-1,
         vision_feature_select_strategy="default",
-        tie_word_embeddings=False,
+        tie_word_embeddings=tied,
         architectures=["InternVLForConditionalGeneration"],
     )
     return finish(InternVLForConditionalGeneration, config, cfg, tokenizer), processor
+
+
+def build_tiny_internvl3_5(cfg: TinyFamilyConfig | None = None):
+    """:func:`build_tiny_internvl` with InternVL-3.5's Qwen3 decoder (q/k norms, tied
+    unembedding)."""
+    return build_tiny_internvl(cfg, text="qwen3")
