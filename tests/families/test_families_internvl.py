@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ import torch
 from tiny_families import family_model, family_path, greedy_image_attribution, sized_images
 from transformers import InternVLForConditionalGeneration
 
+from tl_lvlm import HookedLVLM
 from tl_lvlm.analysis.heads import head_attribution
 from tl_lvlm.families import InternVLFamily, PatchGeometry
 from tl_lvlm.families.processors import torchvision_available
@@ -111,6 +113,48 @@ def test_tile_grids_and_the_image_group(model):
         assert torch.equal(
             inputs.pixel_values[row, n:], torch.zeros_like(inputs.pixel_values[row, n:])
         )
+
+
+@pytest.mark.skipif(torchvision_available(), reason="the standard processor is used")
+def test_files_laid_out_as_the_public_checkpoints_load_without_torchvision(tmp_path):
+    """OpenGVLab/InternVL3-*-hf ship the image processor's settings (the torchvision "Fast"
+    class, ``crop_to_patches: false``) in preprocessor_config.json and only the processor's
+    own in processor_config.json; the PIL backend is loaded and the images still tiled."""
+    path = tmp_path / "internvl"
+    shutil.copytree(family_path("internvl"), path)
+    pre = json.loads((path / "preprocessor_config.json").read_text())
+    pre.update(
+        image_processor_type="GotOcr2ImageProcessorFast",
+        crop_to_patches=False,
+        processor_class="InternVLProcessor",
+    )
+    (path / "preprocessor_config.json").write_text(json.dumps(pre))
+    (path / "processor_config.json").write_text(
+        json.dumps({"image_seq_length": G * G, "processor_class": "InternVLProcessor"})
+    )
+    model = HookedLVLM.from_pretrained(path, device="cpu")
+    assert type(model.processor.image_processor).__name__ == "GotOcr2ImageProcessorPil"
+    assert model.processor.image_seq_length == G * G
+    inputs = model.prepare(sized_images((28, 56)), QUESTIONS[0])
+    assert inputs.extra["tile_grid"].tolist() == [[1, 2]]
+    with torch.no_grad():
+        assert torch.equal(model(inputs), family_model("internvl")(inputs))
+
+
+def test_tiling_follows_the_processor_not_the_image_processors_own_setting(model, monkeypatch):
+    """The public checkpoints' image processor says ``crop_to_patches: false``; the processor
+    tiles anyway (its default), and so does the grid."""
+    monkeypatch.setattr(model.processor.image_processor, "crop_to_patches", False)
+    inputs = model.prepare(sized_images((28, 56)), QUESTIONS[0])
+    assert inputs.extra["tile_grid"].tolist() == [[1, 2]]
+    assert inputs.positions("image", 0).numel() == 3 * G * G
+
+
+def test_a_tiling_that_does_not_add_up_is_refused(model, monkeypatch):
+    """A processor that tiles otherwise than the canvas rule is refused, never mis-mapped."""
+    monkeypatch.setattr(type(model.family), "tile_grid", classmethod(lambda cls, *a: (2, 1)))
+    with pytest.raises(ValueError, match=r"tile grids \[\[2, 1\]\] give \[3\] tiles"):
+        model.prepare(sized_images((28, 28)), QUESTIONS[0])
 
 
 def test_logits_match_hugging_face_on_its_own_processor_outputs(model, hf):

@@ -145,16 +145,22 @@ class InternVLFamily(LVLMFamily):
 
     # ------------------------------------------------------------------ inputs
     @classmethod
-    def tile_grid(cls, image_processor, height: int, width: int) -> tuple[int, int]:
-        """``(rows, cols)`` of the tiles the image processor cuts from a ``height x width``
-        image (HF's own choice of canvas; ``(1, 1)`` when it does not tile)."""
+    def tile_grid(cls, image_processor, height: int, width: int, n_tiles: int) -> tuple[int, int]:
+        """``(rows, cols)`` of the tiles cut from a ``height x width`` image into ``n_tiles``
+        tiles (thumbnail included): ``(1, 1)`` for one, else HF's own choice of canvas with
+        the image processor's ``min_patches`` / ``max_patches``.
+
+        Whether it tiled is read off ``n_tiles``: ``InternVLProcessor`` turns
+        ``crop_to_patches`` on by default, whatever the image processor's own setting
+        (``false`` in the public checkpoints' files).
+        """
         from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import (
             get_optimal_tiled_canvas,
         )
 
-        ip = image_processor
-        if not (ip.crop_to_patches and ip.max_patches > 1):
+        if n_tiles == 1:
             return 1, 1
+        ip = image_processor
         side = (ip.size["height"], ip.size["width"])
         cols, rows = get_optimal_tiled_canvas((height, width), side, ip.min_patches, ip.max_patches)
         return rows, cols
@@ -165,21 +171,27 @@ class InternVLFamily(LVLMFamily):
         side]``) and ``tile_grid`` (``[batch, 2]``: tile rows and cols of each image).
 
         Raises:
-            ValueError: the tile grids do not give the processor's image-token counts
-                (an image processor that tiles otherwise).
+            ValueError: the tile grids do not give the processor's tile and image-token
+                counts (an image processor that tiles otherwise).
         """
         enc = dict(super().process(processor, images, texts))
+        n_image = (enc["input_ids"] == processor.image_token_id).sum(-1)
+        n_tiles = n_image // processor.image_seq_length
         grid = torch.tensor(
-            [cls.tile_grid(processor.image_processor, im.height, im.width) for im in images]
+            [
+                cls.tile_grid(processor.image_processor, im.height, im.width, int(n))
+                for im, n in zip(images, n_tiles, strict=True)
+            ]
         )
         n_grid = grid.prod(-1)
         counts = n_grid + (n_grid > 1)  # the thumbnail, when there are several tiles
-        n_image = (enc["input_ids"] == processor.image_token_id).sum(-1)
-        if not torch.equal(counts * processor.image_seq_length, n_image):
+        if not torch.equal(counts * processor.image_seq_length, n_image) or int(
+            counts.sum()
+        ) != len(enc["pixel_values"]):
             raise ValueError(
                 f"{cls.name}: tile grids {grid.tolist()} give {counts.tolist()} tiles of "
-                f"{processor.image_seq_length} tokens, but the prompts have {n_image.tolist()} "
-                "image tokens"
+                f"{processor.image_seq_length} tokens, but the processor made "
+                f"{len(enc['pixel_values'])} tiles and {n_image.tolist()} image tokens"
             )
         rows = enc["pixel_values"].split(counts.tolist())
         packed = enc["pixel_values"].new_zeros(len(rows), int(counts.max()), *rows[0].shape[1:])
