@@ -16,6 +16,8 @@ from tiny_families import family_model, family_path, greedy_image_attribution, s
 from transformers import InternVLForConditionalGeneration
 
 from tl_lvlm import HookedLVLM
+from tl_lvlm.ablation import image_kv_ablation_hooks, image_kv_baseline
+from tl_lvlm.ablation.engine import AblationEngine
 from tl_lvlm.analysis.heads import head_attribution
 from tl_lvlm.families import InternVLFamily, PatchGeometry
 from tl_lvlm.families.processors import torchvision_available
@@ -173,6 +175,27 @@ def test_logits_match_hugging_face_on_its_own_processor_outputs(model, hf):
     real = inputs.attention_mask.bool()
     assert (ours - ref)[real].abs().max().item() <= 1e-4
     assert (row[0] - ref[1])[real[1]].abs().max().item() <= 1e-4
+
+
+@pytest.mark.parametrize("scope", ["text", "all"])
+def test_engine_equals_hook_reference_on_tiles_and_thumbnail(model, scope):
+    """A 1 x 2 tiling (48 image tokens, the thumbnail's included), mean baseline over images of
+    the same tiling: the engine's target logits equal one hooked forward per mask."""
+    reference = model.prepare(sized_images((28, 56), (30, 60), (28, 50), seed=5), QUESTIONS[0])
+    baseline = image_kv_baseline(model, reference)
+    sample = model.prepare(sized_images((28, 56), seed=6), QUESTIONS[0])
+    assert baseline.n_image == sample.positions("image", 0).numel() == 3 * G * G
+    engine = AblationEngine(model, sample, baseline, scope=scope)
+    g = torch.Generator().manual_seed(0)
+    masks = torch.rand(12, model.n_layers, model.n_heads, generator=g) > 0.5
+    masks[0] = False  # all ablated
+    got = engine.run(masks, batch_size=4)
+    rows = sample[[0] * len(masks)]
+    hooks = image_kv_ablation_hooks(model, rows, baseline, masks, scope=scope)
+    with torch.no_grad():
+        ref = model.final_logits(rows, hooks)[:, engine.target]
+    assert (got - ref).abs().max() <= 1e-4
+    assert (ref - engine.clean_logit).abs().max() > 1e-3  # the masks do something
 
 
 def test_adapter_is_llavas_with_the_vision_tower_opaque_and_registered_only_for_the_boot(model):
