@@ -73,7 +73,13 @@ EXPECTED_TEXT = {
         "<|vision_end|>",
         "<|im_end|>\n<|im_start|>assistant\n",
     ),
+    "internvl": (
+        "<|im_start|>user\n<img>",
+        "</img>\n",
+        "<|im_end|>\n<|im_start|>assistant\n",
+    ),
 }
+EXPECTED_TEXT["internvl3_5"] = EXPECTED_TEXT["internvl"]  # the same template, a Qwen3 decoder
 
 N_RANDOM_MASKS = 32
 

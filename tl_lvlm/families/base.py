@@ -57,6 +57,33 @@ def _no_processor_reload() -> Iterator[None]:
         source.load_modality_processor = original
 
 
+@contextlib.contextmanager
+def adapter_registered(architecture: str, adapter: type) -> Iterator[None]:
+    """TransformerLens selects ``adapter`` for ``architecture`` until the block ends.
+
+    Registers it with ``ArchitectureAdapterFactory.register_adapter`` and, since
+    TransformerLens 4.3 recognises an architecture by its module-level
+    ``SUPPORTED_ARCHITECTURES`` (``determine_architecture_from_hf_config``) before it asks
+    the factory's registry, in that table too. Both entries are restored afterwards
+    (what was there before, or nothing), so tl-lvlm's adapters are seen only by the boots
+    it runs itself.
+    """
+    from transformer_lens.factories import architecture_adapter_factory as factory
+
+    tables = (factory.ArchitectureAdapterFactory._adapters, factory.SUPPORTED_ARCHITECTURES)
+    before = [table.get(architecture) for table in tables]
+    factory.ArchitectureAdapterFactory.register_adapter(architecture, adapter)
+    factory.SUPPORTED_ARCHITECTURES[architecture] = adapter
+    try:
+        yield
+    finally:
+        for table, entry in zip(tables, before, strict=True):
+            if entry is None:
+                table.pop(architecture, None)
+            else:
+                table[architecture] = entry
+
+
 class LVLMFamily:
     """Base class of the LVLM families; subclasses set the class attributes they change.
 

@@ -2,7 +2,8 @@
 of every registered family, saved in Hugging Face format, and test images.
 
 - :func:`save_tiny_family` / :data:`BUILDERS`: a tiny ``(hf_model, processor)`` per family
-  (``"llava"``, ``"llava_next"``, ``"gemma3"``, ``"llava_onevision"``, ``"qwen2_5_vl"``, ...),
+  (``"llava"``, ``"llava_next"``, ``"gemma3"``, ``"llava_onevision"``, ``"qwen2_5_vl"``,
+  ``"internvl"``, ...),
   written with ``save_pretrained`` so ``HookedLVLM.from_pretrained(path)`` loads it as it
   loads a hub checkpoint. Forward passes take milliseconds on a CPU; no torchvision needed.
 - :func:`build_tiny_llava` / :func:`save_tiny_llava` (:class:`TinyLlavaConfig`): a tiny
@@ -20,6 +21,13 @@ from tl_lvlm.testing.gemma3 import (
     GEMMA3_IMAGE_TOKENS,
     GEMMA3_PATCH,
     build_tiny_gemma3,
+)
+from tl_lvlm.testing.internvl import (
+    INTERNVL_MAX_TILES,
+    INTERNVL_PATCH,
+    INTERNVL_TILE,
+    build_tiny_internvl,
+    build_tiny_internvl3_5,
 )
 from tl_lvlm.testing.llava import build_tiny_llava_15
 from tl_lvlm.testing.llava_next import NEXT_PATCH, NEXT_PINPOINTS, NEXT_TILE, build_tiny_llava_next
@@ -57,6 +65,9 @@ __all__ = [
     "GEMMA3_IMAGE_TOKENS",
     "GEMMA3_PATCH",
     "IMAGE_TOKEN",
+    "INTERNVL_MAX_TILES",
+    "INTERNVL_PATCH",
+    "INTERNVL_TILE",
     "LLAVA_15_TEMPLATE",
     "NEXT_PATCH",
     "NEXT_PINPOINTS",
@@ -72,6 +83,8 @@ __all__ = [
     "TinyLlavaConfig",
     "build_processor",
     "build_tiny_gemma3",
+    "build_tiny_internvl",
+    "build_tiny_internvl3_5",
     "build_tiny_llava_15",
     "build_tiny_llava_next",
     "build_tiny_llava_onevision",

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from tl_lvlm.testing._tiny import TinyFamilyConfig
 from tl_lvlm.testing.gemma3 import build_tiny_gemma3
+from tl_lvlm.testing.internvl import build_tiny_internvl, build_tiny_internvl3_5
 from tl_lvlm.testing.llava import build_tiny_llava_15
 from tl_lvlm.testing.llava_next import build_tiny_llava_next
 from tl_lvlm.testing.llava_onevision import build_tiny_llava_onevision
@@ -28,6 +29,9 @@ BUILDERS: dict[str, Callable] = {
     "gemma3": build_tiny_gemma3,
     "llava_onevision": build_tiny_llava_onevision,
     "qwen2_5_vl": build_tiny_qwen2_5_vl,
+    "internvl": build_tiny_internvl,
+    # The same family on InternVL-3.5's Qwen3 decoder (q/k norms, tied unembedding).
+    "internvl3_5": build_tiny_internvl3_5,
 }
 
 
