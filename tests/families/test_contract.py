@@ -52,6 +52,7 @@ EXPECTED_TEXT = {
         "<|vision_end|>",
         "<|im_end|>\n<|im_start|>assistant\n",
     ),
+    "gemma4": ("<s><|turn>user\n<|image>", "<image|>", "<turn|>\n<|turn>model\n"),
 }
 
 N_RANDOM_MASKS = 32

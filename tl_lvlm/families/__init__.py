@@ -4,7 +4,8 @@
 - :func:`register_family` / :func:`family_of` (``registry``): architecture -> family.
 - :class:`PatchGeometry` (``geometry``): where image tokens lie on the image.
 - Built-in families: LLaVA-1.5 (``llava``), LLaVA-NeXT (``llava_next``), Gemma 3
-  (``gemma3``), LLaVA-OneVision (``llava_onevision``), Qwen2.5-VL (``qwen2_5_vl``).
+  (``gemma3``), LLaVA-OneVision (``llava_onevision``), Qwen2.5-VL (``qwen2_5_vl``),
+  Gemma 4 (``gemma4``).
 
 Add a family without touching tl-lvlm::
 
@@ -19,6 +20,7 @@ Add a family without touching tl-lvlm::
 
 from tl_lvlm.families.base import ANALYSES, LVLMFamily
 from tl_lvlm.families.gemma3 import Gemma3Family
+from tl_lvlm.families.gemma4 import Gemma4Family
 from tl_lvlm.families.geometry import PatchGeometry
 from tl_lvlm.families.llava import Llava15Family
 from tl_lvlm.families.llava_next import LlavaNextFamily
@@ -39,6 +41,7 @@ for _family in (
     Gemma3Family,
     LlavaOnevisionFamily,
     Qwen2_5_VLFamily,
+    Gemma4Family,
 ):
     register_family(_family)
 
@@ -46,6 +49,7 @@ __all__ = [
     "ANALYSES",
     "FAMILIES",
     "Gemma3Family",
+    "Gemma4Family",
     "LVLMFamily",
     "Llava15Family",
     "LlavaNextFamily",

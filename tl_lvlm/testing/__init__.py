@@ -2,9 +2,10 @@
 of every registered family, saved in Hugging Face format, and test images.
 
 - :func:`save_tiny_family` / :data:`BUILDERS`: a tiny ``(hf_model, processor)`` per family
-  (``"llava"``, ``"llava_next"``, ``"gemma3"``, ``"llava_onevision"``, ``"qwen2_5_vl"``, ...),
-  written with ``save_pretrained`` so ``HookedLVLM.from_pretrained(path)`` loads it as it
-  loads a hub checkpoint. Forward passes take milliseconds on a CPU; no torchvision needed.
+  (``"llava"``, ``"llava_next"``, ``"gemma3"``, ``"llava_onevision"``, ``"qwen2_5_vl"``,
+  ``"gemma4"``, ...), written with ``save_pretrained`` so ``HookedLVLM.from_pretrained(path)``
+  loads it as it loads a hub checkpoint. Forward passes take milliseconds on a CPU; no
+  torchvision needed.
 - :func:`build_tiny_llava` / :func:`save_tiny_llava` (:class:`TinyLlavaConfig`): a tiny
   LLaVA-1.5 of any shape (the zoo's builder).
 - :func:`random_images`, :data:`TEST_QUESTIONS`.
@@ -20,6 +21,12 @@ from tl_lvlm.testing.gemma3 import (
     GEMMA3_IMAGE_TOKENS,
     GEMMA3_PATCH,
     build_tiny_gemma3,
+)
+from tl_lvlm.testing.gemma4 import (
+    GEMMA4_PATCH,
+    GEMMA4_POOL,
+    GEMMA4_SOFT_TOKENS,
+    build_tiny_gemma4,
 )
 from tl_lvlm.testing.llava import build_tiny_llava_15
 from tl_lvlm.testing.llava_next import NEXT_PATCH, NEXT_PINPOINTS, NEXT_TILE, build_tiny_llava_next
@@ -56,6 +63,9 @@ __all__ = [
     "GEMMA3_IMAGE",
     "GEMMA3_IMAGE_TOKENS",
     "GEMMA3_PATCH",
+    "GEMMA4_PATCH",
+    "GEMMA4_POOL",
+    "GEMMA4_SOFT_TOKENS",
     "IMAGE_TOKEN",
     "LLAVA_15_TEMPLATE",
     "NEXT_PATCH",
@@ -72,6 +82,7 @@ __all__ = [
     "TinyLlavaConfig",
     "build_processor",
     "build_tiny_gemma3",
+    "build_tiny_gemma4",
     "build_tiny_llava_15",
     "build_tiny_llava_next",
     "build_tiny_llava_onevision",

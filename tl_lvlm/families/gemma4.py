@@ -1,0 +1,175 @@
+"""Gemma 4 (``Gemma4ForConditionalGeneration``): a patch-embedded vision encoder pooled 3 x 3,
+Gemma 4 text.
+
+TransformerLens 4.3 has an adapter for it (``Gemma4ArchitectureAdapter``), used as it is.
+Its attention bridge keeps the Hugging Face attention native (``maintain_native_attention``):
+``hook_attn_scores`` and ``hook_pattern`` both fire HF's post-softmax weights and edits to
+them are discarded, so the hook reference and knockout recompute attention
+(``attention_edits = "recompute"``, :mod:`tl_lvlm.ablation.recomputed`).
+
+Quirks:
+
+- the image prompt is the image token ``<|image|>``, which the processor expands to
+  ``<|image>`` + one ``<|image|>`` per pooled 3 x 3 block of patches + ``<image|>``;
+- the image is resized, keeping its aspect, to at most ``max_soft_tokens * 9`` patches
+  with sides multiple of ``3 * patch`` (no crop), so the image tokens are a
+  ``h / 3 x w / 3`` grid over the whole image, row by row, and their number follows the
+  image's size; ``pixel_values`` are per-image patches ``[batch, max_patches, 3 p^2]``
+  with ``image_position_ids`` (-1 at padding), so rows select as they are;
+- q, k and v are RMS-normalized per head before RoPE (v without a scale) and the
+  attention scale is 1: the recomputation reads q, k, v at the norms' outputs
+  (:meth:`Gemma4Family.attention_inputs`), the baselines read k and v there too;
+- ``apply_rotary_pos_emb`` rotates one tensor (``(x, cos, sin)``), not ``(q, k)``;
+- sliding-window and full-attention layers with their own RoPE (default on sliding
+  layers, proportional partial RoPE on full ones): one ``(cos, sin)`` per layer type;
+- the final logits are soft-capped (``final_logit_softcapping``, handled by the base class).
+
+Checkpoint variants, by config (not by class, since one architecture covers them all):
+
+- ``use_bidirectional_attention="vision"`` (the larger checkpoints): image tokens attend
+  to each other both ways, in the sliding layers only (full layers stay causal). The
+  engine's scope "text" is unaffected (text queries are causal, the prefix is HF's own
+  run), but the recomputed-attention hook reference implements causal attention only and
+  refuses, and so ablation cannot be checked: :attr:`Gemma4Family.bidirectional_image`
+  says so and the reference names the reason.
+- refused for image-K/V ablation, the engine and knockout, with the layers named
+  (:meth:`Gemma4Family.variant_refusals`): K/V shared across layers
+  (``num_kv_shared_layers``, E2B / E4B: the last layers reuse an earlier layer's K/V, so
+  ablating that layer's K/V would also change every later layer reading it, and those
+  layers have no K/V hooks of their own); a full-attention head dim or KV-head count other
+  than the sliding layers' (``global_head_dim``, ``num_global_key_value_heads``, the
+  public checkpoints: the baselines and the engine's shared prefix are one tensor over
+  layers); keys used as values (``attention_k_eq_v``: there is no value projection).
+- Per-Layer Embeddings (``hidden_size_per_layer_input``, E2B / E4B) and ``layer_scalar``
+  add to and scale the residual stream inside each block, outside every
+  ``hook_attn_out`` / ``hook_mlp_out``, so TransformerLens's ``decompose_resid`` does not
+  add up to the residual there (``tests/families/test_families_gemma4.py`` measures it);
+  ablation and the engine are unaffected (the per-layer inputs of a text token depend on
+  its own id and embedding only).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
+from jaxtyping import Float
+from torch import Tensor
+
+from tl_lvlm.families.gemma3 import Gemma3Family
+from tl_lvlm.families.geometry import PatchGeometry
+from tl_lvlm.families.processors import gemma4_processor_class, load_image_processor_only
+from tl_lvlm.inputs import LVLMInputs
+
+
+class Gemma4Family(Gemma3Family):
+    name = "Gemma 4"
+    architecture = "Gemma4ForConditionalGeneration"
+    image_prompt = "<|image|>"
+    fixed_resolution = False
+    sequence_inputs = ("mm_token_type_ids",)
+    attention_edits = "recompute"  # the bridge keeps Gemma 4's attention native
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def load_processor(cls, path):
+        return load_image_processor_only(gemma4_processor_class(), path)
+
+    @classmethod
+    def expand_image(cls, processor, n_image: int) -> str:
+        # Gemma4Processor.replace_image_token: BOI, the soft tokens, EOI.
+        return f"{processor.boi_token}{processor.image_token * n_image}{processor.eoi_token}"
+
+    # ------------------------------------------------------------- model facts
+    @property
+    def bidirectional_image(self) -> bool:
+        """Whether image tokens attend to each other both ways (in the sliding layers)."""
+        return self.decoder_config.use_bidirectional_attention == "vision"
+
+    @property
+    def image_size(self) -> int:
+        """Gemma 4 takes images of any size; the side of a square giving ``max_soft_tokens``
+        or fewer tokens (for where a default size is needed, e.g. random images)."""
+        pool = int(self.config.vision_config.pooling_kernel_size)
+        patch = int(self.config.vision_config.patch_size)
+        side = int(self.config.vision_soft_tokens_per_image**0.5)
+        return side * pool * patch
+
+    def variant_refusals(self) -> list[str]:
+        """Why this checkpoint's attention cannot be ablated (module docstring); empty when
+        it can. Read by :meth:`attention_refusals` and the K/V hooks."""
+        cfg = self.decoder_config
+        reasons = []
+        shared = [i for i, mode in enumerate(cfg.kv_sharing_modes) if mode == "reuse"]
+        if shared:
+            reasons.append(
+                f"layers {shared} reuse an earlier layer's keys and values "
+                f"(num_kv_shared_layers={cfg.num_kv_shared_layers}), so ablating that layer's "
+                "image K/V would also change theirs, and they have no K/V hooks"
+            )
+        layers = [cfg.per_layer_config[i] for i in range(cfg.num_hidden_layers)]
+        shapes = {i: (c.head_dim, c.num_key_value_heads) for i, c in enumerate(layers)}
+        if len(set(shapes.values())) > 1:
+            reasons.append(
+                f"the layers' (head dim, KV heads) differ ({shapes}), and image-K/V baselines "
+                "and the engine's shared prefix are one tensor over layers"
+            )
+        if cfg.attention_k_eq_v:
+            reasons.append("full-attention layers use their keys as values (attention_k_eq_v)")
+        return reasons
+
+    def attention_refusals(self, n_tokens: int) -> list[str]:
+        return [*self.variant_refusals(), *super().attention_refusals(n_tokens)]
+
+    # ---------------------------------------------------------- key/value hooks
+    def _checked(self, hook: str) -> str:
+        reasons = self.variant_refusals()
+        if reasons:
+            raise NotImplementedError(
+                f"{self.name}: this checkpoint's image K/V cannot be ablated: {'; '.join(reasons)}"
+            )
+        return hook
+
+    def key_hook(self, layer: int) -> tuple[str, int]:
+        # Keys after k_norm, before RoPE: [batch, pos, n_kv_heads, d_head].
+        return self._checked(f"blocks.{layer}.attn.k_norm.hook_out"), 1
+
+    def value_hook(self, layer: int) -> tuple[str, int]:
+        # Values after v_norm, as attention reads them: [batch, pos, n_kv_heads, d_head].
+        return self._checked(f"blocks.{layer}.attn.v_norm.hook_out"), 1
+
+    def attention_inputs(self, layer: int) -> tuple[str, str, str]:
+        q = self._checked(f"blocks.{layer}.attn.q_norm.hook_out")
+        return q, self.key_hook(layer)[0], self.value_hook(layer)[0]
+
+    # ------------------------------------------------------------------ rotary
+    def rotary_fn(self, layer: int) -> Callable:
+        """``(q, k, cos, sin) -> (q, k)`` rotated by Gemma 4's one-tensor
+        ``apply_rotary_pos_emb`` (``[batch, heads, pos, d_head]``, cos/sin ``[batch, pos, d]``)."""
+        rotate = sys.modules[type(self.attention(layer)).__module__].apply_rotary_pos_emb
+
+        def rotary(
+            q: Float[Tensor, "batch n_heads n d_head"],
+            k: Float[Tensor, "batch n_kv_heads n d_head"],
+            cos: Float[Tensor, "batch n d_head"],
+            sin: Float[Tensor, "batch n d_head"],
+        ):
+            return rotate(q, cos, sin), rotate(k, cos, sin)
+
+        return rotary
+
+    # ---------------------------------------------------------- image geometry
+    def patch_geometry(self, processor, sample: LVLMInputs) -> PatchGeometry:
+        """The pooled patch grid of the resized image (aspect kept, not cropped)."""
+        self.require("image_attribution")
+        pool = int(self.config.vision_config.pooling_kernel_size)
+        positions = sample.extra["image_position_ids"][0]  # [max_patches, (x, y)], -1 = pad
+        real = positions[(positions >= 0).all(-1)]
+        cols, rows = (int(real[:, axis].max()) + 1 for axis in (0, 1))
+        geometry = PatchGeometry(rows // pool, cols // pool, "stretch")
+        if geometry.n_tokens != sample.positions("image", 0).numel():
+            raise ValueError(
+                f"{self.name}: a {rows} x {cols} patch grid pooled {pool} x {pool} does not "
+                f"give the {sample.positions('image', 0).numel()} image tokens of the prompt"
+            )
+        return geometry
