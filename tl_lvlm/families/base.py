@@ -57,6 +57,27 @@ def _no_processor_reload() -> Iterator[None]:
         source.load_modality_processor = original
 
 
+@contextlib.contextmanager
+def swapped_adapter(architecture: str, adapter: type) -> Iterator[None]:
+    """TransformerLens's factory selects ``adapter`` for ``architecture`` until the block ends
+    (its registry entry is then restored): how a family boots the bridge with a subclass of
+    TransformerLens's adapter without changing it for anyone else."""
+    from transformer_lens.factories.architecture_adapter_factory import (
+        ArchitectureAdapterFactory,
+    )
+
+    adapters = ArchitectureAdapterFactory._adapters
+    before = adapters.get(architecture)
+    ArchitectureAdapterFactory.register_adapter(architecture, adapter)
+    try:
+        yield
+    finally:
+        if before is None:
+            adapters.pop(architecture, None)
+        else:
+            adapters[architecture] = before
+
+
 class LVLMFamily:
     """Base class of the LVLM families; subclasses set the class attributes they change.
 

@@ -1,7 +1,14 @@
 """Gemma 4 (``Gemma4ForConditionalGeneration``): a patch-embedded vision encoder pooled 3 x 3,
 Gemma 4 text.
 
-TransformerLens 4.3 has an adapter for it (``Gemma4ArchitectureAdapter``), used as it is.
+TransformerLens 4.3 has an adapter for it (``Gemma4ArchitectureAdapter``). Its final norm is
+a bare component without ``hook_scale``, which ``cache.apply_ln_to_stack`` and so
+``cache.logit_attrs`` read; the bridge is booted with a subclass that maps it as an
+``RMSNormalizationBridge`` instead (HF's own forward, ``hook_scale`` fired alongside; no
+weight offset, as the adapter's config says), selected in the factory only during the
+boot (:func:`~tl_lvlm.families.base.swapped_adapter`), so TransformerLens is unchanged for
+everyone else. Everything else in the adapter is used as it is.
+
 Its attention bridge keeps the Hugging Face attention native (``maintain_native_attention``):
 ``hook_attn_scores`` and ``hook_pattern`` both fire HF's post-softmax weights and edits to
 them are discarded, so the hook reference and knockout recompute attention
@@ -50,16 +57,38 @@ Checkpoint variants, by config (not by class, since one architecture covers them
 
 from __future__ import annotations
 
+import functools
 import sys
 from collections.abc import Callable
 
+import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from tl_lvlm.families.base import swapped_adapter
 from tl_lvlm.families.gemma3 import Gemma3Family
 from tl_lvlm.families.geometry import PatchGeometry
 from tl_lvlm.families.processors import gemma4_processor_class, load_image_processor_only
 from tl_lvlm.inputs import LVLMInputs
+
+
+@functools.cache
+def _adapter_with_final_norm_scale() -> type:
+    """TransformerLens's Gemma 4 adapter with the final norm mapped as an RMS norm bridge."""
+    from transformer_lens.model_bridge.generalized_components import RMSNormalizationBridge
+    from transformer_lens.model_bridge.supported_architectures.gemma4 import (
+        Gemma4ArchitectureAdapter,
+    )
+
+    class Gemma4AdapterWithFinalNormScale(Gemma4ArchitectureAdapter):
+        def __init__(self, cfg) -> None:
+            super().__init__(cfg)
+            # Runs HF's Gemma4RMSNorm (use_native_layernorm_autograd), firing hook_scale.
+            self.component_mapping["ln_final"] = RMSNormalizationBridge(
+                name="model.language_model.norm", config=self.cfg
+            )
+
+    return Gemma4AdapterWithFinalNormScale
 
 
 class Gemma4Family(Gemma3Family):
@@ -76,6 +105,12 @@ class Gemma4Family(Gemma3Family):
         return load_image_processor_only(gemma4_processor_class(), path)
 
     @classmethod
+    def boot_bridge(cls, name: str, hf_model: torch.nn.Module, tokenizer):
+        # The bridge selects its adapter by the HF class's name (see the base class).
+        with swapped_adapter(type(hf_model).__name__, _adapter_with_final_norm_scale()):
+            return super().boot_bridge(name, hf_model, tokenizer)
+
+    @classmethod
     def expand_image(cls, processor, n_image: int) -> str:
         # Gemma4Processor.replace_image_token: BOI, the soft tokens, EOI.
         return f"{processor.boi_token}{processor.image_token * n_image}{processor.eoi_token}"
@@ -88,12 +123,11 @@ class Gemma4Family(Gemma3Family):
 
     @property
     def image_size(self) -> int:
-        """Gemma 4 takes images of any size; the side of a square giving ``max_soft_tokens``
-        or fewer tokens (for where a default size is needed, e.g. random images)."""
-        pool = int(self.config.vision_config.pooling_kernel_size)
-        patch = int(self.config.vision_config.patch_size)
-        side = int(self.config.vision_soft_tokens_per_image**0.5)
-        return side * pool * patch
+        """Gemma 4 takes images of any size; this is the side of a square of 16 x 16 pooled
+        patches (768 pixels on the public checkpoints; the processor shrinks it to its token
+        budget), for where a default size is needed (random images)."""
+        vision = self.config.vision_config
+        return 16 * int(vision.pooling_kernel_size) * int(vision.patch_size)
 
     def variant_refusals(self) -> list[str]:
         """Why this checkpoint's attention cannot be ablated (module docstring); empty when

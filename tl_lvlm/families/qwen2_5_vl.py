@@ -26,15 +26,15 @@ Quirks:
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Mapping, Sequence
+import functools
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
 from jaxtyping import Int
 from torch import Tensor
 
-from tl_lvlm.families.base import LVLMFamily
+from tl_lvlm.families.base import LVLMFamily, swapped_adapter
 from tl_lvlm.families.geometry import PatchGeometry
 from tl_lvlm.families.processors import (
     load_image_processor_only,
@@ -44,13 +44,9 @@ from tl_lvlm.families.processors import (
 from tl_lvlm.inputs import LVLMInputs
 
 
-@contextlib.contextmanager
-def _adapter_without_torchvision_check(architecture: str) -> Iterator[None]:
-    """TransformerLens selects, for ``architecture``, its Qwen2.5-VL adapter minus the
-    torchvision check, until the block ends (the factory's registry is restored)."""
-    from transformer_lens.factories.architecture_adapter_factory import (
-        ArchitectureAdapterFactory,
-    )
+@functools.cache
+def _adapter_without_torchvision_check() -> type:
+    """TransformerLens's Qwen2.5-VL adapter minus the torchvision check."""
     from transformer_lens.model_bridge.supported_architectures.qwen2_5_vl import (
         Qwen2_5_VLArchitectureAdapter,
     )
@@ -60,16 +56,7 @@ def _adapter_without_torchvision_check(architecture: str) -> Iterator[None]:
         # listed, never imported, by the adapter, the bridge and the model.
         required_libraries: list[str] = []
 
-    adapters = ArchitectureAdapterFactory._adapters
-    before = adapters.get(architecture)
-    ArchitectureAdapterFactory.register_adapter(architecture, Qwen2_5_VLAdapterNoTorchvision)
-    try:
-        yield
-    finally:
-        if before is None:
-            adapters.pop(architecture, None)
-        else:
-            adapters[architecture] = before
+    return Qwen2_5_VLAdapterNoTorchvision
 
 
 class Qwen2_5_VLFamily(LVLMFamily):
@@ -90,7 +77,7 @@ class Qwen2_5_VLFamily(LVLMFamily):
         if torchvision_available():
             return super().boot_bridge(name, hf_model, tokenizer)
         # The bridge selects its adapter by the HF class's name (see the base class).
-        with _adapter_without_torchvision_check(type(hf_model).__name__):
+        with swapped_adapter(type(hf_model).__name__, _adapter_without_torchvision_check()):
             return super().boot_bridge(name, hf_model, tokenizer)
 
     # ----------------------------------------------------------------- inputs
