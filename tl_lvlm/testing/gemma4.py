@@ -59,7 +59,8 @@ def build_tiny_gemma4(
 
     Args:
         per_layer_inputs: Per-Layer Embeddings (E2B / E4B), 8 dimensions per layer.
-        kv_shared_layers: the last this many layers reuse earlier layers' K/V (E2B / E4B).
+        kv_shared_layers: the last this many layers reuse earlier layers' K/V (E2B / E4B;
+            HF's Gemma 4 runs it with per-layer inputs only).
         global_head_dim: the full-attention layers' head dim (512 against 256 on the
             public checkpoints); None = the sliding layers' head dim.
         bidirectional_vision: image tokens attend to each other both ways in the sliding
