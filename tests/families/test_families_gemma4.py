@@ -1,6 +1,10 @@
 """Gemma 4 specifics: the processor without torchvision, images of any size, the attention
 hooks of TransformerLens 4.3, generate, the residual decomposition (per-layer inputs),
-gradient attribution, geometry, and the checkpoint variants refused with their reasons."""
+gradient attribution, geometry, and the checkpoint variants (K/V shared across layers, keys
+as values, per-layer head dims, bidirectional image attention), run or refused with reasons.
+
+The engine, knockout and ablation checks on the variants are the contract test's
+(``test_contract._reference`` and its masked-eager attention, imported from there)."""
 
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_contract import _BLOCKED, _reference
 from tiny_families import family_model, family_path, greedy_image_attribution, sized_images
 from transformers import Gemma4ForConditionalGeneration
 
@@ -46,6 +51,7 @@ VARIANTS = {
     # As on E2B / E4B, KV sharing comes with per-layer inputs (HF's Gemma 4 needs both).
     "kv_shared": dict(kv_shared_layers=1, per_layer_inputs=True, cfg=TinyFamilyConfig(n_layers=3)),
     "global_head_dim": dict(global_head_dim=32),
+    "k_eq_v": dict(keys_as_values=True),
     "bidirectional": dict(bidirectional_vision=True),
 }
 
@@ -314,34 +320,140 @@ def test_default_image_size_is_a_square_of_16_by_16_pooled_patches(model):
     assert grid.rows == grid.cols  # shrunk to the processor's token budget, still square
 
 
-REFUSED = {
-    "kv_shared": r"layers \[2\] reuse an earlier layer's keys and values",
-    "global_head_dim": r"\(head dim, KV heads\) differ",
-}
+def _engine_equals_reference(model, scope: str) -> None:
+    """The contract's check (engine = hook reference on random and extreme masks)."""
+    reference = model.prepare(random_images(3, 28, seed=5), QUESTIONS[0])
+    baseline = image_kv_baseline(model, reference)
+    sample = model.prepare(random_images(1, 28, seed=1), QUESTIONS[0])
+    engine = AblationEngine(model, sample, baseline, scope=scope)
+    g = torch.Generator().manual_seed(0)
+    shape = (model.n_layers, model.n_heads)
+    masks = torch.cat(
+        [
+            torch.ones(1, *shape, dtype=torch.bool),
+            torch.zeros(1, *shape, dtype=torch.bool),
+            torch.rand(16, *shape, generator=g) > 0.5,
+        ]
+    )
+    got = engine.run(masks, batch_size=8)
+    ref = _reference(model, sample, baseline, masks, scope, engine.target)
+    assert (got - ref).abs().max() <= 1e-4
+    assert (ref - engine.clean_logit).abs().max() > 1e-3
 
 
-@pytest.mark.parametrize("name", list(REFUSED))
-def test_variants_run_like_hugging_face_and_refuse_ablation_with_the_reason(name):
-    """KV sharing across layers and a different full-attention head dim: the model runs and
-    equals HF; ablation, the engine and knockout refuse, naming the family and the reason."""
-    path, model = variant(name), variant_model(name)
+def _knockout_matches_masked_hf(model, path: str, layers: list[int]) -> None:
+    """The contract's knockout check at ``layers``: HF's eager attention with the pairs masked."""
+    hf = Gemma4ForConditionalGeneration.from_pretrained(
+        path, attn_implementation={"text_config": "families_masked_eager", "": "eager"}
+    ).eval()
+    images = sized_images((28, 28), (28, 44), seed=3)
+    inputs = model.prepare(images, QUESTIONS)
+    keys, queries = inputs.group_mask("image"), inputs.group_mask("final")
+    _BLOCKED.update({layer: (queries[:, :, None] & keys[:, None, :])[:, None] for layer in layers})
+    try:
+        with torch.no_grad():
+            ref = hf(**_processed(model, images, QUESTIONS)).logits[:, -1]
+    finally:
+        _BLOCKED.clear()
+    with torch.no_grad():
+        clean = model(inputs)[:, -1]
+        with knockout(model, inputs, ("image", "final"), layers):
+            knocked = model(inputs)[:, -1]
+    assert (knocked - ref).abs().max() <= 1e-4
+    assert (knocked - clean).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("scope", ["text", "all"])
+def test_kv_shared_layers_engine_equals_hook_reference(scope):
+    """E2B / E4B-style: layer 2 reuses layer 1's K/V (and per-layer inputs are on)."""
+    model = variant_model("kv_shared")
+    assert [model.family.kv_source(i) for i in range(3)] == [0, 1, 1]
+    _engine_equals_reference(model, scope)
+
+
+def test_kv_shared_layers_knockout_matches_masked_hugging_face():
+    _knockout_matches_masked_hf(variant_model("kv_shared"), variant("kv_shared"), [1, 2])
+
+
+def _hf_with_image_kv(path: str, layers: dict[int, tuple]):
+    """HF's Gemma 4 whose attention at ``layers`` sees ``(k, v)`` (post-RoPE) at the image
+    columns for every query: the baseline inserted into HF itself."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, eager_mask
+    from transformers.models.gemma4 import modeling_gemma4
+
+    def attention(module, query, key, value, attention_mask, **kwargs):
+        if module.layer_idx in layers:
+            image, k, v = layers[module.layer_idx]
+            key, value = key.clone(), value.clone()
+            key[:, :, image], value[:, :, image] = k, v
+        return modeling_gemma4.eager_attention_forward(
+            module, query, key, value, attention_mask, **kwargs
+        )
+
+    AttentionInterface.register("gemma4_image_kv", attention)
+    AttentionMaskInterface.register("gemma4_image_kv", eager_mask)  # eager's additive mask
+    return Gemma4ForConditionalGeneration.from_pretrained(
+        path, attn_implementation={"text_config": "gemma4_image_kv", "": "eager"}
+    ).eval()
+
+
+@pytest.mark.parametrize("ablated", [1, 2], ids=["source_layer", "sharing_layer"])
+def test_kv_shared_ablation_is_per_layer_and_equals_hugging_face_with_the_baseline(ablated):
+    """Ablating every head of one layer (scope "all") = HF with that layer's attention reading
+    the baseline at the image columns. The K/V themselves are not replaced: ablating layer 1
+    leaves layer 2, which reuses layer 1's K/V, clean; layer 2's baseline is the mean of the
+    K/V it reads (layer 1's)."""
+    model = variant_model("kv_shared")
+    reference = model.prepare(random_images(3, 28, seed=5), QUESTIONS[0])
+    baseline = image_kv_baseline(model, reference)
+    assert torch.equal(baseline.k[2], baseline.k[1]) and torch.equal(baseline.v[2], baseline.v[1])
+    images = sized_images((28, 28), seed=6)
+    sample = model.prepare(images, QUESTIONS[0])
+    keep = torch.ones(1, model.n_layers, model.n_heads, dtype=torch.bool)
+    keep[:, ablated] = False
+    hooks = image_kv_ablation_hooks(model, sample, baseline, keep, scope="all")
+    image = sample.positions("image", 0)
+    cos, sin = model.family.rotations(torch.zeros(()), image[None])[ablated]
+    k = model.family.rotate_keys(ablated, baseline.k[ablated][None], cos, sin)
+    hf = _hf_with_image_kv(variant("kv_shared"), {ablated: (image, k, baseline.v[ablated])})
+    with torch.no_grad():
+        ours = model.run_with_hooks(sample, fwd_hooks=hooks)
+        ref = hf(**_processed(model, images, QUESTIONS[:1])).logits
+        clean = model(sample)
+    assert (ours - ref).abs().max() <= 1e-4
+    assert (ours - clean).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("scope", ["text", "all"])
+def test_keys_as_values_engine_equals_hook_reference(scope):
+    """``attention_k_eq_v``: the full layer has no value projection; its values are v_norm of
+    the keys' projection."""
+    model = variant_model("k_eq_v")
+    assert model.family.attention(1).v_proj is None
+    _engine_equals_reference(model, scope)
+
+
+def test_layers_of_different_head_dims_refuse_ablation_and_run_knockout():
+    """Full layers with a head dim of their own (the public checkpoints): the model equals HF
+    and knockout equals masked HF; baselines, the ablation and the engine refuse, naming the
+    family and the reason."""
+    path, model = variant("global_head_dim"), variant_model("global_head_dim")
     images = sized_images((28, 28))
     inputs = model.prepare(images, QUESTIONS[:1])
     with torch.no_grad():
         ref = _hf(path)(**_processed(model, images, QUESTIONS[:1])).logits
         assert (model(inputs) - ref).abs().max() <= 1e-4
-    match = "Gemma 4.*" + REFUSED[name]
+    _knockout_matches_masked_hf(model, path, [0, 1])
+    match = r"Gemma 4.*\(head dim, KV heads\) differ"
     with pytest.raises(NotImplementedError, match=match):
         image_kv_baseline(model, inputs)
-    zero = image_kv_baseline(model, inputs, "zero")
+    zero = image_kv_baseline(model, inputs, "zero")  # built for the sliding layers' head dim
     keep = torch.zeros(1, model.n_layers, model.n_heads, dtype=torch.bool)
     with pytest.raises(NotImplementedError, match=match):
         image_kv_ablation_hooks(model, inputs, zero, keep)
     with pytest.raises(NotImplementedError, match=match):
         AblationEngine(model, inputs, zero)
-    with pytest.raises(NotImplementedError, match=match):
-        with knockout(model, inputs, ("image", "final"), [0]):
-            pass
 
 
 def test_bidirectional_vision_attention_is_refused_by_the_recomputed_reference():
@@ -371,4 +483,5 @@ def test_a_prompt_longer_than_the_sliding_window_is_refused(model, monkeypatch):
 
 def test_family_is_registered_for_the_architecture(model):
     assert isinstance(model.family, Gemma4Family)
-    assert not model.family.variant_refusals()
+    assert model.family.shape_refusal() is None
+    assert [model.family.kv_source(i) for i in range(model.n_layers)] == [0, 1]

@@ -322,6 +322,11 @@ class LVLMFamily:
             return f"blocks.{layer}.attn.hook_k_normed", 2
         return f"blocks.{layer}.attn.hook_k", 1
 
+    def kv_source(self, layer: int) -> int:
+        """The decoder layer whose keys and values ``layer`` attends to (itself unless the
+        architecture shares K/V across layers); the engine reads that layer's prefix cache."""
+        return layer
+
     def value_hook(self, layer: int) -> tuple[str, int]:
         """The hook holding ``layer``'s values as attention reads them, and its position axis
         (``hook_v``, ``[batch, pos, n_kv_heads, d_head]``, unless a family normalizes them)."""

@@ -39,14 +39,22 @@ Checkpoint variants, by config (not by class, since one architecture covers them
   run), but the recomputed-attention hook reference implements causal attention only and
   refuses, and so ablation cannot be checked: :attr:`Gemma4Family.bidirectional_image`
   says so and the reference names the reason.
-- refused for image-K/V ablation, the engine and knockout, with the layers named
-  (:meth:`Gemma4Family.variant_refusals`): K/V shared across layers
-  (``num_kv_shared_layers``, E2B / E4B: the last layers reuse an earlier layer's K/V, so
-  ablating that layer's K/V would also change every later layer reading it, and those
-  layers have no K/V hooks of their own); a full-attention head dim or KV-head count other
-  than the sliding layers' (``global_head_dim``, ``num_global_key_value_heads``, the
-  public checkpoints: the baselines and the engine's shared prefix are one tensor over
-  layers); keys used as values (``attention_k_eq_v``: there is no value projection).
+- K/V shared across layers (``num_kv_shared_layers``, E2B / E4B): the last layers attend
+  to the keys and values of the last earlier layer of their type and have no K/V of
+  their own (:meth:`Gemma4Family.kv_source`). Ablating head ``(l, h)`` changes what query
+  head ``h`` of layer ``l`` sees at the image positions and nothing else, as with grouped
+  heads: the K/V tensors themselves are never replaced, so a layer reusing layer ``l``'s
+  K/V still sees them clean unless its own heads are ablated. A KV-shared layer's
+  baseline is the mean of the K/V it reads; the reference reads them at the source
+  layer's hooks, the engine from the source layer's prefix cache.
+- a full-attention head dim or KV-head count other than the sliding layers'
+  (``global_head_dim``, ``num_global_key_value_heads``, the public checkpoints): image-K/V
+  baselines and the engine's shared prefix are one tensor over layers, so the baselines,
+  the ablation and the engine are refused with that reason
+  (:meth:`Gemma4Family.shape_refusal`); knockout recomputes each layer's attention at its
+  own shapes and runs.
+- keys used as values (``attention_k_eq_v``, the full layers of the larger checkpoints):
+  ``v_norm`` of the key projection, read at ``v_norm.hook_out`` like any value.
 - Per-Layer Embeddings (``hidden_size_per_layer_input``, E2B / E4B) and ``layer_scalar``
   add to and scale the residual stream inside each block, outside every
   ``hook_attn_out`` / ``hook_mlp_out``, so TransformerLens's ``decompose_resid`` does not
@@ -129,52 +137,67 @@ class Gemma4Family(Gemma3Family):
         vision = self.config.vision_config
         return 16 * int(vision.pooling_kernel_size) * int(vision.patch_size)
 
-    def variant_refusals(self) -> list[str]:
-        """Why this checkpoint's attention cannot be ablated (module docstring); empty when
-        it can. Read by :meth:`attention_refusals` and the K/V hooks."""
+    def kv_source(self, layer: int) -> int:
+        """The layer whose keys and values ``layer`` attends to: itself, or for a KV-shared
+        layer (``num_kv_shared_layers``) the last earlier layer of its type that computes
+        its own, as HF's ``kv_sharing_modes`` store them."""
         cfg = self.decoder_config
-        reasons = []
-        shared = [i for i, mode in enumerate(cfg.kv_sharing_modes) if mode == "reuse"]
-        if shared:
-            reasons.append(
-                f"layers {shared} reuse an earlier layer's keys and values "
-                f"(num_kv_shared_layers={cfg.num_kv_shared_layers}), so ablating that layer's "
-                "image K/V would also change theirs, and they have no K/V hooks"
-            )
-        layers = [cfg.per_layer_config[i] for i in range(cfg.num_hidden_layers)]
-        shapes = {i: (c.head_dim, c.num_key_value_heads) for i, c in enumerate(layers)}
-        if len(set(shapes.values())) > 1:
-            reasons.append(
-                f"the layers' (head dim, KV heads) differ ({shapes}), and image-K/V baselines "
-                "and the engine's shared prefix are one tensor over layers"
-            )
-        if cfg.attention_k_eq_v:
-            reasons.append("full-attention layers use their keys as values (attention_k_eq_v)")
-        return reasons
+        if cfg.kv_sharing_modes[layer] != "reuse":
+            return layer
+        first_shared = cfg.num_hidden_layers - cfg.num_kv_shared_layers
+        kind = cfg.layer_types[layer]
+        return max(i for i in range(first_shared) if cfg.layer_types[i] == kind)
 
-    def attention_refusals(self, n_tokens: int) -> list[str]:
-        return [*self.variant_refusals(), *super().attention_refusals(n_tokens)]
+    def shape_refusal(self) -> str | None:
+        """Why image-K/V baselines and the engine refuse this checkpoint, or None: its layers'
+        (head dim, KV heads) differ (``global_head_dim`` / ``num_global_key_value_heads`` on
+        the public checkpoints), and a baseline or shared prefix is one tensor over layers."""
+        cfg = self.decoder_config
+        shapes = {
+            i: (int(c.head_dim), int(c.num_key_value_heads))
+            for i, c in enumerate(cfg.per_layer_config[i] for i in range(cfg.num_hidden_layers))
+        }
+        if len(set(shapes.values())) == 1:
+            return None
+        return (
+            f"its layers' (head dim, KV heads) differ ({shapes}), and image-K/V baselines and "
+            "the engine's shared prefix are one tensor over layers"
+        )
+
+    def check_engine(self, n_tokens: int) -> None:
+        reason = self.shape_refusal()
+        if reason:
+            raise NotImplementedError(
+                f"{self.name}: the engine does not run this checkpoint: {reason}"
+            )
+        super().check_engine(n_tokens)
 
     # ---------------------------------------------------------- key/value hooks
-    def _checked(self, hook: str) -> str:
-        reasons = self.variant_refusals()
-        if reasons:
+    def _baseline_hook(self, layer: int, name: str) -> tuple[str, int]:
+        reason = self.shape_refusal()
+        if reason:
             raise NotImplementedError(
-                f"{self.name}: this checkpoint's image K/V cannot be ablated: {'; '.join(reasons)}"
+                f"{self.name}: no image-K/V baseline for this checkpoint: {reason}"
             )
-        return hook
+        # After the norm, before RoPE: [batch, pos, n_kv_heads, d_head], of the layer that
+        # computes the K/V this one reads.
+        return f"blocks.{self.kv_source(layer)}.attn.{name}_norm.hook_out", 1
 
     def key_hook(self, layer: int) -> tuple[str, int]:
-        # Keys after k_norm, before RoPE: [batch, pos, n_kv_heads, d_head].
-        return self._checked(f"blocks.{layer}.attn.k_norm.hook_out"), 1
+        return self._baseline_hook(layer, "k")
 
     def value_hook(self, layer: int) -> tuple[str, int]:
-        # Values after v_norm, as attention reads them: [batch, pos, n_kv_heads, d_head].
-        return self._checked(f"blocks.{layer}.attn.v_norm.hook_out"), 1
+        return self._baseline_hook(layer, "v")
 
     def attention_inputs(self, layer: int) -> tuple[str, str, str]:
-        q = self._checked(f"blocks.{layer}.attn.q_norm.hook_out")
-        return q, self.key_hook(layer)[0], self.value_hook(layer)[0]
+        """q, k and v after their norms (k before RoPE); a KV-shared layer's k and v are
+        those of the layer it reuses (same layer type, so the same RoPE)."""
+        source = f"blocks.{self.kv_source(layer)}.attn"
+        return (
+            f"blocks.{layer}.attn.q_norm.hook_out",
+            f"{source}.k_norm.hook_out",
+            f"{source}.v_norm.hook_out",
+        )
 
     # ------------------------------------------------------------------ rotary
     def rotary_fn(self, layer: int) -> Callable:
@@ -191,6 +214,25 @@ class Gemma4Family(Gemma3Family):
             return rotate(q, cos, sin), rotate(k, cos, sin)
 
         return rotary
+
+    def rotate_keys(
+        self,
+        layer: int,
+        k: Float[Tensor, "batch n_kv_heads n d_head"],
+        cos: Float[Tensor, "batch n d_head"],
+        sin: Float[Tensor, "batch n d_head"],
+    ) -> Float[Tensor, "batch n_kv_heads n d_head"]:
+        """Baseline keys rotated to ``layer``; refused when they do not have its shape (a
+        zero baseline built for one head dim, on a checkpoint whose layers differ)."""
+        attn = self.attention(layer)
+        want = (attn.config.num_attention_heads // attn.num_key_value_groups, attn.head_dim)
+        if (k.shape[1], k.shape[-1]) != want:
+            raise NotImplementedError(
+                f"{self.name}: baseline keys of (KV heads, head dim) "
+                f"{(k.shape[1], k.shape[-1])} do not fit layer {layer}'s {want}: "
+                f"{self.shape_refusal()}"
+            )
+        return super().rotate_keys(layer, k, cos, sin)
 
     # ---------------------------------------------------------- image geometry
     def patch_geometry(self, processor, sample: LVLMInputs) -> PatchGeometry:

@@ -47,6 +47,7 @@ def build_tiny_gemma4(
     per_layer_inputs: bool = False,
     kv_shared_layers: int = 0,
     global_head_dim: int | None = None,
+    keys_as_values: bool = False,
     bidirectional_vision: bool = False,
 ):
     """A tiny ``Gemma4ForConditionalGeneration`` and its ``Gemma4Processor`` (images only).
@@ -63,6 +64,8 @@ def build_tiny_gemma4(
             HF's Gemma 4 runs it with per-layer inputs only).
         global_head_dim: the full-attention layers' head dim (512 against 256 on the
             public checkpoints); None = the sliding layers' head dim.
+        keys_as_values: full-attention layers use their key projection for the values too
+            (``attention_k_eq_v``, the larger checkpoints).
         bidirectional_vision: image tokens attend to each other both ways in the sliding
             layers (``use_bidirectional_attention="vision"``, the larger checkpoints).
     """
@@ -105,6 +108,7 @@ def build_tiny_gemma4(
         hidden_size_per_layer_input=8 if per_layer_inputs else 0,
         vocab_size_per_layer_input=len(tokenizer),
         num_kv_shared_layers=kv_shared_layers,
+        attention_k_eq_v=keys_as_values,
         use_bidirectional_attention="vision" if bidirectional_vision else None,
         # 30 on the public checkpoints; 2 moves the tiny model's logits (about 1) visibly.
         final_logit_softcapping=2.0,
