@@ -459,7 +459,8 @@ def test_layers_of_different_head_dims_refuse_ablation_and_run_knockout():
 def test_bidirectional_vision_attention_is_refused_by_the_recomputed_reference():
     """``use_bidirectional_attention="vision"``: the model equals HF (image tokens attend both
     ways in the sliding layers), and the reference, which recomputes causal attention only,
-    refuses rather than ablate with the wrong mask."""
+    refuses rather than ablate with the wrong mask; the engine's split into HF's prefix run
+    and its suffix attention reproduces the clean logit."""
     model = variant_model("bidirectional")
     assert model.family.bidirectional_image
     images = sized_images((28, 28))
@@ -471,6 +472,10 @@ def test_bidirectional_vision_attention_is_refused_by_the_recomputed_reference()
     keep = torch.zeros(1, model.n_layers, model.n_heads, dtype=torch.bool)
     with pytest.raises(NotImplementedError, match="Gemma 4.*attend to each other both ways"):
         image_kv_ablation_hooks(model, inputs, zero, keep)
+    # The engine's prefix is HF's own run (with the image block's mask): all kept = clean.
+    engine = AblationEngine(model, inputs, zero)
+    assert abs(float(engine.run(~keep)[0]) - engine.clean_logit) <= 1e-4
+    assert abs(float(engine.run(keep)[0]) - engine.clean_logit) > 1e-3
 
 
 def test_a_prompt_longer_than_the_sliding_window_is_refused(model, monkeypatch):

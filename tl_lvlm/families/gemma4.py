@@ -35,9 +35,10 @@ Checkpoint variants, by config (not by class, since one architecture covers them
 
 - ``use_bidirectional_attention="vision"`` (the larger checkpoints): image tokens attend
   to each other both ways, in the sliding layers only (full layers stay causal). The
-  engine's scope "text" is unaffected (text queries are causal, the prefix is HF's own
-  run), but the recomputed-attention hook reference implements causal attention only and
-  refuses, and so ablation cannot be checked: :attr:`Gemma4Family.bidirectional_image`
+  engine's scope "text" runs (text queries are causal, the prefix is HF's own run with
+  the image block's mask; its all-kept run reproduces the clean logit), but the
+  recomputed-attention hook reference implements causal attention only and refuses, so
+  the engine cannot be checked against it here: :attr:`Gemma4Family.bidirectional_image`
   says so and the reference names the reason.
 - K/V shared across layers (``num_kv_shared_layers``, E2B / E4B): the last layers attend
   to the keys and values of the last earlier layer of their type and have no K/V of
@@ -68,6 +69,7 @@ from __future__ import annotations
 import functools
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from jaxtyping import Float
@@ -109,7 +111,7 @@ class Gemma4Family(Gemma3Family):
 
     # ------------------------------------------------------------------ loading
     @classmethod
-    def load_processor(cls, path):
+    def load_processor(cls, path: str | Path):
         return load_image_processor_only(gemma4_processor_class(), path)
 
     @classmethod
@@ -153,10 +155,8 @@ class Gemma4Family(Gemma3Family):
         (head dim, KV heads) differ (``global_head_dim`` / ``num_global_key_value_heads`` on
         the public checkpoints), and a baseline or shared prefix is one tensor over layers."""
         cfg = self.decoder_config
-        shapes = {
-            i: (int(c.head_dim), int(c.num_key_value_heads))
-            for i, c in enumerate(cfg.per_layer_config[i] for i in range(cfg.num_hidden_layers))
-        }
+        layers = [cfg.per_layer_config[i] for i in range(cfg.num_hidden_layers)]
+        shapes = {i: (int(c.head_dim), int(c.num_key_value_heads)) for i, c in enumerate(layers)}
         if len(set(shapes.values())) == 1:
             return None
         return (
