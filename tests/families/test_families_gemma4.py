@@ -174,6 +174,25 @@ def test_attention_hooks_exist_fire_and_hold_hugging_faces_tensors(model):
         assert torch.allclose(v.pow(2).mean(-1), torch.ones(()), atol=1e-4)
 
 
+def test_bridge_is_booted_with_the_final_norm_bridge_only_while_loading(model):
+    """The adapter subclass changes the final norm's mapping only (for hook_scale); the
+    factory's registry entry is TransformerLens's own again after the boot."""
+    from transformer_lens.factories.architecture_adapter_factory import (
+        ArchitectureAdapterFactory,
+    )
+    from transformer_lens.model_bridge.generalized_components import RMSNormalizationBridge
+    from transformer_lens.model_bridge.supported_architectures.gemma4 import (
+        Gemma4ArchitectureAdapter,
+    )
+
+    adapter = model.bridge.adapter
+    assert isinstance(adapter, Gemma4ArchitectureAdapter)
+    assert isinstance(adapter.component_mapping["ln_final"], RMSNormalizationBridge)
+    assert "ln_final.hook_scale" in model.hook_dict
+    registered = ArchitectureAdapterFactory._adapters["Gemma4ForConditionalGeneration"]
+    assert registered is Gemma4ArchitectureAdapter
+
+
 def test_score_edits_are_discarded_so_the_reference_recomputes_attention(model):
     """Why the family recomputes attention: the bridge keeps Gemma 4's attention native."""
     assert model.family.attention_edits == "recompute"
