@@ -6,23 +6,11 @@ user takes with a hub name. Checkpoints are built once per session.
 
 from __future__ import annotations
 
-# Before anything of ours is imported: every jaxtyping shape in a signature of tl_lvlm and
-# attribution is checked at run time (beartype), so a wrong shape in a docstring'd
-# signature fails the suite instead of misleading a reader.
-from jaxtyping import install_import_hook
+import pytest
+import torch
 
-with install_import_hook(["tl_lvlm", "attribution"], "beartype.beartype"):
-    import attribution  # noqa: F401
-    import tl_lvlm.ablation  # noqa: F401
-    import tl_lvlm.analysis  # noqa: F401
-    import tl_lvlm.flow  # noqa: F401
-    import tl_lvlm.patching  # noqa: F401
-
-import pytest  # noqa: E402
-import torch  # noqa: E402
-
-from tl_lvlm import HookedLVLM  # noqa: E402
-from tl_lvlm.testing import TEST_QUESTIONS, TinyLlavaConfig, random_images, save_tiny_llava  # noqa: E402
+from tl_lvlm import HookedLVLM
+from tl_lvlm.testing import TEST_QUESTIONS, TinyLlavaConfig, random_images, save_tiny_llava
 
 # Tiny models are dominated by per-op overhead: one thread is faster than two,
 # and keeps the suite's speed steady when the machine is busy.

@@ -176,10 +176,8 @@ def _sum_hooks(
     hooks = []
     for layer in range(model.n_layers):
         k_name, k_pos = key_hook(model, layer)
-        hooks += [
-            (k_name, add("k", layer, k_pos)),
-            (f"blocks.{layer}.attn.hook_v", add("v", layer, 1)),
-        ]
+        v_name, v_pos = model.family.value_hook(layer)
+        hooks += [(k_name, add("k", layer, k_pos)), (v_name, add("v", layer, v_pos))]
     return hooks
 
 

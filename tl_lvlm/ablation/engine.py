@@ -317,7 +317,10 @@ class AblationEngine:
                 use_cache=True,
                 **family.prefix_inputs(self.sample, self.prefix_len),
             )
-        cache = out.past_key_values.layers
+        # A layer that shares K/V reads (and caches nothing but a placeholder for) another's.
+        cache = [
+            out.past_key_values.layers[family.kv_source(i)] for i in range(self.model.n_layers)
+        ]
         k = torch.stack([layer.keys[0] for layer in cache])  # [n_layers, n_kv, prefix, d]
         v = torch.stack([layer.values[0] for layer in cache])
         image = slice(self.image_start, self.prefix_len)

@@ -5,7 +5,8 @@ Where TransformerBridge runs a Hugging Face attention module as it is
 attention), ``hook_attn_scores`` and ``hook_pattern`` fire after the module has
 used them, and edits there are discarded. ``hook_q`` / ``hook_k`` / ``hook_v``
 (the projections' outputs, before RoPE) and ``hook_z`` (the input of ``o_proj``)
-are live. The hooks here read q, k and v, rotate them with the model's own RoPE
+are live. The hooks here read q, k and v (``hook_q/k/v``, or where the family's
+:meth:`~tl_lvlm.families.LVLMFamily.attention_inputs` says), rotate them with the model's own RoPE
 ``(cos, sin)`` at the family's position ids, recompute attention for the query rows
 that an edit touches (eager attention: scaled scores, additive mask, softmax in
 fp32) and write the edited rows' outputs into ``hook_z``:
@@ -66,13 +67,12 @@ class _Recompute:
     seen: dict[str, Tensor] = field(default_factory=dict)
 
     def hooks(self) -> HookList:
-        prefix = f"blocks.{self.layer}.attn"
-
+        q, k, v = self.model.family.attention_inputs(self.layer)
         return [
-            (f"{prefix}.hook_q", record_into(self.seen, "q")),
-            (f"{prefix}.hook_k", record_into(self.seen, "k")),
-            (f"{prefix}.hook_v", record_into(self.seen, "v")),
-            (f"{prefix}.hook_z", self.edit_z),
+            (q, record_into(self.seen, "q")),
+            (k, record_into(self.seen, "k")),
+            (v, record_into(self.seen, "v")),
+            (f"blocks.{self.layer}.attn.hook_z", self.edit_z),
         ]
 
     def edit_z(self, z: Float[Tensor, "batch pos head d_head"], hook) -> Tensor:

@@ -6,6 +6,7 @@
 - Built-in families: LLaVA-1.5 (``llava``), LLaVA-NeXT (``llava_next``), Gemma 3
   (``gemma3``), LLaVA-OneVision (``llava_onevision``), Qwen2.5-VL (``qwen2_5_vl``),
   InternVL (``internvl``).
+  Gemma 4 (``gemma4``).
 
 Add a family without touching tl-lvlm::
 
@@ -20,6 +21,7 @@ Add a family without touching tl-lvlm::
 
 from tl_lvlm.families.base import ANALYSES, LVLMFamily
 from tl_lvlm.families.gemma3 import Gemma3Family
+from tl_lvlm.families.gemma4 import Gemma4Family
 from tl_lvlm.families.geometry import PatchGeometry
 from tl_lvlm.families.internvl import InternVLFamily
 from tl_lvlm.families.llava import Llava15Family
@@ -42,6 +44,7 @@ for _family in (
     LlavaOnevisionFamily,
     Qwen2_5_VLFamily,
     InternVLFamily,
+    Gemma4Family,
 ):
     register_family(_family)
 
@@ -50,6 +53,7 @@ __all__ = [
     "FAMILIES",
     "Gemma3Family",
     "InternVLFamily",
+    "Gemma4Family",
     "LVLMFamily",
     "Llava15Family",
     "LlavaNextFamily",

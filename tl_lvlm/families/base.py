@@ -328,6 +328,23 @@ class LVLMFamily:
             return f"blocks.{layer}.attn.hook_k_normed", 2
         return f"blocks.{layer}.attn.hook_k", 1
 
+    def kv_source(self, layer: int) -> int:
+        """The decoder layer whose keys and values ``layer`` attends to (itself unless the
+        architecture shares K/V across layers); the engine reads that layer's prefix cache."""
+        return layer
+
+    def value_hook(self, layer: int) -> tuple[str, int]:
+        """The hook holding ``layer``'s values as attention reads them, and its position axis
+        (``hook_v``, ``[batch, pos, n_kv_heads, d_head]``, unless a family normalizes them)."""
+        return f"blocks.{layer}.attn.hook_v", 1
+
+    def attention_inputs(self, layer: int) -> tuple[str, str, str]:
+        """The hooks holding ``layer``'s queries and keys as RoPE receives them and its values
+        as attention reads them, each ``[batch, pos, heads, d_head]``, for recomputing
+        attention (``attention_edits = "recompute"``). Default: ``hook_q/k/v``."""
+        prefix = f"blocks.{layer}.attn"
+        return f"{prefix}.hook_q", f"{prefix}.hook_k", f"{prefix}.hook_v"
+
     # ------------------------------------------------------------------ rotary
     def rotary_fn(self, layer: int) -> Callable:
         """The ``apply_rotary_pos_emb(q, k, cos, sin)`` of ``layer``'s HF attention code.

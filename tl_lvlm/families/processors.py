@@ -1,4 +1,5 @@
-"""Qwen2.5-VL's and LLaVA-OneVision's processors without a video processor (no torchvision).
+"""Qwen2.5-VL's, LLaVA-OneVision's and Gemma 4's processors without a video processor (no
+torchvision).
 
 In transformers 5, ``Qwen2_5_VLProcessor`` and ``LlavaOnevisionProcessor`` take a video
 processor, and ``ProcessorMixin.__init__`` checks every sub-processor's class against
@@ -106,6 +107,49 @@ def llava_onevision_processor_class() -> type:
             )
 
     return LlavaOnevisionImageProcessor
+
+
+@functools.cache
+def gemma4_processor_class() -> type:
+    """``Gemma4Processor`` without a video processor or an audio feature extractor."""
+    from transformers import Gemma4Processor, ProcessorMixin
+
+    class _WithoutAbsent(ProcessorMixin):
+        # Gemma4Processor hands its sub-processors to ProcessorMixin by keyword, which
+        # refuses names outside the signature; the absent ones (None) are left out here,
+        # between the two in the method resolution order.
+        def __init__(self, *args, **kwargs):
+            attributes = self.get_attributes()
+            kwargs = {k: v for k, v in kwargs.items() if k in attributes or v is not None}
+            super().__init__(*args, **kwargs)
+
+    class Gemma4ImageProcessor(_SavedAsStandard, Gemma4Processor, _WithoutAbsent):
+        """``Gemma4Processor`` for images only (no video processor, no torchvision, no audio
+        feature extractor)."""
+
+        standard_class = Gemma4Processor.__name__
+
+        def __init__(
+            self,
+            image_processor=None,
+            tokenizer=None,
+            chat_template=None,
+            image_seq_length=280,
+            audio_seq_length=750,
+            audio_ms_per_token=40,
+        ):
+            super().__init__(
+                None,
+                image_processor,
+                tokenizer,
+                None,
+                chat_template=chat_template,
+                image_seq_length=image_seq_length,
+                audio_seq_length=audio_seq_length,
+                audio_ms_per_token=audio_ms_per_token,
+            )
+
+    return Gemma4ImageProcessor
 
 
 def qwen2_5_vl_processor(image_processor, tokenizer, chat_template: str | None = None):

@@ -2,8 +2,7 @@
 of every registered family, saved in Hugging Face format, and test images.
 
 - :func:`save_tiny_family` / :data:`BUILDERS`: a tiny ``(hf_model, processor)`` per family
-  (``"llava"``, ``"llava_next"``, ``"gemma3"``, ``"llava_onevision"``, ``"qwen2_5_vl"``,
-  ``"internvl"``, ...),
+  (``sorted(BUILDERS)``: ``"llava"``, ``"llava_next"``, ``"gemma3"``, ``"qwen2_5_vl"``, ...),
   written with ``save_pretrained`` so ``HookedLVLM.from_pretrained(path)`` loads it as it
   loads a hub checkpoint. Forward passes take milliseconds on a CPU; no torchvision needed.
 - :func:`build_tiny_llava` / :func:`save_tiny_llava` (:class:`TinyLlavaConfig`): a tiny
@@ -21,6 +20,12 @@ from tl_lvlm.testing.gemma3 import (
     GEMMA3_IMAGE_TOKENS,
     GEMMA3_PATCH,
     build_tiny_gemma3,
+)
+from tl_lvlm.testing.gemma4 import (
+    GEMMA4_PATCH,
+    GEMMA4_POOL,
+    GEMMA4_SOFT_TOKENS,
+    build_tiny_gemma4,
 )
 from tl_lvlm.testing.internvl import (
     INTERNVL_MAX_TILES,
@@ -64,6 +69,9 @@ __all__ = [
     "GEMMA3_IMAGE",
     "GEMMA3_IMAGE_TOKENS",
     "GEMMA3_PATCH",
+    "GEMMA4_PATCH",
+    "GEMMA4_POOL",
+    "GEMMA4_SOFT_TOKENS",
     "IMAGE_TOKEN",
     "INTERNVL_MAX_TILES",
     "INTERNVL_PATCH",
@@ -85,6 +93,7 @@ __all__ = [
     "build_tiny_gemma3",
     "build_tiny_internvl",
     "build_tiny_internvl3_5",
+    "build_tiny_gemma4",
     "build_tiny_llava_15",
     "build_tiny_llava_next",
     "build_tiny_llava_onevision",

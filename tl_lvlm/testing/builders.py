@@ -15,6 +15,7 @@ from pathlib import Path
 
 from tl_lvlm.testing._tiny import TinyFamilyConfig
 from tl_lvlm.testing.gemma3 import build_tiny_gemma3
+from tl_lvlm.testing.gemma4 import build_tiny_gemma4
 from tl_lvlm.testing.internvl import build_tiny_internvl, build_tiny_internvl3_5
 from tl_lvlm.testing.llava import build_tiny_llava_15
 from tl_lvlm.testing.llava_next import build_tiny_llava_next
@@ -32,6 +33,7 @@ BUILDERS: dict[str, Callable] = {
     "internvl": build_tiny_internvl,
     # The same family on InternVL-3.5's Qwen3 decoder (q/k norms, tied unembedding).
     "internvl3_5": build_tiny_internvl3_5,
+    "gemma4": build_tiny_gemma4,
 }
 
 
