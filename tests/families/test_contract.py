@@ -52,6 +52,16 @@ EXPECTED_TEXT = {
         "<|vision_end|>",
         "<|im_end|>\n<|im_start|>assistant\n",
     ),
+    "qwen3_vl": (
+        "<|im_start|>user\n<|vision_start|>",
+        "<|vision_end|>",
+        "<|im_end|>\n<|im_start|>assistant\n",
+    ),
+    "qwen3_vl_moe": (
+        "<|im_start|>user\n<|vision_start|>",
+        "<|vision_end|>",
+        "<|im_end|>\n<|im_start|>assistant\n",
+    ),
 }
 
 N_RANDOM_MASKS = 32

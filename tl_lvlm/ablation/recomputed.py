@@ -67,18 +67,27 @@ class _Recompute:
 
     def hooks(self) -> HookList:
         prefix = f"blocks.{self.layer}.attn"
-
+        family = self.model.family
+        q_name, k_name = family.query_hook(self.layer)[0], family.key_hook(self.layer)[0]
         return [
-            (f"{prefix}.hook_q", record_into(self.seen, "q")),
-            (f"{prefix}.hook_k", record_into(self.seen, "k")),
+            (q_name, record_into(self.seen, "q")),
+            (k_name, record_into(self.seen, "k")),
             (f"{prefix}.hook_v", record_into(self.seen, "v")),
             (f"{prefix}.hook_z", self.edit_z),
         ]
 
     def edit_z(self, z: Float[Tensor, "batch pos head d_head"], hook) -> Tensor:
         family = self.model.family
-        # hook_q/k/v are [batch, pos, heads, d_head]; attention works on [batch, heads, pos, d].
-        q, k, v = (self.seen.pop(n).transpose(1, 2) for n in ("q", "k", "v"))
+        # Attention works on [batch, heads, pos, d_head]; the hooks have pos at axis 1 or 2.
+        pos_dims = {
+            "q": family.query_hook(self.layer)[1],
+            "k": family.key_hook(self.layer)[1],
+            "v": 1,
+        }
+        q, k, v = (
+            self.seen.pop(n).transpose(1, 2) if pos_dims[n] == 1 else self.seen.pop(n)
+            for n in ("q", "k", "v")
+        )
         if q.shape[0] != self.cos.shape[0] or q.shape[2] != self.cos.shape[1]:
             raise ValueError(
                 f"{hook.name}: the hooks were built for inputs of [batch, pos] = "

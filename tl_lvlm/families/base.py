@@ -289,7 +289,23 @@ class LVLMFamily:
             logits = torch.tanh(logits / cap) * cap
         return logits
 
+    def residual_inputs(self, layer: int) -> list[str]:
+        """Hook points whose outputs ``[batch, pos, d_model]`` are added to the residual
+        stream after block ``layer`` and before block ``layer + 1`` (besides the block's
+        attention and MLP outputs), e.g. image features injected into the decoder.
+
+        ``cache.decompose_resid`` of a HookedLVLM lists them as components, so the
+        decomposition adds up. Default: none.
+        """
+        return []
+
     # ---------------------------------------------------------- key/value hooks
+    def query_hook(self, layer: int) -> tuple[str, int]:
+        """The hook holding ``layer``'s queries as RoPE receives them, and its position axis
+        (``hook_q``, ``[batch, pos, n_heads, d_head]``; read by the recomputed-attention
+        hooks, for families whose attention the bridge keeps native)."""
+        return f"blocks.{layer}.attn.hook_q", 1
+
     def key_hook(self, layer: int) -> tuple[str, int]:
         """The hook holding ``layer``'s keys as RoPE receives them, and its position axis.
 

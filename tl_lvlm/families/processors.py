@@ -136,3 +136,24 @@ def load_image_processor_only(image_only_class: type, path: str | Path):
 
         return AutoProcessor.from_pretrained(path)
     return image_only_class.from_pretrained(path)
+
+
+@functools.cache
+def qwen3_vl_processor_class() -> type:
+    """``Qwen3VLProcessor`` without a video processor."""
+    from transformers import Qwen3VLProcessor
+
+    class Qwen3VLImageProcessor(_SavedAsStandard, Qwen3VLProcessor):
+        """``Qwen3VLProcessor`` for images only (no video processor, no torchvision)."""
+
+        standard_class = Qwen3VLProcessor.__name__
+
+        def __init__(self, image_processor=None, tokenizer=None, chat_template=None):
+            super().__init__(image_processor, tokenizer, None, chat_template=chat_template)
+
+    return Qwen3VLImageProcessor
+
+
+def qwen3_vl_processor(image_processor, tokenizer, chat_template: str | None = None):
+    """A ``Qwen3VLProcessor`` of ``image_processor`` and ``tokenizer``, no video processor."""
+    return qwen3_vl_processor_class()(image_processor, tokenizer, chat_template=chat_template)

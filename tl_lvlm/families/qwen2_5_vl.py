@@ -18,6 +18,9 @@ Quirks:
 - TransformerBridge keeps the text attention native, so ``hook_attn_scores`` edits are
   discarded: the hook reference and knockout recompute attention from ``hook_q/k/v``
   (:mod:`tl_lvlm.ablation.recomputed`);
+- a cached generation step that comes without position ids (``TransformerBridge.generate``)
+  gets HF's ids for the whole attention mask; a pre-hook on the decoder keeps the new
+  tokens' (the last), as HF's ``generate`` does;
 - TransformerLens's adapter declares ``required_libraries = ["torchvision"]``, which
   neither the model nor the bridge uses; without torchvision the bridge is booted with
   that one check left out, and the processor is built without its video processor
@@ -46,30 +49,50 @@ from tl_lvlm.inputs import LVLMInputs
 
 @contextlib.contextmanager
 def _adapter_without_torchvision_check(architecture: str) -> Iterator[None]:
-    """TransformerLens selects, for ``architecture``, its Qwen2.5-VL adapter minus the
-    torchvision check, until the block ends (the factory's registry is restored)."""
+    """TransformerLens selects, for ``architecture``, its registered adapter minus the
+    torchvision check, until the block ends (the factory's registry is restored).
+
+    The subclass changes nothing but ``required_libraries``: the adapter's component
+    mapping and config are untouched; torchvision is only listed, never imported, by the
+    Qwen-VL adapters, the bridge and the models.
+    """
     from transformer_lens.factories.architecture_adapter_factory import (
         ArchitectureAdapterFactory,
     )
-    from transformer_lens.model_bridge.supported_architectures.qwen2_5_vl import (
-        Qwen2_5_VLArchitectureAdapter,
-    )
-
-    class Qwen2_5_VLAdapterNoTorchvision(Qwen2_5_VLArchitectureAdapter):
-        # The adapter's component mapping and config are untouched; torchvision is only
-        # listed, never imported, by the adapter, the bridge and the model.
-        required_libraries: list[str] = []
 
     adapters = ArchitectureAdapterFactory._adapters
     before = adapters.get(architecture)
-    ArchitectureAdapterFactory.register_adapter(architecture, Qwen2_5_VLAdapterNoTorchvision)
+    if before is None:
+        raise NotImplementedError(
+            f"TransformerLens {_transformer_lens_version()} has no adapter for {architecture}"
+        )
+    without = type(f"{before.__name__}NoTorchvision", (before,), {"required_libraries": []})
+    ArchitectureAdapterFactory.register_adapter(architecture, without)
     try:
         yield
     finally:
-        if before is None:
-            adapters.pop(architecture, None)
-        else:
-            adapters[architecture] = before
+        adapters[architecture] = before
+
+
+def _transformer_lens_version() -> str:
+    from importlib.metadata import version
+
+    return version("transformer-lens")
+
+
+def _positions_of_the_new_tokens(module, args, kwargs):
+    """Cut the position ids the decoder gets to the tokens it runs.
+
+    A cached step without position ids (as ``TransformerBridge.generate`` runs one: the
+    new token and the whole attention mask) makes HF's Qwen-VL model derive ids for every
+    column of the mask plus the prompt's rope delta, ``[3, batch, cached + new]``; HF's own
+    ``generate`` slices them to the new tokens, which are the last. Ids as long as the
+    input pass unchanged.
+    """
+    positions, embeds = kwargs.get("position_ids"), kwargs.get("inputs_embeds")
+    if positions is None or embeds is None or positions.shape[-1] == embeds.shape[1]:
+        return None
+    return args, {**kwargs, "position_ids": positions[..., -embeds.shape[1] :]}
 
 
 class Qwen2_5_VLFamily(LVLMFamily):
@@ -87,6 +110,9 @@ class Qwen2_5_VLFamily(LVLMFamily):
 
     @classmethod
     def boot_bridge(cls, name: str, hf_model: torch.nn.Module, tokenizer):
+        hf_model.model.language_model.register_forward_pre_hook(
+            _positions_of_the_new_tokens, with_kwargs=True
+        )
         if torchvision_available():
             return super().boot_bridge(name, hf_model, tokenizer)
         # The bridge selects its adapter by the HF class's name (see the base class).

@@ -37,6 +37,7 @@ from tl_lvlm.families import FAMILIES, LVLMFamily, family_of
 from tl_lvlm.inputs import GROUPS, LVLMInputs, left_padding
 from tl_lvlm.inputs.images import check_questions, to_rgb_images
 from tl_lvlm.inputs.templates import IMAGE_PLACEHOLDER, QUESTION_PLACEHOLDER, split_template
+from tl_lvlm.model.cache import lvlm_cache
 from tl_lvlm.model.embed_hook import hook_embed_at_residual_input
 from tl_lvlm.model.unembed import folded_residual_directions
 
@@ -349,16 +350,16 @@ class HookedLVLM:
         """``(logits, ActivationCache)``; kwargs as for the bridge (``names_filter``, ...).
 
         ``hook_embed`` holds what enters the residual stream, the projected image
-        features at image positions (see :mod:`tl_lvlm.model.embed_hook`), and
-        ``cache.logit_attrs`` uses :meth:`tokens_to_residual_directions`.
+        features at image positions (see :mod:`tl_lvlm.model.embed_hook`),
+        ``cache.logit_attrs`` uses :meth:`tokens_to_residual_directions`, and
+        ``cache.decompose_resid`` lists the family's extra residual inputs
+        (:mod:`tl_lvlm.model.cache`).
         """
         with hook_embed_at_residual_input(self):
             logits, cache = self.bridge.run_with_cache(
                 inputs.input_ids, **inputs.model_kwargs(), **kwargs
             )
-        # The cache asks its model for tokens_to_residual_directions (logit_attrs).
-        cache.model = self
-        return logits, cache
+        return logits, lvlm_cache(cache, self)
 
     def run_with_hooks(self, inputs: LVLMInputs, fwd_hooks=(), bwd_hooks=(), **kwargs):
         """Logits of a run with ``fwd_hooks`` ``[(hook_name or filter, fn), ...]`` attached.
@@ -479,6 +480,11 @@ class HookedLVLM:
                 "positions come with inputs, and the output is the continuation only; "
                 "for the prompt's cache use run_with_cache(inputs)"
             )
+        # The family's forward kwargs (its pixel layout and extras), without the prompt's
+        # position ids: each step's positions are the model's own (for M-RoPE, HF's rope
+        # deltas from the prompt step).
+        forward = inputs.model_kwargs()
+        del forward["position_ids"]
         with hook_embed_at_residual_input(self):
             out = self.bridge.generate(
                 inputs.input_ids,
@@ -486,9 +492,7 @@ class HookedLVLM:
                 do_sample=do_sample,
                 verbose=verbose,
                 return_type="tokens",
-                pixel_values=inputs.pixel_values,
-                attention_mask=inputs.attention_mask,
-                **inputs.extra,
+                **forward,
                 **kwargs,
             )
         new = out[:, inputs.seq_len :]
@@ -543,8 +547,7 @@ class BoundLVLM:
         kwargs = {**self._kwargs(tokens), **kwargs}
         with hook_embed_at_residual_input(self.model):
             logits, cache = self.model.bridge.run_with_cache(tokens, *args, **kwargs)
-        cache.model = self.model
-        return logits, cache
+        return logits, lvlm_cache(cache, self.model)
 
     def generate(self, tokens: Tensor | None = None, max_new_tokens: int = 16, **kwargs):
         """:meth:`HookedLVLM.generate` on the bound inputs (``tokens``: their input_ids)."""
