@@ -458,7 +458,7 @@ class HookedLVLM:
                 tokens dropped), or ``"tokens"``, the new token ids.
             do_sample, verbose, kwargs: for ``TransformerBridge.generate``
                 (``temperature``, ``top_k``, ``top_p``, ``stop_at_eos``,
-                ``eos_token_id``, ``use_past_kv_cache``, ...).
+                ``eos_token_id``, ...; ``use_past_kv_cache=False`` is refused).
 
         Returns:
             ``list[str]`` with one continuation per row, or ``[batch, n_new]`` token ids
@@ -473,6 +473,13 @@ class HookedLVLM:
             )
         if return_type not in ("str", "tokens"):
             raise ValueError(f"return_type must be 'str' or 'tokens', got {return_type!r}")
+        if kwargs.get("use_past_kv_cache", True) is False:
+            # The bridge hands the images to the first step only; without the KV cache each
+            # later step re-runs the whole prompt, its image tokens embedded as text.
+            raise ValueError(
+                "generate needs use_past_kv_cache=True (the default): without the KV cache "
+                "the steps after the first would run the prompt without its image"
+            )
         carried = sorted(kwargs.keys() & _CARRIED_BY_INPUTS)
         if carried:
             raise TypeError(
