@@ -13,7 +13,11 @@ get exactly TransformerLens's decomposition.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
+from jaxtyping import Float
+from torch import Tensor
 from transformer_lens.ActivationCache import ActivationCache
 from transformer_lens.utilities.slice import Slice
 
@@ -26,11 +30,14 @@ class LVLMActivationCache(ActivationCache):
         self,
         layer: int | None = None,
         mlp_input: bool = False,
-        mode: str = "all",
+        mode: Literal["all", "mlp", "attn"] = "all",
         apply_ln: bool = False,
-        pos_slice=None,
+        pos_slice: Slice | int | tuple | list | None = None,
         incl_embeds: bool = True,
         return_labels: bool = False,
+    ) -> (
+        Float[Tensor, "n_components *batch_and_pos d_model"]
+        | tuple[Float[Tensor, "n_components *batch_and_pos d_model"], list[str]]
     ):
         """As ``ActivationCache.decompose_resid``, plus the family's residual inputs of the
         blocks before ``layer`` (``[n_components, batch, pos, d_model]``).

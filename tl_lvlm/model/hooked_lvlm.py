@@ -473,7 +473,7 @@ class HookedLVLM:
             )
         if return_type not in ("str", "tokens"):
             raise ValueError(f"return_type must be 'str' or 'tokens', got {return_type!r}")
-        if kwargs.get("use_past_kv_cache", True) is False:
+        if not kwargs.get("use_past_kv_cache", True):
             # The bridge hands the images to the first step only; without the KV cache each
             # later step re-runs the whole prompt, its image tokens embedded as text.
             raise ValueError(
