@@ -1,11 +1,13 @@
-"""Qwen2.5-VL's and LLaVA-OneVision's processors without a video processor (no torchvision).
+"""Qwen2.5-VL's, Qwen3-VL's and LLaVA-OneVision's processors without a video processor (no
+torchvision).
 
-In transformers 5, ``Qwen2_5_VLProcessor`` and ``LlavaOnevisionProcessor`` take a video
-processor, and ``ProcessorMixin.__init__`` checks every sub-processor's class against
-its modality's base class (``check_argument_for_proper_class``). The video base class
-``VideoProcessorMixin`` is only a placeholder without torchvision, so the check itself
-fails, before any video is seen. Images never need it: the image processors have PIL
-backends (``Qwen2VLImageProcessorPil``, ``LlavaOnevisionImageProcessorPil``) and the
+In transformers 5, ``Qwen2_5_VLProcessor``, ``Qwen3VLProcessor`` (also Qwen3-VL-MoE's) and
+``LlavaOnevisionProcessor`` take a video processor, and ``ProcessorMixin.__init__`` checks
+every sub-processor's class against its modality's base class
+(``check_argument_for_proper_class``). The video base class ``VideoProcessorMixin`` is only
+a placeholder without torchvision, so the check itself fails, before any video is seen.
+Images never need it: the image processors have PIL backends (``Qwen2VLImageProcessorPil``,
+also Qwen3-VL's; ``LlavaOnevisionImageProcessorPil``) and the
 models' forward passes need no torchvision.
 
 The classes here are those processors minus the video processor. ``ProcessorMixin``
