@@ -338,3 +338,20 @@ def test_bridge_uses_the_family_adapter_without_the_torchvision_check(model, fam
     if not torchvision_available():
         assert adapter.required_libraries == []
         assert {k for k in vars(adapter) if not k.startswith("__")} == {"required_libraries"}
+
+
+def test_with_torchvision_the_standard_processor_and_adapter_are_used(family, monkeypatch):
+    """Where torchvision is installed, loading takes the standard path: ``AutoProcessor`` on
+    the saved files (here it gets as far as needing torchvision for the video processor) and
+    TransformerLens's own adapter, whose torchvision check is then met."""
+    import tl_lvlm.families.processors as processors
+    import tl_lvlm.families.qwen2_5_vl as qwen
+
+    monkeypatch.setattr(processors, "torchvision_available", lambda: True)
+    monkeypatch.setattr(qwen, "torchvision_available", lambda: True)
+    path = family_path(family)
+    cls = family_of(AutoConfig.from_pretrained(path))
+    with pytest.raises(ImportError, match="VideoProcessor requires the Torchvision"):
+        cls.load_processor(path)
+    with pytest.raises(ImportError, match="ArchitectureAdapter needs the optional torchvision"):
+        cls.boot_bridge(path, _hf(family), family_model(family).tokenizer)
