@@ -246,3 +246,20 @@ def test_default_image_size_is_a_square_of_16_by_16_merged_patches(model):
     sample = model.prepare(random_images(1, model.image_size, seed=0), QUESTIONS[0])
     grid = model.family.patch_geometry(model.processor, sample)
     assert grid.rows == grid.cols  # a square image stays square (within max_pixels)
+
+
+@pytest.mark.parametrize("shapes", [[(28, 40)], [(28, 28), (40, 28)]], ids=["single", "batch"])
+def test_greedy_generate_equals_hugging_face(model, shapes):
+    """Three new tokens, two of them cached steps, whose position ids the family cuts to the
+    new token (HF derives them over the whole attention mask), equal HF's greedy ``generate``
+    on the processor's outputs; the batch has two images of different sizes."""
+    images = sized_images(*shapes, seed=4)
+    questions = QUESTIONS[: len(shapes)]
+    enc = model.processor(
+        images=images, text=_texts(model, questions), return_tensors="pt", padding=True
+    )
+    hf = Qwen2_5_VLForConditionalGeneration.from_pretrained(family_path("qwen2_5_vl")).eval()
+    with torch.no_grad():
+        ref = hf.generate(**enc, max_new_tokens=3, do_sample=False)
+    ours = model.generate(model.prepare(images, questions), max_new_tokens=3, return_type="tokens")
+    assert torch.equal(ours, ref[:, enc["input_ids"].shape[1] :])

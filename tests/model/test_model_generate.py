@@ -77,6 +77,9 @@ def test_generate_without_the_image_is_refused(tiny_mha, images):
         tiny_mha.generate(inputs, return_type="input")
     with pytest.raises(ValueError, match="only runs the input_ids it was bound to"):
         tiny_mha.bind(inputs).generate(inputs.input_ids[:1])
+    # Without the KV cache the bridge would run the later steps without the image.
+    with pytest.raises(ValueError, match="generate needs use_past_kv_cache=True"):
+        tiny_mha.generate(inputs, use_past_kv_cache=False)
 
 
 def test_sampling_arguments_reach_the_bridge(tiny_mha, images):

@@ -67,18 +67,25 @@ class _Recompute:
     seen: dict[str, Tensor] = field(default_factory=dict)
 
     def hooks(self) -> HookList:
-        q, k, v = self.model.family.attention_inputs(self.layer)
+        family = self.model.family
+        inputs = zip("qkv", (family.query_hook, family.key_hook, family.value_hook), strict=True)
         return [
-            (q, record_into(self.seen, "q")),
-            (k, record_into(self.seen, "k")),
-            (v, record_into(self.seen, "v")),
+            *((hook(self.layer)[0], record_into(self.seen, name)) for name, hook in inputs),
             (f"blocks.{self.layer}.attn.hook_z", self.edit_z),
         ]
 
     def edit_z(self, z: Float[Tensor, "batch pos head d_head"], hook) -> Tensor:
         family = self.model.family
-        # hook_q/k/v are [batch, pos, heads, d_head]; attention works on [batch, heads, pos, d].
-        q, k, v = (self.seen.pop(n).transpose(1, 2) for n in ("q", "k", "v"))
+        # Attention works on [batch, heads, pos, d_head]; the hooks have pos at axis 1 or 2.
+        pos_dims = {
+            "q": family.query_hook(self.layer)[1],
+            "k": family.key_hook(self.layer)[1],
+            "v": family.value_hook(self.layer)[1],
+        }
+        q, k, v = (
+            self.seen.pop(n).transpose(1, 2) if pos_dims[n] == 1 else self.seen.pop(n)
+            for n in ("q", "k", "v")
+        )
         if q.shape[0] != self.cos.shape[0] or q.shape[2] != self.cos.shape[1]:
             raise ValueError(
                 f"{hook.name}: the hooks were built for inputs of [batch, pos] = "

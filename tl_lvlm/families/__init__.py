@@ -7,6 +7,8 @@
   (``gemma3``), LLaVA-OneVision (``llava_onevision``), Qwen2.5-VL (``qwen2_5_vl``),
   InternVL (``internvl``).
   Gemma 4 (``gemma4``).
+  (``gemma3``), LLaVA-OneVision (``llava_onevision``), Qwen2.5-VL (``qwen2_5_vl``), Qwen3-VL and
+  Qwen3-VL-MoE (``qwen3_vl``).
 
 Add a family without touching tl-lvlm::
 
@@ -28,6 +30,7 @@ from tl_lvlm.families.llava import Llava15Family
 from tl_lvlm.families.llava_next import LlavaNextFamily
 from tl_lvlm.families.llava_onevision import LlavaOnevisionFamily
 from tl_lvlm.families.qwen2_5_vl import Qwen2_5_VLFamily
+from tl_lvlm.families.qwen3_vl import Qwen3VLFamily, Qwen3VLMoeFamily
 from tl_lvlm.families.registry import (
     FAMILIES,
     family_of,
@@ -45,6 +48,8 @@ for _family in (
     Qwen2_5_VLFamily,
     InternVLFamily,
     Gemma4Family,
+    Qwen3VLFamily,
+    Qwen3VLMoeFamily,
 ):
     register_family(_family)
 
@@ -60,6 +65,8 @@ __all__ = [
     "LlavaOnevisionFamily",
     "PatchGeometry",
     "Qwen2_5_VLFamily",
+    "Qwen3VLFamily",
+    "Qwen3VLMoeFamily",
     "family_of",
     "register_family",
     "registered_families",

@@ -316,7 +316,23 @@ class LVLMFamily:
             logits = torch.tanh(logits / cap) * cap
         return logits
 
+    def residual_inputs(self, layer: int) -> list[str]:
+        """Hook points whose outputs ``[batch, pos, d_model]`` are added to the residual
+        stream after block ``layer`` and before block ``layer + 1`` (besides the block's
+        attention and MLP outputs), e.g. image features injected into the decoder.
+
+        ``cache.decompose_resid`` of a HookedLVLM lists them as components, so the
+        decomposition adds up. Default: none.
+        """
+        return []
+
     # ---------------------------------------------------------- key/value hooks
+    def query_hook(self, layer: int) -> tuple[str, int]:
+        """The hook holding ``layer``'s queries as RoPE receives them, and its position axis
+        (``hook_q``, ``[batch, pos, n_heads, d_head]``; read by the recomputed-attention
+        hooks, for families whose attention the bridge keeps native)."""
+        return f"blocks.{layer}.attn.hook_q", 1
+
     def key_hook(self, layer: int) -> tuple[str, int]:
         """The hook holding ``layer``'s keys as RoPE receives them, and its position axis.
 
@@ -337,13 +353,6 @@ class LVLMFamily:
         """The hook holding ``layer``'s values as attention reads them, and its position axis
         (``hook_v``, ``[batch, pos, n_kv_heads, d_head]``, unless a family normalizes them)."""
         return f"blocks.{layer}.attn.hook_v", 1
-
-    def attention_inputs(self, layer: int) -> tuple[str, str, str]:
-        """The hooks holding ``layer``'s queries and keys as RoPE receives them and its values
-        as attention reads them, each ``[batch, pos, heads, d_head]``, for recomputing
-        attention (``attention_edits = "recompute"``). Default: ``hook_q/k/v``."""
-        prefix = f"blocks.{layer}.attn"
-        return f"{prefix}.hook_q", f"{prefix}.hook_k", f"{prefix}.hook_v"
 
     # ------------------------------------------------------------------ rotary
     def rotary_fn(self, layer: int) -> Callable:

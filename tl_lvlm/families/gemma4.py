@@ -25,7 +25,8 @@ Quirks:
   with ``image_position_ids`` (-1 at padding), so rows select as they are;
 - q, k and v are RMS-normalized per head before RoPE (v without a scale) and the
   attention scale is 1: the recomputation reads q, k, v at the norms' outputs
-  (:meth:`Gemma4Family.attention_inputs`), the baselines read k and v there too;
+  (:meth:`Gemma4Family.query_hook`, ``key_hook``, ``value_hook``), the baselines read k
+  and v there too;
 - ``apply_rotary_pos_emb`` rotates one tensor (``(x, cos, sin)``), not ``(q, k)``;
 - sliding-window and full-attention layers with their own RoPE (default on sliding
   layers, proportional partial RoPE on full ones): one ``(cos, sin)`` per layer type;
@@ -174,11 +175,6 @@ class Gemma4Family(Gemma3Family):
 
     # ---------------------------------------------------------- key/value hooks
     def _baseline_hook(self, layer: int, name: str) -> tuple[str, int]:
-        reason = self.shape_refusal()
-        if reason:
-            raise NotImplementedError(
-                f"{self.name}: no image-K/V baseline for this checkpoint: {reason}"
-            )
         # After the norm, before RoPE: [batch, pos, n_kv_heads, d_head], of the layer that
         # computes the K/V this one reads.
         return f"blocks.{self.kv_source(layer)}.attn.{name}_norm.hook_out", 1
@@ -189,15 +185,11 @@ class Gemma4Family(Gemma3Family):
     def value_hook(self, layer: int) -> tuple[str, int]:
         return self._baseline_hook(layer, "v")
 
-    def attention_inputs(self, layer: int) -> tuple[str, str, str]:
-        """q, k and v after their norms (k before RoPE); a KV-shared layer's k and v are
-        those of the layer it reuses (same layer type, so the same RoPE)."""
-        source = f"blocks.{self.kv_source(layer)}.attn"
-        return (
-            f"blocks.{layer}.attn.q_norm.hook_out",
-            f"{source}.k_norm.hook_out",
-            f"{source}.v_norm.hook_out",
-        )
+    def query_hook(self, layer: int) -> tuple[str, int]:
+        """Queries after their norm, before RoPE (``[batch, pos, heads, d_head]``); keys and
+        values (:meth:`key_hook`, :meth:`value_hook`) of a KV-shared layer are those of the
+        layer it reuses (same layer type, so the same RoPE)."""
+        return f"blocks.{layer}.attn.q_norm.hook_out", 1
 
     # ------------------------------------------------------------------ rotary
     def rotary_fn(self, layer: int) -> Callable:

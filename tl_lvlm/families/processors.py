@@ -1,12 +1,13 @@
-"""Qwen2.5-VL's, LLaVA-OneVision's and Gemma 4's processors without a video processor (no
-torchvision).
+"""Qwen2.5-VL's, Qwen3-VL's, LLaVA-OneVision's and Gemma 4's processors without a video
+processor (no torchvision).
 
-In transformers 5, ``Qwen2_5_VLProcessor`` and ``LlavaOnevisionProcessor`` take a video
-processor, and ``ProcessorMixin.__init__`` checks every sub-processor's class against
-its modality's base class (``check_argument_for_proper_class``). The video base class
-``VideoProcessorMixin`` is only a placeholder without torchvision, so the check itself
-fails, before any video is seen. Images never need it: the image processors have PIL
-backends (``Qwen2VLImageProcessorPil``, ``LlavaOnevisionImageProcessorPil``) and the
+In transformers 5, ``Qwen2_5_VLProcessor``, ``Qwen3VLProcessor`` (also Qwen3-VL-MoE's) and
+``LlavaOnevisionProcessor`` take a video processor, and ``ProcessorMixin.__init__`` checks
+every sub-processor's class against its modality's base class
+(``check_argument_for_proper_class``). The video base class ``VideoProcessorMixin`` is only
+a placeholder without torchvision, so the check itself fails, before any video is seen.
+Images never need it: the image processors have PIL backends (``Qwen2VLImageProcessorPil``,
+also Qwen3-VL's; ``LlavaOnevisionImageProcessorPil``) and the
 models' forward passes need no torchvision.
 
 The classes here are those processors minus the video processor. ``ProcessorMixin``
@@ -180,3 +181,24 @@ def load_image_processor_only(image_only_class: type, path: str | Path):
 
         return AutoProcessor.from_pretrained(path)
     return image_only_class.from_pretrained(path)
+
+
+@functools.cache
+def qwen3_vl_processor_class() -> type:
+    """``Qwen3VLProcessor`` without a video processor."""
+    from transformers import Qwen3VLProcessor
+
+    class Qwen3VLImageProcessor(_SavedAsStandard, Qwen3VLProcessor):
+        """``Qwen3VLProcessor`` for images only (no video processor, no torchvision)."""
+
+        standard_class = Qwen3VLProcessor.__name__
+
+        def __init__(self, image_processor=None, tokenizer=None, chat_template=None):
+            super().__init__(image_processor, tokenizer, None, chat_template=chat_template)
+
+    return Qwen3VLImageProcessor
+
+
+def qwen3_vl_processor(image_processor, tokenizer, chat_template: str | None = None):
+    """A ``Qwen3VLProcessor`` of ``image_processor`` and ``tokenizer``, no video processor."""
+    return qwen3_vl_processor_class()(image_processor, tokenizer, chat_template=chat_template)

@@ -18,6 +18,9 @@ Quirks:
 - TransformerBridge keeps the text attention native, so ``hook_attn_scores`` edits are
   discarded: the hook reference and knockout recompute attention from ``hook_q/k/v``
   (:mod:`tl_lvlm.ablation.recomputed`);
+- a cached generation step that comes without position ids (``TransformerBridge.generate``)
+  gets HF's ids for the whole attention mask; a pre-hook on the decoder keeps the new
+  tokens' (the last), as HF's ``generate`` does;
 - TransformerLens's adapter declares ``required_libraries = ["torchvision"]``, which
   neither the model nor the bridge uses; without torchvision the bridge is booted with
   that one check left out, and the processor is built without its video processor
@@ -43,18 +46,25 @@ from tl_lvlm.families.processors import (
 from tl_lvlm.inputs import LVLMInputs
 
 
-def _adapter_without_torchvision_check() -> type:
-    """TransformerLens's Qwen2.5-VL adapter minus the torchvision check."""
-    from transformer_lens.model_bridge.supported_architectures.qwen2_5_vl import (
-        Qwen2_5_VLArchitectureAdapter,
+def _adapter_without_torchvision_check(architecture: str) -> type:
+    """TransformerLens's registered adapter for ``architecture`` minus the torchvision check.
+
+    The subclass changes nothing but ``required_libraries``: the adapter's component
+    mapping and config are untouched; torchvision is only listed, never imported, by the
+    Qwen-VL adapters, the bridge and the models.
+    """
+    from importlib.metadata import version
+
+    from transformer_lens.factories.architecture_adapter_factory import (
+        ArchitectureAdapterFactory,
     )
 
-    class Qwen2_5_VLAdapterNoTorchvision(Qwen2_5_VLArchitectureAdapter):
-        # The adapter's component mapping and config are untouched; torchvision is only
-        # listed, never imported, by the adapter, the bridge and the model.
-        required_libraries: list[str] = []
-
-    return Qwen2_5_VLAdapterNoTorchvision
+    adapter = ArchitectureAdapterFactory._adapters.get(architecture)
+    if adapter is None:
+        raise NotImplementedError(
+            f"TransformerLens {version('transformer-lens')} has no adapter for {architecture}"
+        )
+    return type(f"{adapter.__name__}NoTorchvision", (adapter,), {"required_libraries": []})
 
 
 class Qwen2_5_VLFamily(LVLMFamily):
@@ -75,7 +85,8 @@ class Qwen2_5_VLFamily(LVLMFamily):
         if torchvision_available():
             return super().boot_bridge(name, hf_model, tokenizer)
         # The bridge selects its adapter by the HF class's name (see the base class).
-        with adapter_registered(type(hf_model).__name__, _adapter_without_torchvision_check()):
+        architecture = type(hf_model).__name__
+        with adapter_registered(architecture, _adapter_without_torchvision_check(architecture)):
             return super().boot_bridge(name, hf_model, tokenizer)
 
     # ----------------------------------------------------------------- inputs

@@ -38,6 +38,7 @@ from tl_lvlm.families import FAMILIES, LVLMFamily, family_of
 from tl_lvlm.inputs import GROUPS, LVLMInputs, left_padding
 from tl_lvlm.inputs.images import check_questions, to_rgb_images
 from tl_lvlm.inputs.templates import IMAGE_PLACEHOLDER, QUESTION_PLACEHOLDER, split_template
+from tl_lvlm.model.cache import lvlm_cache
 from tl_lvlm.model.embed_hook import hook_embed_at_residual_input
 from tl_lvlm.model.unembed import folded_residual_directions
 
@@ -426,17 +427,17 @@ class HookedLVLM:
         """``(logits, ActivationCache)``; kwargs as for the bridge (``names_filter``, ...).
 
         ``hook_embed`` holds what enters the residual stream, the projected image
-        features at image positions (see :mod:`tl_lvlm.model.embed_hook`), and
-        ``cache.logit_attrs`` uses :meth:`tokens_to_residual_directions`.
+        features at image positions (see :mod:`tl_lvlm.model.embed_hook`),
+        ``cache.logit_attrs`` uses :meth:`tokens_to_residual_directions`, and
+        ``cache.decompose_resid`` lists the family's extra residual inputs
+        (:mod:`tl_lvlm.model.cache`).
         """
         self._check_inputs(inputs, "run_with_cache")
         with hook_embed_at_residual_input(self):
             logits, cache = self.bridge.run_with_cache(
                 inputs.input_ids, **inputs.model_kwargs(), **kwargs
             )
-        # The cache asks its model for tokens_to_residual_directions (logit_attrs).
-        cache.model = self
-        return logits, cache
+        return logits, lvlm_cache(cache, self)
 
     def run_with_hooks(self, inputs: LVLMInputs, fwd_hooks=(), bwd_hooks=(), **kwargs):
         """Logits of a run with ``fwd_hooks`` ``[(hook_name or filter, fn), ...]`` attached.
@@ -545,6 +546,13 @@ class HookedLVLM:
         self._check_inputs(inputs, "generate")
         if return_type not in ("str", "tokens"):
             raise ValueError(f"return_type must be 'str' or 'tokens', got {return_type!r}")
+        if not kwargs.get("use_past_kv_cache", True):
+            # The bridge hands the images to the first step only; without the KV cache each
+            # later step re-runs the whole prompt, its image tokens embedded as text.
+            raise ValueError(
+                "generate needs use_past_kv_cache=True (the default): without the KV cache "
+                "the steps after the first would run the prompt without its image"
+            )
         carried = sorted(kwargs.keys() & _CARRIED_BY_INPUTS)
         if carried:
             raise TypeError(
@@ -624,8 +632,7 @@ class BoundLVLM:
         kwargs = {**self._kwargs(tokens), **kwargs}
         with hook_embed_at_residual_input(self.model):
             logits, cache = self.model.bridge.run_with_cache(tokens, *args, **kwargs)
-        cache.model = self.model
-        return logits, cache
+        return logits, lvlm_cache(cache, self.model)
 
     def generate(self, tokens: Tensor | None = None, max_new_tokens: int = 16, **kwargs):
         """:meth:`HookedLVLM.generate` on the bound inputs (``tokens``: their input_ids)."""

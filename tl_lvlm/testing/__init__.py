@@ -3,6 +3,8 @@ of every registered family, saved in Hugging Face format, and test images.
 
 - :func:`save_tiny_family` / :data:`BUILDERS`: a tiny ``(hf_model, processor)`` per family
   (``sorted(BUILDERS)``: ``"llava"``, ``"llava_next"``, ``"gemma3"``, ``"qwen2_5_vl"``, ...),
+  (``"llava"``, ``"llava_next"``, ``"gemma3"``, ``"llava_onevision"``, ``"qwen2_5_vl"``,
+  ``"qwen3_vl"``, ``"qwen3_vl_moe"``, ...),
   written with ``save_pretrained`` so ``HookedLVLM.from_pretrained(path)`` loads it as it
   loads a hub checkpoint. Forward passes take milliseconds on a CPU; no torchvision needed.
 - :func:`build_tiny_llava` / :func:`save_tiny_llava` (:class:`TinyLlavaConfig`): a tiny
@@ -43,6 +45,7 @@ from tl_lvlm.testing.llava_onevision import (
     build_tiny_llava_onevision,
 )
 from tl_lvlm.testing.qwen2_5_vl import QWEN_MERGE, QWEN_PATCH, build_tiny_qwen2_5_vl
+from tl_lvlm.testing.qwen3_vl import QWEN3_DEEPSTACK, build_tiny_qwen3_vl, build_tiny_qwen3_vl_moe
 from tl_lvlm.zoo.questions import DIGIT_WORDS
 from tl_lvlm.zoo.tiny_llava import (
     IMAGE_TOKEN,
@@ -83,6 +86,7 @@ __all__ = [
     "OV_PATCH",
     "OV_PINPOINTS",
     "OV_TILE",
+    "QWEN3_DEEPSTACK",
     "QWEN_MERGE",
     "QWEN_PATCH",
     "SPECIAL_TOKENS",
@@ -98,6 +102,8 @@ __all__ = [
     "build_tiny_llava_next",
     "build_tiny_llava_onevision",
     "build_tiny_qwen2_5_vl",
+    "build_tiny_qwen3_vl",
+    "build_tiny_qwen3_vl_moe",
     "build_tiny_llava",
     "build_tokenizer",
     "family_tokenizer",

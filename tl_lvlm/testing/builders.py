@@ -21,6 +21,7 @@ from tl_lvlm.testing.llava import build_tiny_llava_15
 from tl_lvlm.testing.llava_next import build_tiny_llava_next
 from tl_lvlm.testing.llava_onevision import build_tiny_llava_onevision
 from tl_lvlm.testing.qwen2_5_vl import build_tiny_qwen2_5_vl
+from tl_lvlm.testing.qwen3_vl import build_tiny_qwen3_vl, build_tiny_qwen3_vl_moe
 from tl_lvlm.zoo.tiny_llava import save_atomic
 
 #: Family name -> builder of ``(hf_model, processor)``.
@@ -34,6 +35,8 @@ BUILDERS: dict[str, Callable] = {
     # The same family on InternVL-3.5's Qwen3 decoder (q/k norms, tied unembedding).
     "internvl3_5": build_tiny_internvl3_5,
     "gemma4": build_tiny_gemma4,
+    "qwen3_vl": build_tiny_qwen3_vl,
+    "qwen3_vl_moe": build_tiny_qwen3_vl_moe,
 }
 
 
