@@ -52,6 +52,12 @@ EXPECTED_TEXT = {
         "<|vision_end|>",
         "<|im_end|>\n<|im_start|>assistant\n",
     ),
+    # The markers between the tiles are in no group (families/idefics3.py).
+    "idefics3": (
+        "<s>User:<fake_token_around_image><row_1_col_1>",
+        "<fake_token_around_image>",
+        "<end_of_utterance>\nAssistant:",
+    ),
 }
 
 N_RANDOM_MASKS = 32

@@ -4,7 +4,8 @@
 - :func:`register_family` / :func:`family_of` (``registry``): architecture -> family.
 - :class:`PatchGeometry` (``geometry``): where image tokens lie on the image.
 - Built-in families: LLaVA-1.5 (``llava``), LLaVA-NeXT (``llava_next``), Gemma 3
-  (``gemma3``), LLaVA-OneVision (``llava_onevision``), Qwen2.5-VL (``qwen2_5_vl``).
+  (``gemma3``), LLaVA-OneVision (``llava_onevision``), Qwen2.5-VL (``qwen2_5_vl``),
+  Idefics3 (``idefics3``).
 
 Add a family without touching tl-lvlm::
 
@@ -20,6 +21,7 @@ Add a family without touching tl-lvlm::
 from tl_lvlm.families.base import ANALYSES, LVLMFamily
 from tl_lvlm.families.gemma3 import Gemma3Family
 from tl_lvlm.families.geometry import PatchGeometry
+from tl_lvlm.families.idefics3 import Idefics3Family
 from tl_lvlm.families.llava import Llava15Family
 from tl_lvlm.families.llava_next import LlavaNextFamily
 from tl_lvlm.families.llava_onevision import LlavaOnevisionFamily
@@ -39,6 +41,7 @@ for _family in (
     Gemma3Family,
     LlavaOnevisionFamily,
     Qwen2_5_VLFamily,
+    Idefics3Family,
 ):
     register_family(_family)
 
@@ -46,6 +49,7 @@ __all__ = [
     "ANALYSES",
     "FAMILIES",
     "Gemma3Family",
+    "Idefics3Family",
     "LVLMFamily",
     "Llava15Family",
     "LlavaNextFamily",

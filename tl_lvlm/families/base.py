@@ -71,6 +71,10 @@ class LVLMFamily:
             ``pixel_values`` tensors may be passed; False when the tiling (and the number
             of image tokens) follows the image size.
         bidirectional_image: image tokens attend to each other both ways, not causally.
+        interleaved_image: the image's feature tokens are interleaved with marker tokens
+            that are not image features (tile separators, row breaks): the image group
+            holds the feature tokens only, and the image span, from the first to the last
+            of them, holds the markers between them too (:meth:`image_text`).
         nested_images: the processor takes one list of images per prompt.
         sequence_inputs: processor outputs with one entry per token (``[batch, pos]``),
             cut with the tokens when the engine runs a part of the prompt.
@@ -94,6 +98,7 @@ class LVLMFamily:
     image_prompt: ClassVar[str] = IMAGE_PLACEHOLDER
     fixed_resolution: ClassVar[bool] = True
     bidirectional_image: ClassVar[bool] = False
+    interleaved_image: ClassVar[bool] = False
     nested_images: ClassVar[bool] = False
     sequence_inputs: ClassVar[tuple[str, ...]] = ()
     attention_edits: ClassVar[Literal["scores", "recompute"]] = "scores"
@@ -202,6 +207,16 @@ class LVLMFamily:
         """The text the processor turns :attr:`image_prompt` into, with ``n_image`` image
         tokens."""
         return cls.image_prompt.replace(processor.image_token, processor.image_token * n_image)
+
+    @classmethod
+    def image_text(cls, processor, ids: Int[Tensor, " pos"], image: Int[Tensor, " n_image"]) -> str:
+        """The text the processor turned :attr:`image_prompt` into in one unpadded row.
+
+        ``ids`` are the row's tokens and ``image`` the positions of its image tokens.
+        Default: :meth:`expand_image` with their count; families whose expansion depends
+        on the image (tiles, rows of patches) read it from ``ids``.
+        """
+        return cls.expand_image(processor, image.numel())
 
     @classmethod
     def process(cls, processor, images: Sequence, texts: Sequence[str]) -> Mapping[str, Tensor]:

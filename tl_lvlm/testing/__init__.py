@@ -2,7 +2,8 @@
 of every registered family, saved in Hugging Face format, and test images.
 
 - :func:`save_tiny_family` / :data:`BUILDERS`: a tiny ``(hf_model, processor)`` per family
-  (``"llava"``, ``"llava_next"``, ``"gemma3"``, ``"llava_onevision"``, ``"qwen2_5_vl"``, ...),
+  (``"llava"``, ``"llava_next"``, ``"gemma3"``, ``"llava_onevision"``, ``"qwen2_5_vl"``,
+  ``"idefics3"``, ...),
   written with ``save_pretrained`` so ``HookedLVLM.from_pretrained(path)`` loads it as it
   loads a hub checkpoint. Forward passes take milliseconds on a CPU; no torchvision needed.
 - :func:`build_tiny_llava` / :func:`save_tiny_llava` (:class:`TinyLlavaConfig`): a tiny
@@ -20,6 +21,13 @@ from tl_lvlm.testing.gemma3 import (
     GEMMA3_IMAGE_TOKENS,
     GEMMA3_PATCH,
     build_tiny_gemma3,
+)
+from tl_lvlm.testing.idefics3 import (
+    IDEFICS3_LONGEST,
+    IDEFICS3_PATCH,
+    IDEFICS3_SCALE,
+    IDEFICS3_TILE,
+    build_tiny_idefics3,
 )
 from tl_lvlm.testing.llava import build_tiny_llava_15
 from tl_lvlm.testing.llava_next import NEXT_PATCH, NEXT_PINPOINTS, NEXT_TILE, build_tiny_llava_next
@@ -56,6 +64,10 @@ __all__ = [
     "GEMMA3_IMAGE",
     "GEMMA3_IMAGE_TOKENS",
     "GEMMA3_PATCH",
+    "IDEFICS3_LONGEST",
+    "IDEFICS3_PATCH",
+    "IDEFICS3_SCALE",
+    "IDEFICS3_TILE",
     "IMAGE_TOKEN",
     "LLAVA_15_TEMPLATE",
     "NEXT_PATCH",
@@ -72,6 +84,7 @@ __all__ = [
     "TinyLlavaConfig",
     "build_processor",
     "build_tiny_gemma3",
+    "build_tiny_idefics3",
     "build_tiny_llava_15",
     "build_tiny_llava_next",
     "build_tiny_llava_onevision",

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from tl_lvlm.testing._tiny import TinyFamilyConfig
 from tl_lvlm.testing.gemma3 import build_tiny_gemma3
+from tl_lvlm.testing.idefics3 import build_tiny_idefics3
 from tl_lvlm.testing.llava import build_tiny_llava_15
 from tl_lvlm.testing.llava_next import build_tiny_llava_next
 from tl_lvlm.testing.llava_onevision import build_tiny_llava_onevision
@@ -28,6 +29,7 @@ BUILDERS: dict[str, Callable] = {
     "gemma3": build_tiny_gemma3,
     "llava_onevision": build_tiny_llava_onevision,
     "qwen2_5_vl": build_tiny_qwen2_5_vl,
+    "idefics3": build_tiny_idefics3,
 }
 
 
