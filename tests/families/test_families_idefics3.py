@@ -4,20 +4,23 @@ logit attributions, gradient head attribution, and the tile map."""
 
 from __future__ import annotations
 
-import sys
-
 import numpy as np
 import pytest
 import torch
-from tiny_families import family_model, family_path, greedy_image_attribution, sized_images
-from transformers import AttentionInterface, Idefics3ForConditionalGeneration
-from transformers.masking_utils import AttentionMaskInterface, eager_mask
+from tiny_families import (
+    check_exactly_the_image_tokens_are_ablated,
+    check_generate_matches_hf,
+    check_gradient_head_attribution_runs,
+    check_logit_attrs_add_up,
+    family_model,
+    greedy_image_attribution,
+    hf_copy,
+    processor_outputs,
+    sized_images,
+)
 
-from tl_lvlm.ablation import image_kv_ablation_hooks, image_kv_baseline
-from tl_lvlm.ablation.engine import AblationEngine
-from tl_lvlm.analysis.heads import head_attribution
 from tl_lvlm.families import PatchGeometry
-from tl_lvlm.testing import IDEFICS3_PATCH, IDEFICS3_SCALE, IDEFICS3_TILE, random_images
+from tl_lvlm.testing import IDEFICS3_PATCH, IDEFICS3_SCALE, IDEFICS3_TILE
 
 QUESTIONS = [
     "What is the main object in this image? Answer in a single word.",
@@ -32,18 +35,6 @@ SIDE = IDEFICS3_TILE // IDEFICS3_PATCH // IDEFICS3_SCALE  # a tile's token grid 
 @pytest.fixture
 def model():
     return family_model("idefics3")
-
-
-def _hf(**kwargs) -> Idefics3ForConditionalGeneration:
-    return Idefics3ForConditionalGeneration.from_pretrained(
-        family_path("idefics3"), **kwargs
-    ).eval()
-
-
-def _processed(model, images, questions):
-    """The processor's own outputs for the rendered prompts (what a HF user passes)."""
-    texts = [model.template.replace("{question}", q) for q in questions]
-    return model.processor(images=images, text=texts, return_tensors="pt", padding=True)
 
 
 def test_image_group_is_the_image_tokens_and_markers_are_in_no_group(model):
@@ -82,95 +73,35 @@ def test_pixel_values_of_a_row_with_fewer_tiles_are_padded_and_logits_match(mode
     assert inputs.pixel_values.shape == (2, 5, 3, IDEFICS3_TILE, IDEFICS3_TILE)
     assert bool((inputs.pixel_values[1, 3:] == 0).all())
     assert not bool((inputs.pixel_values[1, 2] == 0).all())
-    enc = _processed(model, images, QUESTIONS)
+    enc = processor_outputs(model, images, QUESTIONS)
     assert torch.equal(enc["input_ids"], inputs.input_ids)
     with torch.no_grad():
-        ref = _hf(attn_implementation="eager")(**enc).logits
+        ref = hf_copy("idefics3", attn_implementation="eager")(**enc).logits
         ours = model(inputs)
         row = model(inputs[1])
     assert (ours - ref).abs().max().item() <= 1e-4
     assert (row[0] - ref[1]).abs().max().item() <= 1e-4
 
 
-# Positions whose keys and values _zeroed_eager zeroes in every layer (all queries).
-_ZEROED: list[torch.Tensor] = []
-
-
-def _zeroed_eager(module, query, key, value, attention_mask, **kwargs):
-    """Eager attention with the keys and values at ``_ZEROED[0]`` set to zero."""
-    if _ZEROED:
-        key, value = key.clone(), value.clone()
-        key[:, :, _ZEROED[0]] = 0
-        value[:, :, _ZEROED[0]] = 0
-    eager = sys.modules[type(module).__module__].eager_attention_forward
-    return eager(module, query, key, value, attention_mask, **kwargs)
-
-
-AttentionInterface.register("idefics3_zeroed_eager", _zeroed_eager)
-AttentionMaskInterface.register("idefics3_zeroed_eager", eager_mask)
-
-
 def test_exactly_the_image_token_positions_are_ablated(model):
-    """Every head ablated with the zero baseline in scope "all" equals HF attention with the
-    keys and values zeroed at exactly the ``<image>`` positions (keys at zero rotate to
-    zero), and differs from zeroing the markers between the tiles as well."""
-    image = sized_images((28, 28), seed=4)
-    sample = model.prepare(image, QUESTIONS[0])
-    baseline = image_kv_baseline(model, sample, "zero")
-    assert baseline.n_image == SIDE**2 * 5
-    keep = torch.zeros(1, model.n_layers, model.n_heads, dtype=torch.bool)
-    hooks = image_kv_ablation_hooks(model, sample, baseline, keep, scope="all")
-    engine = AblationEngine(model, sample, baseline, scope="all")
-    with torch.no_grad():
-        ours = model.final_logits(sample, hooks)[0]
-    assert torch.allclose(engine.run(keep)[0], ours[engine.target], atol=1e-5)
-    hf = _hf(attn_implementation={"text_config": "idefics3_zeroed_eager", "": "eager"})
-    start, end = sample.image_span(0)
-    results = []
-    for positions in (sample.positions("image", 0), torch.arange(start, end)):
-        _ZEROED[:] = [positions]
-        try:
-            with torch.no_grad():
-                results.append(hf(**_processed(model, image, QUESTIONS[:1])).logits[0, -1])
-        finally:
-            _ZEROED.clear()
-    assert (ours - results[0]).abs().max() <= 1e-4
-    assert (ours - results[1]).abs().max() > 1e-3
+    """Not the fake, row/column, global or newline tokens between the tiles."""
+    check_exactly_the_image_tokens_are_ablated(
+        model, "idefics3", sized_images((28, 28), seed=4)[0], QUESTIONS[0]
+    )
 
 
 @pytest.mark.parametrize("shapes", [[(28, 28)], list(TILE_GRIDS)], ids=["single", "two_sizes"])
 def test_generate_matches_hugging_face_generate(model, shapes):
     images = sized_images(*shapes, seed=2)
-    questions = QUESTIONS[: len(images)]
-    inputs = model.prepare(images, questions)
-    ours = model.generate(inputs, max_new_tokens=3, return_type="tokens")
-    enc = _processed(model, images, questions)
-    with torch.no_grad():
-        ref = _hf().generate(**enc, max_new_tokens=3, do_sample=False)
-    assert torch.equal(ours, ref[:, enc["input_ids"].shape[1] :])
+    check_generate_matches_hf(model, "idefics3", images, QUESTIONS[: len(images)])
 
 
 def test_logit_attrs_of_decompose_resid_add_up_to_the_final_logit(model):
-    inputs = model.prepare(sized_images(*TILE_GRIDS, seed=3), QUESTIONS)
-    with torch.no_grad():
-        logits, cache = model.run_with_cache(inputs)
-    final = logits[:, -1]
-    answer = final.argmax(-1)
-    parts = cache.decompose_resid(pos_slice=-1)
-    attrs = cache.logit_attrs(parts, tokens=answer, pos_slice=-1)
-    rows = torch.arange(inputs.batch_size)
-    assert attrs.shape[0] == 1 + 2 * model.n_layers
-    assert torch.allclose(attrs.sum(0), final[rows, answer], atol=1e-4)
+    check_logit_attrs_add_up(model, model.prepare(sized_images(*TILE_GRIDS, seed=3), QUESTIONS))
 
 
 def test_gradient_head_attribution_runs(model):
-    samples = [(image, QUESTIONS[0]) for image in random_images(3, 28, seed=4)]
-    result = head_attribution(
-        model, samples, method="gradient", n_gradient_masks=8, min_logit_gap=0.0, progress=False
-    )
-    assert len(result.sample_ids), f"every sample was excluded: {result.excluded}"
-    assert result.coef.shape == (len(result.sample_ids), model.n_layers, model.n_heads)
-    assert np.isfinite(result.coef).all() and np.abs(result.coef).max() > 0
+    check_gradient_head_attribution_runs(model, QUESTIONS[0])
 
 
 def test_pixel_shuffle_orders_a_tiles_tokens_row_major(model):

@@ -5,7 +5,7 @@
 - :class:`PatchGeometry` (``geometry``): where image tokens lie on the image.
 - Built-in families: LLaVA-1.5 (``llava``), LLaVA-NeXT (``llava_next``), Gemma 3
   (``gemma3``), LLaVA-OneVision (``llava_onevision``), Qwen2.5-VL (``qwen2_5_vl``),
-  Idefics3 (``idefics3``).
+  Idefics3 (``idefics3``), Mistral 3 (``mistral3``).
 
 Add a family without touching tl-lvlm::
 
@@ -25,6 +25,7 @@ from tl_lvlm.families.idefics3 import Idefics3Family
 from tl_lvlm.families.llava import Llava15Family
 from tl_lvlm.families.llava_next import LlavaNextFamily
 from tl_lvlm.families.llava_onevision import LlavaOnevisionFamily
+from tl_lvlm.families.mistral3 import Mistral3Family
 from tl_lvlm.families.qwen2_5_vl import Qwen2_5_VLFamily
 from tl_lvlm.families.registry import (
     FAMILIES,
@@ -42,6 +43,7 @@ for _family in (
     LlavaOnevisionFamily,
     Qwen2_5_VLFamily,
     Idefics3Family,
+    Mistral3Family,
 ):
     register_family(_family)
 
@@ -54,6 +56,7 @@ __all__ = [
     "Llava15Family",
     "LlavaNextFamily",
     "LlavaOnevisionFamily",
+    "Mistral3Family",
     "PatchGeometry",
     "Qwen2_5_VLFamily",
     "family_of",

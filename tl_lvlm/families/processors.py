@@ -1,4 +1,5 @@
-"""Qwen2.5-VL's and LLaVA-OneVision's processors without a video processor (no torchvision).
+"""Processors that transformers builds only with torchvision, built without it: Qwen2.5-VL's
+and LLaVA-OneVision's without a video processor, and Pixtral's (Mistral 3).
 
 In transformers 5, ``Qwen2_5_VLProcessor`` and ``LlavaOnevisionProcessor`` take a video
 processor, and ``ProcessorMixin.__init__`` checks every sub-processor's class against
@@ -17,13 +18,22 @@ video processor is bound to nothing. Everything else (``__call__``, the image-to
 expansion, the chat template) is the parent's code. They save as the parent class, so
 a checkpoint written here loads with ``AutoProcessor`` where torchvision is installed.
 
+``PixtralProcessor`` needs no video processor, but its module imports one helper,
+``get_resize_output_image_size``, from the torchvision image processor's module, so without
+torchvision the class cannot even be imported (``transformers.PixtralProcessor`` is then a
+placeholder that raises). :func:`pixtral_processor_class` imports the real class with that
+module name resolved, for the import only, to the PIL image processor's module, which
+defines the same function (same code, same results); the processor's own code is unchanged.
+
 Classes are created on first use, so importing tl_lvlm imports no processor code.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib
 import importlib.util
+import sys
 from pathlib import Path
 
 
@@ -106,6 +116,26 @@ def llava_onevision_processor_class() -> type:
             )
 
     return LlavaOnevisionImageProcessor
+
+
+@functools.cache
+def pixtral_processor_class() -> type:
+    """The real ``PixtralProcessor``, imported without torchvision where it is missing."""
+    if torchvision_available():
+        from transformers.models.pixtral.processing_pixtral import PixtralProcessor
+
+        return PixtralProcessor
+    torchvision_module = "transformers.models.pixtral.image_processing_pixtral"
+    # The PIL module's get_resize_output_image_size is the same function; the alias lives
+    # only while processing_pixtral is imported, so nothing else sees it.
+    sys.modules[torchvision_module] = importlib.import_module(
+        "transformers.models.pixtral.image_processing_pil_pixtral"
+    )
+    try:
+        module = importlib.import_module("transformers.models.pixtral.processing_pixtral")
+    finally:
+        del sys.modules[torchvision_module]
+    return module.PixtralProcessor
 
 
 def qwen2_5_vl_processor(image_processor, tokenizer, chat_template: str | None = None):

@@ -3,7 +3,7 @@ of every registered family, saved in Hugging Face format, and test images.
 
 - :func:`save_tiny_family` / :data:`BUILDERS`: a tiny ``(hf_model, processor)`` per family
   (``"llava"``, ``"llava_next"``, ``"gemma3"``, ``"llava_onevision"``, ``"qwen2_5_vl"``,
-  ``"idefics3"``, ...),
+  ``"idefics3"``, ``"mistral3"``, ...),
   written with ``save_pretrained`` so ``HookedLVLM.from_pretrained(path)`` loads it as it
   loads a hub checkpoint. Forward passes take milliseconds on a CPU; no torchvision needed.
 - :func:`build_tiny_llava` / :func:`save_tiny_llava` (:class:`TinyLlavaConfig`): a tiny
@@ -36,6 +36,12 @@ from tl_lvlm.testing.llava_onevision import (
     OV_PINPOINTS,
     OV_TILE,
     build_tiny_llava_onevision,
+)
+from tl_lvlm.testing.mistral3 import (
+    MISTRAL3_LONGEST,
+    MISTRAL3_MERGE,
+    MISTRAL3_PATCH,
+    build_tiny_mistral3,
 )
 from tl_lvlm.testing.qwen2_5_vl import QWEN_MERGE, QWEN_PATCH, build_tiny_qwen2_5_vl
 from tl_lvlm.zoo.questions import DIGIT_WORDS
@@ -70,6 +76,9 @@ __all__ = [
     "IDEFICS3_TILE",
     "IMAGE_TOKEN",
     "LLAVA_15_TEMPLATE",
+    "MISTRAL3_LONGEST",
+    "MISTRAL3_MERGE",
+    "MISTRAL3_PATCH",
     "NEXT_PATCH",
     "NEXT_PINPOINTS",
     "NEXT_TILE",
@@ -88,6 +97,7 @@ __all__ = [
     "build_tiny_llava_15",
     "build_tiny_llava_next",
     "build_tiny_llava_onevision",
+    "build_tiny_mistral3",
     "build_tiny_qwen2_5_vl",
     "build_tiny_llava",
     "build_tokenizer",

@@ -19,6 +19,7 @@ from tl_lvlm.testing.idefics3 import build_tiny_idefics3
 from tl_lvlm.testing.llava import build_tiny_llava_15
 from tl_lvlm.testing.llava_next import build_tiny_llava_next
 from tl_lvlm.testing.llava_onevision import build_tiny_llava_onevision
+from tl_lvlm.testing.mistral3 import build_tiny_mistral3
 from tl_lvlm.testing.qwen2_5_vl import build_tiny_qwen2_5_vl
 from tl_lvlm.zoo.tiny_llava import save_atomic
 
@@ -30,6 +31,7 @@ BUILDERS: dict[str, Callable] = {
     "llava_onevision": build_tiny_llava_onevision,
     "qwen2_5_vl": build_tiny_qwen2_5_vl,
     "idefics3": build_tiny_idefics3,
+    "mistral3": build_tiny_mistral3,
 }
 
 
