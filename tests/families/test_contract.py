@@ -58,6 +58,11 @@ EXPECTED_TEXT = {
         "<fake_token_around_image>",
         "<end_of_utterance>\nAssistant:",
     ),
+    "smolvlm": (
+        "<|im_start|>User:<fake_token_around_image><row_1_col_1>",
+        "<fake_token_around_image>",
+        "<end_of_utterance>\nAssistant:",
+    ),
     # The [IMG_BREAK]s between the rows are in no group (families/mistral3.py).
     "mistral3": (
         "<s>[SYSTEM_PROMPT]You are a helpful assistant.[/SYSTEM_PROMPT][INST]",

@@ -1,6 +1,7 @@
-"""Idefics3 specifics: tiles plus a global image with marker tokens between them, exactly the
-``<image>`` positions ablated, pixel padding of rows with fewer tiles, generate, the cache's
-logit attributions, gradient head attribution, and the tile map."""
+"""Idefics3 and SmolVLM (the same layout) specifics: tiles plus a global image with marker
+tokens between them, exactly the ``<image>`` positions ablated, pixel padding of rows with
+fewer tiles, generate, the cache's logit attributions, gradient head attribution, and the
+tile map."""
 
 from __future__ import annotations
 
@@ -32,9 +33,14 @@ TILE_GRIDS = {(28, 28): (2, 2), (16, 40): (1, 2)}
 SIDE = IDEFICS3_TILE // IDEFICS3_PATCH // IDEFICS3_SCALE  # a tile's token grid side
 
 
+@pytest.fixture(params=["idefics3", "smolvlm"])
+def family(request) -> str:
+    return request.param
+
+
 @pytest.fixture
-def model():
-    return family_model("idefics3")
+def model(family):
+    return family_model(family)
 
 
 def test_image_group_is_the_image_tokens_and_markers_are_in_no_group(model):
@@ -65,7 +71,7 @@ def test_image_group_is_the_image_tokens_and_markers_are_in_no_group(model):
         )
 
 
-def test_pixel_values_of_a_row_with_fewer_tiles_are_padded_and_logits_match(model):
+def test_pixel_values_of_a_row_with_fewer_tiles_are_padded_and_logits_match(model, family):
     """Rows of 2 x 2 and 1 x 2 tiles: the second row's pixel_values end with an all-zero tile
     (which the model drops); logits equal HF's on the processor's own outputs."""
     images = sized_images(*TILE_GRIDS, seed=1)
@@ -76,24 +82,24 @@ def test_pixel_values_of_a_row_with_fewer_tiles_are_padded_and_logits_match(mode
     enc = processor_outputs(model, images, QUESTIONS)
     assert torch.equal(enc["input_ids"], inputs.input_ids)
     with torch.no_grad():
-        ref = hf_copy("idefics3", attn_implementation="eager")(**enc).logits
+        ref = hf_copy(family, attn_implementation="eager")(**enc).logits
         ours = model(inputs)
         row = model(inputs[1])
     assert (ours - ref).abs().max().item() <= 1e-4
     assert (row[0] - ref[1]).abs().max().item() <= 1e-4
 
 
-def test_exactly_the_image_token_positions_are_ablated(model):
+def test_exactly_the_image_token_positions_are_ablated(model, family):
     """Not the fake, row/column, global or newline tokens between the tiles."""
     check_exactly_the_image_tokens_are_ablated(
-        model, "idefics3", sized_images((28, 28), seed=4)[0], QUESTIONS[0]
+        model, family, sized_images((28, 28), seed=4)[0], QUESTIONS[0]
     )
 
 
 @pytest.mark.parametrize("shapes", [[(28, 28)], list(TILE_GRIDS)], ids=["single", "two_sizes"])
-def test_generate_matches_hugging_face_generate(model, shapes):
+def test_generate_matches_hugging_face_generate(model, family, shapes):
     images = sized_images(*shapes, seed=2)
-    check_generate_matches_hf(model, "idefics3", images, QUESTIONS[: len(images)])
+    check_generate_matches_hf(model, family, images, QUESTIONS[: len(images)])
 
 
 def test_logit_attrs_of_decompose_resid_add_up_to_the_final_logit(model):

@@ -76,7 +76,10 @@ def hf_copy(family: str, **kwargs):
 
 
 def processor_outputs(model: HookedLVLM, images, questions: list[str]):
-    """The processor's own outputs for the rendered prompts (what a HF user passes)."""
+    """The processor's own outputs for the rendered prompts (what a HF user passes), one
+    image per prompt (in a list of its own where the processor takes one per prompt)."""
+    if model.family.nested_images:
+        images = [[image] for image in images]
     texts = [
         model.template.replace("{question}", q).replace("<image>", model.family.image_prompt)
         for q in questions

@@ -5,7 +5,7 @@
 - :class:`PatchGeometry` (``geometry``): where image tokens lie on the image.
 - Built-in families: LLaVA-1.5 (``llava``), LLaVA-NeXT (``llava_next``), Gemma 3
   (``gemma3``), LLaVA-OneVision (``llava_onevision``), Qwen2.5-VL (``qwen2_5_vl``),
-  Idefics3 (``idefics3``), Mistral 3 (``mistral3``).
+  Idefics3 (``idefics3``), SmolVLM (``smolvlm``), Mistral 3 (``mistral3``).
 
 Add a family without touching tl-lvlm::
 
@@ -35,6 +35,7 @@ from tl_lvlm.families.registry import (
     supported_architectures,
     unregister_family,
 )
+from tl_lvlm.families.smolvlm import SmolVLMFamily
 
 for _family in (
     Llava15Family,
@@ -43,6 +44,7 @@ for _family in (
     LlavaOnevisionFamily,
     Qwen2_5_VLFamily,
     Idefics3Family,
+    SmolVLMFamily,
     Mistral3Family,
 ):
     register_family(_family)
@@ -59,6 +61,7 @@ __all__ = [
     "Mistral3Family",
     "PatchGeometry",
     "Qwen2_5_VLFamily",
+    "SmolVLMFamily",
     "family_of",
     "register_family",
     "registered_families",

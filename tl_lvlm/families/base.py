@@ -84,6 +84,9 @@ class LVLMFamily:
             attention from ``hook_q/k/v`` into ``hook_z`` (the bridge keeps the HF attention
             native and discards score edits). In the spirit of TransformerLens's
             ``maintain_native_attention``; the ablation and flow code pick their hooks by it.
+        bridge_architecture: the architecture name TransformerLens picks its adapter by
+            when the bridge boots; None = the HF class's name. For a variant whose modules
+            an adapter of another architecture maps exactly.
         unsupported: why the whole family is refused at load time, or None.
         refused_analyses: analysis (:data:`ANALYSES`) -> why this family refuses it.
 
@@ -102,6 +105,7 @@ class LVLMFamily:
     nested_images: ClassVar[bool] = False
     sequence_inputs: ClassVar[tuple[str, ...]] = ()
     attention_edits: ClassVar[Literal["scores", "recompute"]] = "scores"
+    bridge_architecture: ClassVar[str | None] = None
     unsupported: ClassVar[str | None] = None
     refused_analyses: ClassVar[Mapping[str, str]] = {}
 
@@ -136,13 +140,14 @@ class LVLMFamily:
         """Wrap ``hf_model`` in a TransformerLens ``TransformerBridge`` (in place).
 
         The bridge picks its adapter by ``config.architectures``; a registered family
-        may name an architecture of its own, so the boot sees the HF class's name.
+        may name an architecture of its own, so the boot sees the HF class's name (or
+        :attr:`bridge_architecture`).
         """
         from transformer_lens.model_bridge import TransformerBridge
 
         config = hf_model.config
         named = config.architectures
-        config.architectures = [type(hf_model).__name__]
+        config.architectures = [cls.bridge_architecture or type(hf_model).__name__]
         try:
             with _no_processor_reload():
                 return TransformerBridge.boot_transformers(

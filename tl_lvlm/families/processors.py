@@ -1,5 +1,5 @@
-"""Processors that transformers builds only with torchvision, built without it: Qwen2.5-VL's
-and LLaVA-OneVision's without a video processor, and Pixtral's (Mistral 3).
+"""Processors that transformers builds only with torchvision, built without it: Qwen2.5-VL's,
+LLaVA-OneVision's and SmolVLM's without a video processor, and Pixtral's (Mistral 3).
 
 In transformers 5, ``Qwen2_5_VLProcessor`` and ``LlavaOnevisionProcessor`` take a video
 processor, and ``ProcessorMixin.__init__`` checks every sub-processor's class against
@@ -17,6 +17,10 @@ processor and the tokenizer; the ``None`` the parent's ``__init__`` passes on fo
 video processor is bound to nothing. Everything else (``__call__``, the image-token
 expansion, the chat template) is the parent's code. They save as the parent class, so
 a checkpoint written here loads with ``AutoProcessor`` where torchvision is installed.
+
+``SmolVLMProcessor`` also refuses to start without ``num2words``, which only its video
+prompts use (to spell out frame counts); the image-only class starts without it and, having
+no video processor, never builds a video prompt.
 
 ``PixtralProcessor`` needs no video processor, but its module imports one helper,
 ``get_resize_output_image_size``, from the torchvision image processor's module, so without
@@ -40,6 +44,11 @@ from pathlib import Path
 def torchvision_available() -> bool:
     """Whether torchvision can be imported (then the standard processors are used)."""
     return importlib.util.find_spec("torchvision") is not None
+
+
+def num2words_available() -> bool:
+    """Whether num2words can be imported (``SmolVLMProcessor`` needs it, for video prompts)."""
+    return importlib.util.find_spec("num2words") is not None
 
 
 class _SavedAsStandard:
@@ -118,6 +127,52 @@ def llava_onevision_processor_class() -> type:
     return LlavaOnevisionImageProcessor
 
 
+def _no_video_num2words(number: int) -> str:
+    raise NotImplementedError(
+        "tl-lvlm's image-only SmolVLM processor builds no video prompts (install torchvision "
+        "and num2words for the standard SmolVLMProcessor)"
+    )
+
+
+@functools.cache
+def smolvlm_processor_class() -> type:
+    """``SmolVLMProcessor`` without a video processor, and without ``num2words``."""
+    from transformers import SmolVLMProcessor
+    from transformers.processing_utils import ProcessorMixin
+
+    module = sys.modules[SmolVLMProcessor.__module__]
+
+    class SmolVLMImageProcessor(_SavedAsStandard, SmolVLMProcessor):
+        """``SmolVLMProcessor`` for images only (no video processor, no torchvision)."""
+
+        standard_class = SmolVLMProcessor.__name__
+
+        def __init__(
+            self, image_processor=None, tokenizer=None, image_seq_len=169, chat_template=None
+        ):
+            # The parent's __init__ checks that num2words is importable; only its video
+            # prompts call it, and this class has no video processor to make one.
+            found = module.num2words
+            module.num2words = found or _no_video_num2words
+            try:
+                super().__init__(
+                    image_processor,
+                    tokenizer,
+                    None,
+                    image_seq_len=image_seq_len,
+                    chat_template=chat_template,
+                )
+            finally:
+                module.num2words = found
+
+        def apply_chat_template(self, conversation, chat_template=None, **kwargs):
+            # The parent's override only adds video sampling defaults, read from the video
+            # processor.
+            return ProcessorMixin.apply_chat_template(self, conversation, chat_template, **kwargs)
+
+    return SmolVLMImageProcessor
+
+
 @functools.cache
 def pixtral_processor_class() -> type:
     """The real ``PixtralProcessor``, imported without torchvision where it is missing."""
@@ -149,6 +204,14 @@ def llava_onevision_processor(
     """A ``LlavaOnevisionProcessor`` of ``image_processor`` and ``tokenizer``, no video
     processor; ``kwargs`` as for the processor (``num_image_tokens``, ...)."""
     return llava_onevision_processor_class()(
+        image_processor, tokenizer, chat_template=chat_template, **kwargs
+    )
+
+
+def smolvlm_processor(image_processor, tokenizer, chat_template: str | None = None, **kwargs):
+    """A ``SmolVLMProcessor`` of ``image_processor`` and ``tokenizer``, no video processor;
+    ``kwargs`` as for the processor (``image_seq_len``)."""
+    return smolvlm_processor_class()(
         image_processor, tokenizer, chat_template=chat_template, **kwargs
     )
 

@@ -3,7 +3,7 @@ of every registered family, saved in Hugging Face format, and test images.
 
 - :func:`save_tiny_family` / :data:`BUILDERS`: a tiny ``(hf_model, processor)`` per family
   (``"llava"``, ``"llava_next"``, ``"gemma3"``, ``"llava_onevision"``, ``"qwen2_5_vl"``,
-  ``"idefics3"``, ``"mistral3"``, ...),
+  ``"idefics3"``, ``"smolvlm"``, ``"mistral3"``, ...),
   written with ``save_pretrained`` so ``HookedLVLM.from_pretrained(path)`` loads it as it
   loads a hub checkpoint. Forward passes take milliseconds on a CPU; no torchvision needed.
 - :func:`build_tiny_llava` / :func:`save_tiny_llava` (:class:`TinyLlavaConfig`): a tiny
@@ -44,6 +44,7 @@ from tl_lvlm.testing.mistral3 import (
     build_tiny_mistral3,
 )
 from tl_lvlm.testing.qwen2_5_vl import QWEN_MERGE, QWEN_PATCH, build_tiny_qwen2_5_vl
+from tl_lvlm.testing.smolvlm import build_tiny_smolvlm
 from tl_lvlm.zoo.questions import DIGIT_WORDS
 from tl_lvlm.zoo.tiny_llava import (
     IMAGE_TOKEN,
@@ -99,6 +100,7 @@ __all__ = [
     "build_tiny_llava_onevision",
     "build_tiny_mistral3",
     "build_tiny_qwen2_5_vl",
+    "build_tiny_smolvlm",
     "build_tiny_llava",
     "build_tokenizer",
     "family_tokenizer",

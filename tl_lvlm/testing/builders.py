@@ -21,6 +21,7 @@ from tl_lvlm.testing.llava_next import build_tiny_llava_next
 from tl_lvlm.testing.llava_onevision import build_tiny_llava_onevision
 from tl_lvlm.testing.mistral3 import build_tiny_mistral3
 from tl_lvlm.testing.qwen2_5_vl import build_tiny_qwen2_5_vl
+from tl_lvlm.testing.smolvlm import build_tiny_smolvlm
 from tl_lvlm.zoo.tiny_llava import save_atomic
 
 #: Family name -> builder of ``(hf_model, processor)``.
@@ -31,6 +32,7 @@ BUILDERS: dict[str, Callable] = {
     "llava_onevision": build_tiny_llava_onevision,
     "qwen2_5_vl": build_tiny_qwen2_5_vl,
     "idefics3": build_tiny_idefics3,
+    "smolvlm": build_tiny_smolvlm,
     "mistral3": build_tiny_mistral3,
 }
 

@@ -51,30 +51,58 @@ def build_tiny_idefics3(cfg: TinyFamilyConfig | None = None):
         Idefics3ImageProcessorPil,
         Idefics3Processor,
         Idefics3VisionConfig,
-        LlamaConfig,
     )
 
-    cfg = cfg or TinyFamilyConfig()
+    return tiny_idefics3_like(
+        cfg or TinyFamilyConfig(),
+        config_classes=(Idefics3Config, Idefics3VisionConfig),
+        model_class=Idefics3ForConditionalGeneration,
+        image_processor_class=Idefics3ImageProcessorPil,
+        processor_class=Idefics3Processor,
+        chat_template=_IDEFICS3_CHAT,
+        bos=True,
+    )
+
+
+def tiny_idefics3_like(
+    cfg: TinyFamilyConfig,
+    *,
+    config_classes: tuple[type, type],
+    model_class: type,
+    image_processor_class: type,
+    processor_class,
+    chat_template: str,
+    bos: bool,
+    specials: tuple[str, ...] = (),
+):
+    """A tiny model of the Idefics3 layout (Idefics3 and SmolVLM): ``config_classes`` are the
+    model's and its vision tower's config classes, ``processor_class`` is called as
+    ``(image_processor, tokenizer, image_seq_len=..., chat_template=...)``; ``specials``
+    are the tokenizer's special tokens besides the processor's markers."""
+    from transformers import LlamaConfig
+
+    config_class, vision_config_class = config_classes
     tokenizer = family_tokenizer(
         cfg,
-        specials=IDEFICS3_SPECIALS,
+        specials=[*IDEFICS3_SPECIALS, *specials],
+        bos=bos,
         corpus=["User:<image><end_of_utterance>\nAssistant:", "\n\n"],
     )
-    image_processor = Idefics3ImageProcessorPil(
+    image_processor = image_processor_class(
         size={"longest_edge": IDEFICS3_LONGEST},
         max_image_size={"longest_edge": IDEFICS3_TILE},
     )
-    processor = Idefics3Processor(
+    processor = processor_class(
         image_processor,
         tokenizer,
         image_seq_len=(IDEFICS3_TILE // IDEFICS3_PATCH // IDEFICS3_SCALE) ** 2,
-        chat_template=_IDEFICS3_CHAT,
+        chat_template=chat_template,
     )
-    config = Idefics3Config(
-        vision_config=vision_config(Idefics3VisionConfig, cfg, IDEFICS3_TILE, IDEFICS3_PATCH),
+    config = config_class(
+        vision_config=vision_config(vision_config_class, cfg, IDEFICS3_TILE, IDEFICS3_PATCH),
         text_config=text_config(LlamaConfig, cfg, tokenizer),
         scale_factor=IDEFICS3_SCALE,
         image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
-        architectures=["Idefics3ForConditionalGeneration"],
+        architectures=[model_class.__name__],
     )
-    return finish(Idefics3ForConditionalGeneration, config, cfg, tokenizer), processor
+    return finish(model_class, config, cfg, tokenizer), processor
