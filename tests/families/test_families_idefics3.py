@@ -20,6 +20,8 @@ from tiny_families import (
     sized_images,
 )
 
+from tl_lvlm.ablation import image_kv_baseline
+from tl_lvlm.ablation.engine import AblationEngine
 from tl_lvlm.families import PatchGeometry
 from tl_lvlm.testing import IDEFICS3_PATCH, IDEFICS3_SCALE, IDEFICS3_TILE
 
@@ -94,6 +96,13 @@ def test_exactly_the_image_token_positions_are_ablated(model, family):
     check_exactly_the_image_tokens_are_ablated(
         model, family, sized_images((28, 28), seed=4)[0], QUESTIONS[0]
     )
+
+
+def test_baseline_of_another_tile_grid_is_refused(model):
+    baseline = image_kv_baseline(model, model.prepare(sized_images((28, 28)), QUESTIONS[0]))
+    other = model.prepare(sized_images((16, 40)), QUESTIONS[0])
+    with pytest.raises(ValueError, match=r"\(20 image tokens\).*\(12 image tokens\)"):
+        AblationEngine(model, other, baseline)
 
 
 @pytest.mark.parametrize("shapes", [[(28, 28)], list(TILE_GRIDS)], ids=["single", "two_sizes"])

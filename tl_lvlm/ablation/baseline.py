@@ -89,10 +89,12 @@ class ImageKVBaseline:
             )
         for row in range(inputs.batch_size):
             span = unpadded_image_span(inputs, row)
-            if span != self.image_span or inputs.positions("image", row).numel() != self.n_image:
+            n_image = inputs.positions("image", row).numel()
+            if span != self.image_span or n_image != self.n_image:
                 raise ValueError(
-                    f"baseline was built for image span {self.image_span} but row {row} of the "
-                    f"inputs has its image at {span}; build a baseline on inputs with the same "
+                    f"baseline was built for image span {self.image_span} ({self.n_image} image "
+                    f"tokens) but row {row} of the inputs has its image at {span} ({n_image} "
+                    "image tokens); build a baseline on inputs with the same "
                     "template and image size"
                 )
 
