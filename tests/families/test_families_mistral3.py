@@ -154,3 +154,13 @@ def test_image_token_map_is_the_row_grid(model, shape):
     result = greedy_image_attribution(model, sample, n_masks=40)
     assert result.geometry == PatchGeometry(*ROW_GRIDS[shape], "stretch")
     assert result.coef.shape == ROW_GRIDS[shape]
+
+
+def test_with_torchvision_the_standard_processor_is_used(monkeypatch):
+    """Where torchvision is installed, ``AutoProcessor`` loads the saved files (here it gets
+    as far as transformers' placeholder for ``PixtralProcessor`` asking for torchvision)."""
+    import tl_lvlm.families.mistral3 as mistral3
+
+    monkeypatch.setattr(mistral3, "torchvision_available", lambda: True)
+    with pytest.raises(ImportError, match="PixtralProcessor requires the Torchvision"):
+        mistral3.Mistral3Family.load_processor(family_path("mistral3"))

@@ -80,3 +80,14 @@ def test_bridge_boots_with_the_idefics3_adapter_and_leaves_the_config_as_it_was(
     assert set(names) <= set(cache.keys())
     # The connector's output per tile: 2 x 2 tiles and the global image, 4 tokens each.
     assert cache["vision_projector.hook_out"].shape == (5, 4, model.cfg.d_model)
+
+
+def test_with_torchvision_and_num2words_the_standard_processor_is_used(monkeypatch):
+    """Where both are installed, ``AutoProcessor`` loads the saved files (here it gets as far
+    as needing torchvision for the video processor, so the files are complete)."""
+    import tl_lvlm.families.smolvlm as smolvlm
+
+    monkeypatch.setattr(smolvlm, "torchvision_available", lambda: True)
+    monkeypatch.setattr(smolvlm, "num2words_available", lambda: True)
+    with pytest.raises(ImportError, match="requires the Torchvision"):
+        smolvlm.SmolVLMFamily.load_processor(family_path("smolvlm"))
