@@ -10,16 +10,23 @@ A helper module rather than a ``conftest.py``: test modules import from
 from __future__ import annotations
 
 import functools
+import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
+from transformers import AttentionInterface, AutoConfig
+from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
 from tl_lvlm import HookedLVLM
+from tl_lvlm.ablation import image_kv_ablation_hooks, image_kv_baseline
+from tl_lvlm.ablation.engine import AblationEngine
+from tl_lvlm.analysis.heads import head_attribution
 from tl_lvlm.analysis.image_tokens import image_token_attribution
-from tl_lvlm.testing import BUILDERS, save_tiny_family
+from tl_lvlm.families import family_of
+from tl_lvlm.testing import BUILDERS, random_images, save_tiny_family
 
 #: Families with a tiny builder: every supported family (the contract test checks it).
 FAMILIES = tuple(BUILDERS)
@@ -56,3 +63,109 @@ def greedy_image_attribution(model: HookedLVLM, sample, *, n_masks: int):
         model, sample, baseline="zero", target=target, n_masks=n_masks,
         min_logit_gap=-1e9, progress=False,
     )  # fmt: skip
+
+
+# -- Checks shared by the families' own tests (generate, cache, gradient attribution, which
+# positions are ablated), each against an independent HF copy where there is one.
+
+
+def hf_copy(family: str, **kwargs):
+    """An independently loaded HF model of ``family``'s tiny checkpoint."""
+    cls = family_of(AutoConfig.from_pretrained(family_path(family))).model_class()
+    return cls.from_pretrained(family_path(family), **kwargs).eval()
+
+
+def processor_outputs(model: HookedLVLM, images, questions: list[str]):
+    """The processor's own outputs for the rendered prompts (what a HF user passes), one
+    image per prompt (in a list of its own where the processor takes one per prompt)."""
+    if model.family.nested_images:
+        images = [[image] for image in images]
+    texts = [
+        model.template.replace("{question}", q).replace("<image>", model.family.image_prompt)
+        for q in questions
+    ]
+    return model.processor(images=images, text=texts, return_tensors="pt", padding=True)
+
+
+def check_generate_matches_hf(model: HookedLVLM, family: str, images, questions) -> None:
+    """Greedy ``generate`` (3 tokens) = the HF copy's ``generate(do_sample=False)`` new tokens."""
+    inputs = model.prepare(images, questions)
+    ours = model.generate(inputs, max_new_tokens=3, return_type="tokens")
+    enc = processor_outputs(model, images, questions)
+    assert torch.equal(enc["input_ids"], inputs.input_ids)
+    with torch.no_grad():
+        ref = hf_copy(family).generate(**enc, max_new_tokens=3, do_sample=False)
+    assert torch.equal(ours, ref[:, enc["input_ids"].shape[1] :])
+
+
+def check_logit_attrs_add_up(model: HookedLVLM, inputs) -> None:
+    """``cache.logit_attrs(cache.decompose_resid(pos_slice=-1))`` sums to the final logit."""
+    with torch.no_grad():
+        logits, cache = model.run_with_cache(inputs)
+    final = logits[:, -1]
+    answer = final.argmax(-1)
+    parts = cache.decompose_resid(pos_slice=-1)
+    attrs = cache.logit_attrs(parts, tokens=answer, pos_slice=-1)
+    assert attrs.shape[0] == 1 + 2 * model.n_layers
+    rows = torch.arange(inputs.batch_size)
+    assert torch.allclose(attrs.sum(0), final[rows, answer], atol=1e-4)
+
+
+def check_gradient_head_attribution_runs(model: HookedLVLM, question: str) -> None:
+    samples = [(image, question) for image in random_images(3, 28, seed=4)]
+    result = head_attribution(
+        model, samples, method="gradient", n_gradient_masks=8, min_logit_gap=0.0, progress=False
+    )
+    assert len(result.sample_ids), f"every sample was excluded: {result.excluded}"
+    assert result.coef.shape == (len(result.sample_ids), model.n_layers, model.n_heads)
+    assert np.isfinite(result.coef).all() and np.abs(result.coef).max() > 0
+
+
+# Positions whose keys and values _zeroed_eager zeroes in every layer, for every query.
+_ZEROED: list[torch.Tensor] = []
+
+
+def _zeroed_eager(module, query, key, value, attention_mask, **kwargs):
+    """The module's own eager attention with the keys and values at ``_ZEROED[0]`` zeroed."""
+    if _ZEROED:
+        key, value = key.clone(), value.clone()
+        key[:, :, _ZEROED[0]] = 0
+        value[:, :, _ZEROED[0]] = 0
+    eager = sys.modules[type(module).__module__].eager_attention_forward
+    return eager(module, query, key, value, attention_mask, **kwargs)
+
+
+AttentionInterface.register("families_zeroed_eager", _zeroed_eager)
+AttentionMaskInterface.register("families_zeroed_eager", eager_mask)
+
+
+def check_exactly_the_image_tokens_are_ablated(
+    model: HookedLVLM, family: str, image, question: str
+) -> None:
+    """Every head ablated with the zero baseline in scope "all" (hook reference and engine)
+    equals HF attention with the keys and values zeroed at exactly the image-token positions
+    (zero keys rotate to zero), and differs from also zeroing the markers between them."""
+    sample = model.prepare(image, question)
+    baseline = image_kv_baseline(model, sample, "zero")
+    keep = torch.zeros(1, model.n_layers, model.n_heads, dtype=torch.bool)
+    hooks = image_kv_ablation_hooks(model, sample, baseline, keep, scope="all")
+    engine = AblationEngine(model, sample, baseline, scope="all")
+    with torch.no_grad():
+        ours = model.final_logits(sample, hooks)[0]
+    assert torch.allclose(engine.run(keep)[0], ours[engine.target], atol=1e-5)
+    hf = hf_copy(family, attn_implementation={"text_config": "families_zeroed_eager", "": "eager"})
+    enc = processor_outputs(model, [image], [question])
+    image_tokens = sample.positions("image", 0)
+    assert torch.equal(image_tokens, (sample.input_ids[0] == model.image_token_id).nonzero()[:, 0])
+    start, end = sample.image_span(0)
+    assert end - start > image_tokens.numel(), "no markers between the image tokens"
+    results = []
+    for positions in (image_tokens, torch.arange(start, end)):
+        _ZEROED[:] = [positions]
+        try:
+            with torch.no_grad():
+                results.append(hf(**enc).logits[0, -1])
+        finally:
+            _ZEROED.clear()
+    assert (ours - results[0]).abs().max() <= 1e-4
+    assert (ours - results[1]).abs().max() > 1e-3

@@ -89,10 +89,12 @@ class ImageKVBaseline:
             )
         for row in range(inputs.batch_size):
             span = unpadded_image_span(inputs, row)
-            if span != self.image_span:
+            n_image = inputs.positions("image", row).numel()
+            if span != self.image_span or n_image != self.n_image:
                 raise ValueError(
-                    f"baseline was built for image span {self.image_span} but row {row} of the "
-                    f"inputs has its image at {span}; build a baseline on inputs with the same "
+                    f"baseline was built for image span {self.image_span} ({self.n_image} image "
+                    f"tokens) but row {row} of the inputs has its image at {span} ({n_image} "
+                    "image tokens); build a baseline on inputs with the same "
                     "template and image size"
                 )
 
@@ -136,7 +138,9 @@ def image_kv_baseline(
             "needs one prompt layout (same template and image size)"
         )
     (span,) = spans
-    n_image = span[1] - span[0]
+    # The image tokens, not the span: where a family interleaves them with markers
+    # (LVLMFamily.interleaved_image) the span holds those too.
+    n_image = inputs.positions("image", 0).numel()
     shape = (model.n_layers, model.n_kv_heads, n_image, model.d_head)
     dtype = model.hf_model.dtype
     if kind == "zero":

@@ -55,7 +55,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from jaxtyping import Bool, Float
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
@@ -88,7 +88,9 @@ class SharedPrefix:
 
     k: Float[Tensor, "n_layers n_kv_heads prefix two_d_head"]
     v: Float[Tensor, "n_layers n_kv_heads prefix two_d_head"]
-    image: slice
+    #: The image columns: a slice of the span, or the image tokens' positions ``[n_image]``
+    #: where the family interleaves them with markers (``LVLMFamily.interleaved_image``).
+    image: slice | Int[Tensor, " n_image"]
 
 
 @dataclass
@@ -160,8 +162,9 @@ def image_ablation_attention(
         prefix_scores = torch.matmul(rows, k2[..., :d].transpose(1, 2))
         prefix_scores = prefix_scores.view(n_kv, b, g, s, n_prefix)
         base = torch.matmul(rows, k2[:, image, d:].transpose(1, 2)).view(n_kv, b, g, s, -1)
-        clean = prefix_scores[..., image]
-        clean.copy_(torch.where(keep, clean, base))
+        # An index assignment, not copy_ into prefix_scores[..., image]: with a tensor of
+        # image positions that indexing is a copy, not a view.
+        prefix_scores[..., image] = torch.where(keep, prefix_scores[..., image], base)
 
     key_s, value_s = (t.transpose(0, 1)[:, :, None] for t in (key, value))  # [n_kv, b, 1, s, d]
     suffix_scores = torch.matmul(q, key_s.transpose(-1, -2))  # [n_kv, b, g, s, s]
@@ -324,6 +327,8 @@ class AblationEngine:
         k = torch.stack([layer.keys[0] for layer in cache])  # [n_layers, n_kv, prefix, d]
         v = torch.stack([layer.values[0] for layer in cache])
         image = slice(self.image_start, self.prefix_len)
+        if self.prefix_len - self.image_start != self.n_image:  # interleaved with markers
+            image = self.sample.positions("image", 0) - self._pad
         rotations = family.rotations(k, positions[..., image])
         k_base = torch.cat(
             [

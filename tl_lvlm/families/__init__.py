@@ -9,6 +9,7 @@
   Gemma 4 (``gemma4``).
   (``gemma3``), LLaVA-OneVision (``llava_onevision``), Qwen2.5-VL (``qwen2_5_vl``), Qwen3-VL and
   Qwen3-VL-MoE (``qwen3_vl``).
+  Idefics3 (``idefics3``), SmolVLM (``smolvlm``), Mistral 3 (``mistral3``).
 
 Add a family without touching tl-lvlm::
 
@@ -25,10 +26,12 @@ from tl_lvlm.families.base import ANALYSES, LVLMFamily
 from tl_lvlm.families.gemma3 import Gemma3Family
 from tl_lvlm.families.gemma4 import Gemma4Family
 from tl_lvlm.families.geometry import PatchGeometry
+from tl_lvlm.families.idefics3 import Idefics3Family
 from tl_lvlm.families.internvl import InternVLFamily
 from tl_lvlm.families.llava import Llava15Family
 from tl_lvlm.families.llava_next import LlavaNextFamily
 from tl_lvlm.families.llava_onevision import LlavaOnevisionFamily
+from tl_lvlm.families.mistral3 import Mistral3Family
 from tl_lvlm.families.qwen2_5_vl import Qwen2_5_VLFamily
 from tl_lvlm.families.qwen3_vl import Qwen3VLFamily, Qwen3VLMoeFamily
 from tl_lvlm.families.registry import (
@@ -39,6 +42,7 @@ from tl_lvlm.families.registry import (
     supported_architectures,
     unregister_family,
 )
+from tl_lvlm.families.smolvlm import SmolVLMFamily
 
 for _family in (
     Llava15Family,
@@ -50,6 +54,9 @@ for _family in (
     Gemma4Family,
     Qwen3VLFamily,
     Qwen3VLMoeFamily,
+    Idefics3Family,
+    SmolVLMFamily,
+    Mistral3Family,
 ):
     register_family(_family)
 
@@ -59,14 +66,17 @@ __all__ = [
     "Gemma3Family",
     "InternVLFamily",
     "Gemma4Family",
+    "Idefics3Family",
     "LVLMFamily",
     "Llava15Family",
     "LlavaNextFamily",
     "LlavaOnevisionFamily",
+    "Mistral3Family",
     "PatchGeometry",
     "Qwen2_5_VLFamily",
     "Qwen3VLFamily",
     "Qwen3VLMoeFamily",
+    "SmolVLMFamily",
     "family_of",
     "register_family",
     "registered_families",

@@ -98,6 +98,10 @@ class LVLMFamily:
             ``pixel_values`` tensors may be passed; False when the tiling (and the number
             of image tokens) follows the image size.
         bidirectional_image: image tokens attend to each other both ways, not causally.
+        interleaved_image: the image's feature tokens are interleaved with marker tokens
+            that are not image features (tile separators, row breaks): the image group
+            holds the feature tokens only, and the image span, from the first to the last
+            of them, holds the markers between them too (:meth:`image_text`).
         nested_images: the processor takes one list of images per prompt.
         sequence_inputs: processor outputs with one entry per token (``[batch, pos]``),
             cut with the tokens when the engine runs a part of the prompt.
@@ -107,6 +111,9 @@ class LVLMFamily:
             attention from ``hook_q/k/v`` into ``hook_z`` (the bridge keeps the HF attention
             native and discards score edits). In the spirit of TransformerLens's
             ``maintain_native_attention``; the ablation and flow code pick their hooks by it.
+        bridge_architecture: the architecture name TransformerLens picks its adapter by
+            when the bridge boots; None = the HF class's name. For a variant whose modules
+            an adapter of another architecture maps exactly.
         unsupported: why the whole family is refused at load time, or None.
         refused_analyses: analysis (:data:`ANALYSES`) -> why this family refuses it.
 
@@ -121,9 +128,11 @@ class LVLMFamily:
     image_prompt: ClassVar[str] = IMAGE_PLACEHOLDER
     fixed_resolution: ClassVar[bool] = True
     bidirectional_image: ClassVar[bool] = False
+    interleaved_image: ClassVar[bool] = False
     nested_images: ClassVar[bool] = False
     sequence_inputs: ClassVar[tuple[str, ...]] = ()
     attention_edits: ClassVar[Literal["scores", "recompute"]] = "scores"
+    bridge_architecture: ClassVar[str | None] = None
     unsupported: ClassVar[str | None] = None
     refused_analyses: ClassVar[Mapping[str, str]] = {}
 
@@ -158,13 +167,14 @@ class LVLMFamily:
         """Wrap ``hf_model`` in a TransformerLens ``TransformerBridge`` (in place).
 
         The bridge picks its adapter by ``config.architectures``; a registered family
-        may name an architecture of its own, so the boot sees the HF class's name.
+        may name an architecture of its own, so the boot sees the HF class's name (or
+        :attr:`bridge_architecture`).
         """
         from transformer_lens.model_bridge import TransformerBridge
 
         config = hf_model.config
         named = config.architectures
-        config.architectures = [type(hf_model).__name__]
+        config.architectures = [cls.bridge_architecture or type(hf_model).__name__]
         try:
             with _no_processor_reload():
                 return TransformerBridge.boot_transformers(
@@ -229,6 +239,16 @@ class LVLMFamily:
         """The text the processor turns :attr:`image_prompt` into, with ``n_image`` image
         tokens."""
         return cls.image_prompt.replace(processor.image_token, processor.image_token * n_image)
+
+    @classmethod
+    def image_text(cls, processor, ids: Int[Tensor, " pos"], image: Int[Tensor, " n_image"]) -> str:
+        """The text the processor turned :attr:`image_prompt` into in one unpadded row.
+
+        ``ids`` are the row's tokens and ``image`` the positions of its image tokens.
+        Default: :meth:`expand_image` with their count; families whose expansion depends
+        on the image (tiles, rows of patches) read it from ``ids``.
+        """
+        return cls.expand_image(processor, image.numel())
 
     @classmethod
     def process(cls, processor, images: Sequence, texts: Sequence[str]) -> Mapping[str, Tensor]:

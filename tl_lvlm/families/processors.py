@@ -1,5 +1,6 @@
-"""Qwen2.5-VL's, Qwen3-VL's, LLaVA-OneVision's and Gemma 4's processors without a video
-processor (no torchvision).
+"""Processors that transformers builds only with torchvision, built without it: Qwen2.5-VL's,
+Qwen3-VL's, LLaVA-OneVision's, Gemma 4's and SmolVLM's without a video processor, and
+Pixtral's (Mistral 3).
 
 In transformers 5, ``Qwen2_5_VLProcessor``, ``Qwen3VLProcessor`` (also Qwen3-VL-MoE's) and
 ``LlavaOnevisionProcessor`` take a video processor, and ``ProcessorMixin.__init__`` checks
@@ -19,19 +20,37 @@ video processor is bound to nothing. Everything else (``__call__``, the image-to
 expansion, the chat template) is the parent's code. They save as the parent class, so
 a checkpoint written here loads with ``AutoProcessor`` where torchvision is installed.
 
+``SmolVLMProcessor`` also refuses to start without ``num2words``, which only its video
+prompts use (to spell out frame counts); the image-only class starts without it and, having
+no video processor, never builds a video prompt.
+
+``PixtralProcessor`` needs no video processor, but its module imports one helper,
+``get_resize_output_image_size``, from the torchvision image processor's module, so without
+torchvision the class cannot even be imported (``transformers.PixtralProcessor`` is then a
+placeholder that raises). :func:`pixtral_processor_class` imports the real class with that
+module name resolved, for the import only, to the PIL image processor's module, which
+defines the same function (same code, same results); the processor's own code is unchanged.
+
 Classes are created on first use, so importing tl_lvlm imports no processor code.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib
 import importlib.util
+import sys
 from pathlib import Path
 
 
 def torchvision_available() -> bool:
     """Whether torchvision can be imported (then the standard processors are used)."""
     return importlib.util.find_spec("torchvision") is not None
+
+
+def num2words_available() -> bool:
+    """Whether num2words can be imported (``SmolVLMProcessor`` needs it, for video prompts)."""
+    return importlib.util.find_spec("num2words") is not None
 
 
 class _SavedAsStandard:
@@ -153,6 +172,72 @@ def gemma4_processor_class() -> type:
     return Gemma4ImageProcessor
 
 
+def _no_video_num2words(number: int) -> str:
+    raise NotImplementedError(
+        "tl-lvlm's image-only SmolVLM processor builds no video prompts (install torchvision "
+        "and num2words for the standard SmolVLMProcessor)"
+    )
+
+
+@functools.cache
+def smolvlm_processor_class() -> type:
+    """``SmolVLMProcessor`` without a video processor, and without ``num2words``."""
+    from transformers import SmolVLMProcessor
+    from transformers.processing_utils import ProcessorMixin
+
+    module = sys.modules[SmolVLMProcessor.__module__]
+
+    class SmolVLMImageProcessor(_SavedAsStandard, SmolVLMProcessor):
+        """``SmolVLMProcessor`` for images only (no video processor, no torchvision)."""
+
+        standard_class = SmolVLMProcessor.__name__
+
+        def __init__(
+            self, image_processor=None, tokenizer=None, image_seq_len=169, chat_template=None
+        ):
+            # The parent's __init__ checks that num2words is importable; only its video
+            # prompts call it, and this class has no video processor to make one.
+            found = module.num2words
+            module.num2words = found or _no_video_num2words
+            try:
+                super().__init__(
+                    image_processor,
+                    tokenizer,
+                    None,
+                    image_seq_len=image_seq_len,
+                    chat_template=chat_template,
+                )
+            finally:
+                module.num2words = found
+
+        def apply_chat_template(self, conversation, chat_template=None, **kwargs):
+            # The parent's override only adds video sampling defaults, read from the video
+            # processor.
+            return ProcessorMixin.apply_chat_template(self, conversation, chat_template, **kwargs)
+
+    return SmolVLMImageProcessor
+
+
+@functools.cache
+def pixtral_processor_class() -> type:
+    """The real ``PixtralProcessor``, imported without torchvision where it is missing."""
+    if torchvision_available():
+        from transformers.models.pixtral.processing_pixtral import PixtralProcessor
+
+        return PixtralProcessor
+    torchvision_module = "transformers.models.pixtral.image_processing_pixtral"
+    # The PIL module's get_resize_output_image_size is the same function; the alias lives
+    # only while processing_pixtral is imported, so nothing else sees it.
+    sys.modules[torchvision_module] = importlib.import_module(
+        "transformers.models.pixtral.image_processing_pil_pixtral"
+    )
+    try:
+        module = importlib.import_module("transformers.models.pixtral.processing_pixtral")
+    finally:
+        del sys.modules[torchvision_module]
+    return module.PixtralProcessor
+
+
 def qwen2_5_vl_processor(image_processor, tokenizer, chat_template: str | None = None):
     """A ``Qwen2_5_VLProcessor`` of ``image_processor`` and ``tokenizer``, no video processor."""
     return qwen2_5_vl_processor_class()(image_processor, tokenizer, chat_template=chat_template)
@@ -164,6 +249,14 @@ def llava_onevision_processor(
     """A ``LlavaOnevisionProcessor`` of ``image_processor`` and ``tokenizer``, no video
     processor; ``kwargs`` as for the processor (``num_image_tokens``, ...)."""
     return llava_onevision_processor_class()(
+        image_processor, tokenizer, chat_template=chat_template, **kwargs
+    )
+
+
+def smolvlm_processor(image_processor, tokenizer, chat_template: str | None = None, **kwargs):
+    """A ``SmolVLMProcessor`` of ``image_processor`` and ``tokenizer``, no video processor;
+    ``kwargs`` as for the processor (``image_seq_len``)."""
+    return smolvlm_processor_class()(
         image_processor, tokenizer, chat_template=chat_template, **kwargs
     )
 

@@ -107,12 +107,15 @@ class LVLMInputs:
         return mask
 
     def image_span(self, row: int = 0) -> tuple[int, int]:
-        """``(start, end)`` of the contiguous image span of ``row`` (end exclusive)."""
+        """``(start, end)`` of the image span of ``row`` (end exclusive): contiguous image
+        tokens, or from the first to the last where the family interleaves them with marker
+        tokens (``LVLMFamily.interleaved_image``)."""
         pos = self.positions("image", row)
         if pos.numel() == 0:
             raise ValueError(f"row {row} has no image tokens")
         start, end = int(pos[0]), int(pos[-1]) + 1
-        if end - start != pos.numel():
+        interleaved = self.family is not None and self.family.interleaved_image
+        if end - start != pos.numel() and not interleaved:
             raise ValueError(f"row {row}: image tokens are not contiguous")
         return start, end
 

@@ -389,7 +389,7 @@ class HookedLVLM:
         if img.numel() == 0:
             raise ValueError("the processed prompt has no image tokens; check the template")
         n_img = img.numel()
-        image_text = self.family.expand_image(self.processor, n_img)
+        image_text = self.family.image_text(self.processor, real, img)
         expanded = before + image_text + between + question + after
         enc = self.tokenizer(expanded, return_offsets_mapping=True)
         if enc["input_ids"] != real.tolist():
@@ -410,7 +410,7 @@ class HookedLVLM:
             "role": pos[after_img & (starts >= question_end) & (pos < last)],
             "final": pos[last:],
         }
-        if img_end - img_start != n_img:
+        if img_end - img_start != n_img and not self.family.interleaved_image:
             raise ValueError("image tokens are not contiguous in the processed prompt")
         return {k: v + start for k, v in groups.items()}
 

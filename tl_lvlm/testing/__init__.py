@@ -5,6 +5,8 @@ of every registered family, saved in Hugging Face format, and test images.
   (``sorted(BUILDERS)``: ``"llava"``, ``"llava_next"``, ``"gemma3"``, ``"qwen2_5_vl"``, ...),
   (``"llava"``, ``"llava_next"``, ``"gemma3"``, ``"llava_onevision"``, ``"qwen2_5_vl"``,
   ``"qwen3_vl"``, ``"qwen3_vl_moe"``, ...),
+  (``"llava"``, ``"llava_next"``, ``"gemma3"``, ``"llava_onevision"``, ``"qwen2_5_vl"``,
+  ``"idefics3"``, ``"smolvlm"``, ``"mistral3"``, ...),
   written with ``save_pretrained`` so ``HookedLVLM.from_pretrained(path)`` loads it as it
   loads a hub checkpoint. Forward passes take milliseconds on a CPU; no torchvision needed.
 - :func:`build_tiny_llava` / :func:`save_tiny_llava` (:class:`TinyLlavaConfig`): a tiny
@@ -29,6 +31,13 @@ from tl_lvlm.testing.gemma4 import (
     GEMMA4_SOFT_TOKENS,
     build_tiny_gemma4,
 )
+from tl_lvlm.testing.idefics3 import (
+    IDEFICS3_LONGEST,
+    IDEFICS3_PATCH,
+    IDEFICS3_SCALE,
+    IDEFICS3_TILE,
+    build_tiny_idefics3,
+)
 from tl_lvlm.testing.internvl import (
     INTERNVL_MAX_TILES,
     INTERNVL_PATCH,
@@ -44,8 +53,15 @@ from tl_lvlm.testing.llava_onevision import (
     OV_TILE,
     build_tiny_llava_onevision,
 )
+from tl_lvlm.testing.mistral3 import (
+    MISTRAL3_LONGEST,
+    MISTRAL3_MERGE,
+    MISTRAL3_PATCH,
+    build_tiny_mistral3,
+)
 from tl_lvlm.testing.qwen2_5_vl import QWEN_MERGE, QWEN_PATCH, build_tiny_qwen2_5_vl
 from tl_lvlm.testing.qwen3_vl import QWEN3_DEEPSTACK, build_tiny_qwen3_vl, build_tiny_qwen3_vl_moe
+from tl_lvlm.testing.smolvlm import build_tiny_smolvlm
 from tl_lvlm.zoo.questions import DIGIT_WORDS
 from tl_lvlm.zoo.tiny_llava import (
     IMAGE_TOKEN,
@@ -75,11 +91,18 @@ __all__ = [
     "GEMMA4_PATCH",
     "GEMMA4_POOL",
     "GEMMA4_SOFT_TOKENS",
+    "IDEFICS3_LONGEST",
+    "IDEFICS3_PATCH",
+    "IDEFICS3_SCALE",
+    "IDEFICS3_TILE",
     "IMAGE_TOKEN",
     "INTERNVL_MAX_TILES",
     "INTERNVL_PATCH",
     "INTERNVL_TILE",
     "LLAVA_15_TEMPLATE",
+    "MISTRAL3_LONGEST",
+    "MISTRAL3_MERGE",
+    "MISTRAL3_PATCH",
     "NEXT_PATCH",
     "NEXT_PINPOINTS",
     "NEXT_TILE",
@@ -98,12 +121,15 @@ __all__ = [
     "build_tiny_internvl",
     "build_tiny_internvl3_5",
     "build_tiny_gemma4",
+    "build_tiny_idefics3",
     "build_tiny_llava_15",
     "build_tiny_llava_next",
     "build_tiny_llava_onevision",
+    "build_tiny_mistral3",
     "build_tiny_qwen2_5_vl",
     "build_tiny_qwen3_vl",
     "build_tiny_qwen3_vl_moe",
+    "build_tiny_smolvlm",
     "build_tiny_llava",
     "build_tokenizer",
     "family_tokenizer",

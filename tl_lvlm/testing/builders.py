@@ -16,12 +16,15 @@ from pathlib import Path
 from tl_lvlm.testing._tiny import TinyFamilyConfig
 from tl_lvlm.testing.gemma3 import build_tiny_gemma3
 from tl_lvlm.testing.gemma4 import build_tiny_gemma4
+from tl_lvlm.testing.idefics3 import build_tiny_idefics3
 from tl_lvlm.testing.internvl import build_tiny_internvl, build_tiny_internvl3_5
 from tl_lvlm.testing.llava import build_tiny_llava_15
 from tl_lvlm.testing.llava_next import build_tiny_llava_next
 from tl_lvlm.testing.llava_onevision import build_tiny_llava_onevision
+from tl_lvlm.testing.mistral3 import build_tiny_mistral3
 from tl_lvlm.testing.qwen2_5_vl import build_tiny_qwen2_5_vl
 from tl_lvlm.testing.qwen3_vl import build_tiny_qwen3_vl, build_tiny_qwen3_vl_moe
+from tl_lvlm.testing.smolvlm import build_tiny_smolvlm
 from tl_lvlm.zoo.tiny_llava import save_atomic
 
 #: Family name -> builder of ``(hf_model, processor)``.
@@ -37,6 +40,9 @@ BUILDERS: dict[str, Callable] = {
     "gemma4": build_tiny_gemma4,
     "qwen3_vl": build_tiny_qwen3_vl,
     "qwen3_vl_moe": build_tiny_qwen3_vl_moe,
+    "idefics3": build_tiny_idefics3,
+    "smolvlm": build_tiny_smolvlm,
+    "mistral3": build_tiny_mistral3,
 }
 
 
