@@ -52,6 +52,12 @@ EXPECTED_TEXT = {
         "<|vision_end|>",
         "<|im_end|>\n<|im_start|>assistant\n",
     ),
+    "qwen2_vl": (
+        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
+        "<|vision_start|>",
+        "<|vision_end|>",
+        "<|im_end|>\n<|im_start|>assistant\n",
+    ),
 }
 
 N_RANDOM_MASKS = 32

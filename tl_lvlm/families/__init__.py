@@ -4,7 +4,8 @@
 - :func:`register_family` / :func:`family_of` (``registry``): architecture -> family.
 - :class:`PatchGeometry` (``geometry``): where image tokens lie on the image.
 - Built-in families: LLaVA-1.5 (``llava``), LLaVA-NeXT (``llava_next``), Gemma 3
-  (``gemma3``), LLaVA-OneVision (``llava_onevision``), Qwen2.5-VL (``qwen2_5_vl``).
+  (``gemma3``), LLaVA-OneVision (``llava_onevision``), Qwen2.5-VL (``qwen2_5_vl``),
+  Qwen2-VL (``qwen2_vl``).
 
 Add a family without touching tl-lvlm::
 
@@ -24,6 +25,7 @@ from tl_lvlm.families.llava import Llava15Family
 from tl_lvlm.families.llava_next import LlavaNextFamily
 from tl_lvlm.families.llava_onevision import LlavaOnevisionFamily
 from tl_lvlm.families.qwen2_5_vl import Qwen2_5_VLFamily
+from tl_lvlm.families.qwen2_vl import Qwen2VLFamily
 from tl_lvlm.families.registry import (
     FAMILIES,
     family_of,
@@ -39,6 +41,7 @@ for _family in (
     Gemma3Family,
     LlavaOnevisionFamily,
     Qwen2_5_VLFamily,
+    Qwen2VLFamily,
 ):
     register_family(_family)
 
@@ -51,6 +54,7 @@ __all__ = [
     "LlavaNextFamily",
     "LlavaOnevisionFamily",
     "PatchGeometry",
+    "Qwen2VLFamily",
     "Qwen2_5_VLFamily",
     "family_of",
     "register_family",

@@ -146,6 +146,12 @@ class LVLMFamily:
         finally:
             config.architectures = named
 
+    @contextlib.contextmanager
+    def generating(self) -> Iterator[None]:
+        """What :meth:`~tl_lvlm.model.HookedLVLM.generate` runs TransformerBridge's generation
+        loop inside, for a family whose HF model needs it (nothing by default)."""
+        yield
+
     # ---------------------------------------------------------------- analyses
     @classmethod
     def supports(cls, analysis: str) -> bool:

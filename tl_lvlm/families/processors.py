@@ -1,10 +1,12 @@
-"""Qwen2.5-VL's and LLaVA-OneVision's processors without a video processor (no torchvision).
+"""Qwen2-VL's, Qwen2.5-VL's and LLaVA-OneVision's processors without a video processor
+(no torchvision).
 
-In transformers 5, ``Qwen2_5_VLProcessor`` and ``LlavaOnevisionProcessor`` take a video
-processor, and ``ProcessorMixin.__init__`` checks every sub-processor's class against
-its modality's base class (``check_argument_for_proper_class``). The video base class
-``VideoProcessorMixin`` is only a placeholder without torchvision, so the check itself
-fails, before any video is seen. Images never need it: the image processors have PIL
+In transformers 5, ``Qwen2VLProcessor``, ``Qwen2_5_VLProcessor`` and
+``LlavaOnevisionProcessor`` take a video processor, and ``ProcessorMixin.__init__``
+checks every sub-processor's class against its modality's base class
+(``check_argument_for_proper_class``). The video base class ``VideoProcessorMixin`` is
+only a placeholder without torchvision, so the check itself fails, before any video is
+seen. Images never need it: the image processors have PIL
 backends (``Qwen2VLImageProcessorPil``, ``LlavaOnevisionImageProcessorPil``) and the
 models' forward passes need no torchvision.
 
@@ -54,20 +56,40 @@ class _SavedAsStandard:
         return saved
 
 
+def _qwen_images_only(parent: type) -> type:
+    """``parent`` (a Qwen-VL processor: image processor, tokenizer, video processor, chat
+    template) without its video processor; saved as ``parent``."""
+
+    class QwenImagesOnlyProcessor(_SavedAsStandard, parent):
+        standard_class = parent.__name__
+
+        def __init__(self, image_processor=None, tokenizer=None, chat_template=None):
+            super().__init__(image_processor, tokenizer, None, chat_template=chat_template)
+
+    # Not "<parent minus Processor>ImageProcessor": that is HF's image-processor class name.
+    QwenImagesOnlyProcessor.__name__ = QwenImagesOnlyProcessor.__qualname__ = (
+        f"{parent.__name__}ImagesOnly"
+    )
+    QwenImagesOnlyProcessor.__doc__ = (
+        f"``{parent.__name__}`` for images only (no video processor, no torchvision)."
+    )
+    return QwenImagesOnlyProcessor
+
+
 @functools.cache
 def qwen2_5_vl_processor_class() -> type:
     """``Qwen2_5_VLProcessor`` without a video processor."""
     from transformers import Qwen2_5_VLProcessor
 
-    class Qwen2_5_VLImageProcessor(_SavedAsStandard, Qwen2_5_VLProcessor):
-        """``Qwen2_5_VLProcessor`` for images only (no video processor, no torchvision)."""
+    return _qwen_images_only(Qwen2_5_VLProcessor)
 
-        standard_class = Qwen2_5_VLProcessor.__name__
 
-        def __init__(self, image_processor=None, tokenizer=None, chat_template=None):
-            super().__init__(image_processor, tokenizer, None, chat_template=chat_template)
+@functools.cache
+def qwen2_vl_processor_class() -> type:
+    """``Qwen2VLProcessor`` without a video processor."""
+    from transformers import Qwen2VLProcessor
 
-    return Qwen2_5_VLImageProcessor
+    return _qwen_images_only(Qwen2VLProcessor)
 
 
 @functools.cache
@@ -111,6 +133,11 @@ def llava_onevision_processor_class() -> type:
 def qwen2_5_vl_processor(image_processor, tokenizer, chat_template: str | None = None):
     """A ``Qwen2_5_VLProcessor`` of ``image_processor`` and ``tokenizer``, no video processor."""
     return qwen2_5_vl_processor_class()(image_processor, tokenizer, chat_template=chat_template)
+
+
+def qwen2_vl_processor(image_processor, tokenizer, chat_template: str | None = None):
+    """A ``Qwen2VLProcessor`` of ``image_processor`` and ``tokenizer``, no video processor."""
+    return qwen2_vl_processor_class()(image_processor, tokenizer, chat_template=chat_template)
 
 
 def llava_onevision_processor(

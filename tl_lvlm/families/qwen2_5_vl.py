@@ -18,6 +18,9 @@ Quirks:
 - TransformerBridge keeps the text attention native, so ``hook_attn_scores`` edits are
   discarded: the hook reference and knockout recompute attention from ``hook_q/k/v``
   (:mod:`tl_lvlm.ablation.recomputed`);
+- while generating, HF's incremental M-RoPE positions are cut to the new tokens
+  (:meth:`Qwen2_5_VLFamily.generating`): TransformerBridge's loop hands the model the
+  running attention mask, from which HF derives one position per column;
 - TransformerLens's adapter declares ``required_libraries = ["torchvision"]``, which
   neither the model nor the bridge uses; without torchvision the bridge is booted with
   that one check left out, and the processor is built without its video processor
@@ -27,6 +30,7 @@ Quirks:
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
@@ -45,12 +49,33 @@ from tl_lvlm.inputs import LVLMInputs
 
 
 @contextlib.contextmanager
-def _adapter_without_torchvision_check(architecture: str) -> Iterator[None]:
-    """TransformerLens selects, for ``architecture``, its Qwen2.5-VL adapter minus the
-    torchvision check, until the block ends (the factory's registry is restored)."""
-    from transformer_lens.factories.architecture_adapter_factory import (
-        ArchitectureAdapterFactory,
-    )
+def registered_adapter(architecture: str, adapter: type) -> Iterator[None]:
+    """TransformerLens selects ``adapter`` for ``architecture`` until the block ends.
+
+    The bridge's boot looks the architecture up in two tables: the factory's
+    ``SUPPORTED_ARCHITECTURES`` (is it supported at all?) and its registry ``_adapters``
+    (which adapter?). Both get the entry; afterwards each is restored, or the entry
+    removed where there was none.
+    """
+    from transformer_lens.factories import architecture_adapter_factory as factory
+
+    tables = (factory.SUPPORTED_ARCHITECTURES, factory.ArchitectureAdapterFactory._adapters)
+    before = [table.get(architecture) for table in tables]
+    for table in tables:
+        table[architecture] = adapter
+    try:
+        yield
+    finally:
+        for table, entry in zip(tables, before, strict=True):
+            if entry is None:
+                table.pop(architecture, None)
+            else:
+                table[architecture] = entry
+
+
+@functools.cache
+def adapter_without_torchvision_check() -> type:
+    """TransformerLens's Qwen2.5-VL adapter minus its torchvision check."""
     from transformer_lens.model_bridge.supported_architectures.qwen2_5_vl import (
         Qwen2_5_VLArchitectureAdapter,
     )
@@ -60,16 +85,7 @@ def _adapter_without_torchvision_check(architecture: str) -> Iterator[None]:
         # listed, never imported, by the adapter, the bridge and the model.
         required_libraries: list[str] = []
 
-    adapters = ArchitectureAdapterFactory._adapters
-    before = adapters.get(architecture)
-    ArchitectureAdapterFactory.register_adapter(architecture, Qwen2_5_VLAdapterNoTorchvision)
-    try:
-        yield
-    finally:
-        if before is None:
-            adapters.pop(architecture, None)
-        else:
-            adapters[architecture] = before
+    return Qwen2_5_VLAdapterNoTorchvision
 
 
 class Qwen2_5_VLFamily(LVLMFamily):
@@ -86,11 +102,18 @@ class Qwen2_5_VLFamily(LVLMFamily):
         return load_image_processor_only(qwen2_5_vl_processor_class(), path)
 
     @classmethod
+    def bridge_adapter(cls) -> type | None:
+        """The TransformerLens adapter registered for the boot, or None for TransformerLens's
+        own: its Qwen2.5-VL adapter, minus the torchvision check where torchvision is missing."""
+        return None if torchvision_available() else adapter_without_torchvision_check()
+
+    @classmethod
     def boot_bridge(cls, name: str, hf_model: torch.nn.Module, tokenizer):
-        if torchvision_available():
+        adapter = cls.bridge_adapter()
+        if adapter is None:
             return super().boot_bridge(name, hf_model, tokenizer)
         # The bridge selects its adapter by the HF class's name (see the base class).
-        with _adapter_without_torchvision_check(type(hf_model).__name__):
+        with registered_adapter(type(hf_model).__name__, adapter):
             return super().boot_bridge(name, hf_model, tokenizer)
 
     # ----------------------------------------------------------------- inputs
@@ -128,6 +151,32 @@ class Qwen2_5_VLFamily(LVLMFamily):
             "attention_mask": inputs.attention_mask,
             "position_ids": self.position_ids(inputs),
         }
+
+    @contextlib.contextmanager
+    def generating(self) -> Iterator[None]:
+        """Cut HF's incremental M-RoPE positions to the new tokens while generating.
+
+        TransformerBridge's loop calls the model once per step with the running attention
+        mask over prompt and new tokens. HF's ``compute_3d_position_ids`` then returns one
+        position per mask column (mask cumsum + rope delta), since HF's own ``generate``
+        cuts those to the uncached tokens before the forward; here the same cut (the last
+        ``inputs_embeds.shape[1]`` positions) is made inside the forward. Positions of the
+        prefill (the whole prompt) are unchanged.
+        """
+        model = self.hf_model.model
+        original = model.compute_3d_position_ids
+
+        def new_tokens_only(*args, **kwargs):
+            positions = original(*args, **kwargs)
+            if positions is None:
+                return None
+            return positions[..., -kwargs["inputs_embeds"].shape[1] :]
+
+        model.compute_3d_position_ids = new_tokens_only
+        try:
+            yield
+        finally:
+            del model.compute_3d_position_ids
 
     @property
     def image_size(self) -> int:

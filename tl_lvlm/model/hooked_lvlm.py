@@ -479,16 +479,18 @@ class HookedLVLM:
                 "positions come with inputs, and the output is the continuation only; "
                 "for the prompt's cache use run_with_cache(inputs)"
             )
-        with hook_embed_at_residual_input(self):
+        # The family's forward inputs (Qwen-VL repacks pixel_values); position ids are left
+        # to the bridge and HF, which extend them step by step (M-RoPE from the grids).
+        forward = self.family.model_kwargs(inputs)
+        del forward["position_ids"]
+        with self.family.generating(), hook_embed_at_residual_input(self):
             out = self.bridge.generate(
                 inputs.input_ids,
                 max_new_tokens=max_new_tokens,
                 do_sample=do_sample,
                 verbose=verbose,
                 return_type="tokens",
-                pixel_values=inputs.pixel_values,
-                attention_mask=inputs.attention_mask,
-                **inputs.extra,
+                **forward,
                 **kwargs,
             )
         new = out[:, inputs.seq_len :]

@@ -2,7 +2,8 @@
 of every registered family, saved in Hugging Face format, and test images.
 
 - :func:`save_tiny_family` / :data:`BUILDERS`: a tiny ``(hf_model, processor)`` per family
-  (``"llava"``, ``"llava_next"``, ``"gemma3"``, ``"llava_onevision"``, ``"qwen2_5_vl"``, ...),
+  (``"llava"``, ``"llava_next"``, ``"gemma3"``, ``"llava_onevision"``, ``"qwen2_5_vl"``,
+  ``"qwen2_vl"``, ...),
   written with ``save_pretrained`` so ``HookedLVLM.from_pretrained(path)`` loads it as it
   loads a hub checkpoint. Forward passes take milliseconds on a CPU; no torchvision needed.
 - :func:`build_tiny_llava` / :func:`save_tiny_llava` (:class:`TinyLlavaConfig`): a tiny
@@ -30,6 +31,7 @@ from tl_lvlm.testing.llava_onevision import (
     build_tiny_llava_onevision,
 )
 from tl_lvlm.testing.qwen2_5_vl import QWEN_MERGE, QWEN_PATCH, build_tiny_qwen2_5_vl
+from tl_lvlm.testing.qwen2_vl import build_tiny_qwen2_vl
 from tl_lvlm.zoo.questions import DIGIT_WORDS
 from tl_lvlm.zoo.tiny_llava import (
     IMAGE_TOKEN,
@@ -76,6 +78,7 @@ __all__ = [
     "build_tiny_llava_next",
     "build_tiny_llava_onevision",
     "build_tiny_qwen2_5_vl",
+    "build_tiny_qwen2_vl",
     "build_tiny_llava",
     "build_tokenizer",
     "family_tokenizer",
