@@ -10,8 +10,9 @@ queries, and ElasticNet maps masks to the normalized target logit
 A coefficient is a patch's attribution (positive: keeping the patch raises the
 answer's logit). The model's family says how its image tokens lie on the image
 (:class:`~tl_lvlm.families.PatchGeometry`: LLaVA-1.5 lays them out row by row over
-the CLIP patch grid of the centre crop), so the ``n_image`` coefficients reshape to
-a ``[rows, cols]`` map; families without one grid refuse, naming the reason.
+the CLIP patch grid of the centre crop; LLaVA-NeXT's base image and tiles make one map
+on the tile grid), so the ``n_image`` coefficients become a ``[rows, cols]`` map; families
+without a geometry refuse, naming the reason.
 
 :func:`object_mass` compares the attribution on an object's patches with the
 background's (the paper: image information sits in object *and* background
@@ -128,7 +129,7 @@ def image_token_attribution(
     Raises:
         NoImageEffectError: ``clean - all ablated < min_logit_gap``.
         ValueError: a ``"mean"`` baseline without reference.
-        NotImplementedError: the family has no single patch grid for its image tokens.
+        NotImplementedError: the family defines no patch geometry for its image tokens.
     """
     geometry = model.family.patch_geometry(model.processor, sample)
     baseline = resolve_baseline(model, baseline, reference, sample)

@@ -2,7 +2,8 @@
 
 - :class:`LVLMFamily` (``base``): capabilities as class attributes, quirks as methods.
 - :func:`register_family` / :func:`family_of` (``registry``): architecture -> family.
-- :class:`PatchGeometry` (``geometry``): where image tokens lie on the image.
+- :class:`PatchGeometry`, :class:`TiledPatchGeometry` (``geometry``): where image tokens lie
+  on the image.
 - Built-in families: LLaVA-1.5 (``llava``), LLaVA-NeXT (``llava_next``), Gemma 3
   (``gemma3``), LLaVA-OneVision (``llava_onevision``), Qwen2.5-VL (``qwen2_5_vl``),
   Qwen2-VL (``qwen2_vl``).
@@ -20,7 +21,7 @@ Add a family without touching tl-lvlm::
 
 from tl_lvlm.families.base import ANALYSES, LVLMFamily
 from tl_lvlm.families.gemma3 import Gemma3Family
-from tl_lvlm.families.geometry import PatchGeometry
+from tl_lvlm.families.geometry import PatchGeometry, TiledPatchGeometry
 from tl_lvlm.families.llava import Llava15Family
 from tl_lvlm.families.llava_next import LlavaNextFamily
 from tl_lvlm.families.llava_onevision import LlavaOnevisionFamily
@@ -55,6 +56,7 @@ __all__ = [
     "LlavaOnevisionFamily",
     "PatchGeometry",
     "Qwen2VLFamily",
+    "TiledPatchGeometry",
     "Qwen2_5_VLFamily",
     "family_of",
     "register_family",
