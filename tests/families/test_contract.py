@@ -9,7 +9,9 @@ with ``save_pretrained`` and loaded with ``HookedLVLM.from_pretrained(path)``:
 - the AblationEngine equals the hook reference (<= 1e-4) in both scopes, on 32 random
   masks plus the all-kept and all-ablated ones (and on per-position masks);
 - attention knockout equals HF's own attention with the blocked pairs masked;
-- head attribution runs end to end.
+- head attribution runs end to end;
+- an analysis the family (or its checkpoint's layers) refuses raises ``NotImplementedError``
+  naming the family and the reason instead.
 
 ``docs/families.md`` cites these tests by id; ``test_docs_families`` checks every citation.
 """
@@ -53,6 +55,12 @@ EXPECTED_TEXT = {
         "<|im_end|>\n<|im_start|>assistant\n",
     ),
     "qwen2_vl": (
+        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
+        "<|vision_start|>",
+        "<|vision_end|>",
+        "<|im_end|>\n<|im_start|>assistant\n",
+    ),
+    "qwen3_5": (
         "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
         "<|vision_start|>",
         "<|vision_end|>",
@@ -131,9 +139,22 @@ def _reference(model, sample, baseline, masks, scope: str, target: int) -> torch
         return model.final_logits(rows, hooks)[:, target]
 
 
+def _refused(model, analysis: str) -> bool:
+    """Whether the model refuses ``analysis``; then ``require`` says so, naming the family."""
+    if model.family.supports(analysis):
+        return False
+    with pytest.raises(NotImplementedError, match=f"{model.family.name} does not support"):
+        model.family.require(analysis)
+    return True
+
+
 @pytest.mark.parametrize("scope", ["text", "all"])
 def test_engine_equals_hook_reference(model, scope):
     reference = model.prepare(random_images(3, 28, seed=5), QUESTIONS[0])
+    if _refused(model, "ablation"):
+        with pytest.raises(NotImplementedError, match="does not support ablation"):
+            image_kv_baseline(model, reference)
+        return
     baseline = image_kv_baseline(model, reference)
     sample = model.prepare(random_images(1, 28, seed=1), QUESTIONS[0])
     engine = AblationEngine(model, sample, baseline, scope=scope)
@@ -177,6 +198,12 @@ AttentionMaskInterface.register("families_masked_eager", eager_mask)
 
 
 def test_knockout_matches_masked_hugging_face(family, model):
+    if _refused(model, "knockout"):
+        inputs = model.prepare(random_images(1, 28, seed=3), QUESTIONS[0])
+        with pytest.raises(NotImplementedError, match="does not support knockout"):
+            with knockout(model, inputs, ("image", "final"), [1]):
+                pass
+        return
     hf = _hf(family, attn_implementation={"text_config": "families_masked_eager", "": "eager"})
     inputs = model.prepare(random_images(2, 28, seed=3), QUESTIONS)
     keys, queries = inputs.group_mask("image"), inputs.group_mask("final")
@@ -200,6 +227,10 @@ def test_head_attribution_runs_end_to_end(model):
     # image heads (clean above all-ablated) in every family, so the fit runs.
     samples = [(image, QUESTIONS[0]) for image in random_images(3, 28, seed=4)]
     n_components = model.n_layers * model.n_heads
+    if _refused(model, "ablation"):
+        with pytest.raises(NotImplementedError, match="does not support ablation"):
+            head_attribution(model, samples, n_masks=4 * n_components, progress=False)
+        return
     result = head_attribution(
         model, samples, n_masks=4 * n_components, min_logit_gap=0.0, progress=False
     )

@@ -6,7 +6,7 @@
   on the image.
 - Built-in families: LLaVA-1.5 (``llava``), LLaVA-NeXT (``llava_next``), Gemma 3
   (``gemma3``), LLaVA-OneVision (``llava_onevision``), Qwen2.5-VL (``qwen2_5_vl``),
-  Qwen2-VL (``qwen2_vl``).
+  Qwen2-VL (``qwen2_vl``), Qwen3.5 (``qwen3_5``; hybrid decoder, head ablation refused).
 
 Add a family without touching tl-lvlm::
 
@@ -27,6 +27,7 @@ from tl_lvlm.families.llava_next import LlavaNextFamily
 from tl_lvlm.families.llava_onevision import LlavaOnevisionFamily
 from tl_lvlm.families.qwen2_5_vl import Qwen2_5_VLFamily
 from tl_lvlm.families.qwen2_vl import Qwen2VLFamily
+from tl_lvlm.families.qwen3_5 import Qwen3_5Family
 from tl_lvlm.families.registry import (
     FAMILIES,
     family_of,
@@ -43,6 +44,7 @@ for _family in (
     LlavaOnevisionFamily,
     Qwen2_5_VLFamily,
     Qwen2VLFamily,
+    Qwen3_5Family,
 ):
     register_family(_family)
 
@@ -58,6 +60,7 @@ __all__ = [
     "Qwen2VLFamily",
     "TiledPatchGeometry",
     "Qwen2_5_VLFamily",
+    "Qwen3_5Family",
     "family_of",
     "register_family",
     "registered_families",

@@ -93,6 +93,14 @@ def qwen2_vl_processor_class() -> type:
 
 
 @functools.cache
+def qwen3_vl_processor_class() -> type:
+    """``Qwen3VLProcessor`` (Qwen3-VL's and Qwen3.5's) without a video processor."""
+    from transformers import Qwen3VLProcessor
+
+    return _qwen_images_only(Qwen3VLProcessor)
+
+
+@functools.cache
 def llava_onevision_processor_class() -> type:
     """``LlavaOnevisionProcessor`` without a video processor."""
     from transformers import LlavaOnevisionProcessor
@@ -138,6 +146,11 @@ def qwen2_5_vl_processor(image_processor, tokenizer, chat_template: str | None =
 def qwen2_vl_processor(image_processor, tokenizer, chat_template: str | None = None):
     """A ``Qwen2VLProcessor`` of ``image_processor`` and ``tokenizer``, no video processor."""
     return qwen2_vl_processor_class()(image_processor, tokenizer, chat_template=chat_template)
+
+
+def qwen3_vl_processor(image_processor, tokenizer, chat_template: str | None = None):
+    """A ``Qwen3VLProcessor`` of ``image_processor`` and ``tokenizer``, no video processor."""
+    return qwen3_vl_processor_class()(image_processor, tokenizer, chat_template=chat_template)
 
 
 def llava_onevision_processor(

@@ -74,18 +74,17 @@ def registered_adapter(architecture: str, adapter: type) -> Iterator[None]:
 
 
 @functools.cache
-def adapter_without_torchvision_check() -> type:
-    """TransformerLens's Qwen2.5-VL adapter minus its torchvision check."""
-    from transformer_lens.model_bridge.supported_architectures.qwen2_5_vl import (
-        Qwen2_5_VLArchitectureAdapter,
-    )
+def adapter_without_torchvision_check(adapter: type | None = None) -> type:
+    """TransformerLens's ``adapter`` (default its Qwen2.5-VL adapter) minus its torchvision
+    check."""
+    if adapter is None:
+        from transformer_lens.model_bridge.supported_architectures.qwen2_5_vl import (
+            Qwen2_5_VLArchitectureAdapter as adapter,
+        )
 
-    class Qwen2_5_VLAdapterNoTorchvision(Qwen2_5_VLArchitectureAdapter):
-        # The adapter's component mapping and config are untouched; torchvision is only
-        # listed, never imported, by the adapter, the bridge and the model.
-        required_libraries: list[str] = []
-
-    return Qwen2_5_VLAdapterNoTorchvision
+    # The adapter's component mapping and config are untouched; torchvision is only
+    # listed, never imported, by the adapter, the bridge and the model.
+    return type(f"{adapter.__name__}NoTorchvision", (adapter,), {"required_libraries": []})
 
 
 class Qwen2_5_VLFamily(LVLMFamily):

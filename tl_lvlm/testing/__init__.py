@@ -3,7 +3,7 @@ of every registered family, saved in Hugging Face format, and test images.
 
 - :func:`save_tiny_family` / :data:`BUILDERS`: a tiny ``(hf_model, processor)`` per family
   (``"llava"``, ``"llava_next"``, ``"gemma3"``, ``"llava_onevision"``, ``"qwen2_5_vl"``,
-  ``"qwen2_vl"``, ...),
+  ``"qwen2_vl"``, ``"qwen3_5"``, ...),
   written with ``save_pretrained`` so ``HookedLVLM.from_pretrained(path)`` loads it as it
   loads a hub checkpoint. Forward passes take milliseconds on a CPU; no torchvision needed.
 - :func:`build_tiny_llava` / :func:`save_tiny_llava` (:class:`TinyLlavaConfig`): a tiny
@@ -32,6 +32,7 @@ from tl_lvlm.testing.llava_onevision import (
 )
 from tl_lvlm.testing.qwen2_5_vl import QWEN_MERGE, QWEN_PATCH, build_tiny_qwen2_5_vl
 from tl_lvlm.testing.qwen2_vl import build_tiny_qwen2_vl
+from tl_lvlm.testing.qwen3_5 import QWEN3_5_LAYER_TYPES, build_tiny_qwen3_5
 from tl_lvlm.zoo.questions import DIGIT_WORDS
 from tl_lvlm.zoo.tiny_llava import (
     IMAGE_TOKEN,
@@ -67,6 +68,7 @@ __all__ = [
     "OV_PINPOINTS",
     "OV_TILE",
     "QWEN_MERGE",
+    "QWEN3_5_LAYER_TYPES",
     "QWEN_PATCH",
     "SPECIAL_TOKENS",
     "TEST_QUESTIONS",
@@ -79,6 +81,7 @@ __all__ = [
     "build_tiny_llava_onevision",
     "build_tiny_qwen2_5_vl",
     "build_tiny_qwen2_vl",
+    "build_tiny_qwen3_5",
     "build_tiny_llava",
     "build_tokenizer",
     "family_tokenizer",

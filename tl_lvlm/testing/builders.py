@@ -20,6 +20,7 @@ from tl_lvlm.testing.llava_next import build_tiny_llava_next
 from tl_lvlm.testing.llava_onevision import build_tiny_llava_onevision
 from tl_lvlm.testing.qwen2_5_vl import build_tiny_qwen2_5_vl
 from tl_lvlm.testing.qwen2_vl import build_tiny_qwen2_vl
+from tl_lvlm.testing.qwen3_5 import build_tiny_qwen3_5
 from tl_lvlm.zoo.tiny_llava import save_atomic
 
 #: Family name -> builder of ``(hf_model, processor)``.
@@ -30,6 +31,7 @@ BUILDERS: dict[str, Callable] = {
     "llava_onevision": build_tiny_llava_onevision,
     "qwen2_5_vl": build_tiny_qwen2_5_vl,
     "qwen2_vl": build_tiny_qwen2_vl,
+    "qwen3_5": build_tiny_qwen3_5,
 }
 
 
