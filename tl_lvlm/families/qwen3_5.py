@@ -6,8 +6,8 @@ tower (learned, interpolated position embeddings) and patch merger.
 What tl-lvlm reads is Qwen2.5-VL's (:class:`~tl_lvlm.families.qwen2_5_vl.Qwen2_5_VLFamily`):
 the image prompt and pad expansion, per-row ``pixel_values``, M-RoPE positions from HF's
 ``get_rope_index`` (same signature), the cut of incremental positions while generating.
-Loading, logits and greedy generation work (equal to HF's). Image-K/V head ablation (and so the engine,
-head attribution and image-token attribution) is refused by the generic check
+Loading, logits and greedy generation work (equal to HF's). Image-K/V head ablation (and so
+the engine, head attribution and image-token attribution) is refused by the generic check
 (:meth:`~tl_lvlm.families.base.LVLMFamily.refusals`), naming the linear-attention layers read
 from the decoder config's ``layer_types``: a linear-attention layer has no softmax head whose
 image keys and values could be replaced. Knockout is refused too: the bridge keeps the
