@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from tiny_families import family_model, greedy_image_attribution
 
-from tl_lvlm.analysis.image_tokens import object_mass, patch_mask
+from tl_lvlm.analysis.image_tokens import object_mass, patch_mask, plot_image_attribution
 from tl_lvlm.families import PatchGeometry
 from tl_lvlm.families.geometry import TiledPatchGeometry
 from tl_lvlm.testing import random_images
@@ -98,6 +98,22 @@ def test_tiled_patch_mask_counts_only_the_image_part_of_a_cell():
     mask[:12] = True  # rows 0-11: 12 of the 20 image rows of tile row 0 (30 with padding)
     assert _tiled().patch_mask(mask).tolist() == [[True] * 4, [False] * 4]
     assert _tiled().region(40, 80) == (0, 0, 40, 80)
+    assert _tiled().map_extent(40, 80) == pytest.approx((-10, 0, 50, 80))
+    assert PatchGeometry(4, 4, "center").map_extent(28, 56) == (0, 14, 28, 42)
+
+
+def test_tiled_map_is_drawn_on_its_extent(tmp_path):
+    """The overlay spans the grid's extent (past the image here), the axes the image."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    mask = np.zeros((40, 80), bool)
+    mask[:12] = True
+    path = tmp_path / "map.png"
+    image = np.zeros((40, 80, 3), np.uint8)
+    coef = np.arange(8.0).reshape(2, 4)
+    plot_image_attribution(coef, image, path, geometry=_tiled(), object_mask=mask)
+    assert path.stat().st_size > 0
 
 
 def test_tiled_geometry_checks_its_grids():

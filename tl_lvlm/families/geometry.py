@@ -84,6 +84,11 @@ class PatchGeometry:
             )
         return boxes
 
+    def map_extent(self, height: int, width: int) -> tuple[float, float, float, float]:
+        """``(top, left, bottom, right)`` of the map's grid in the original image's pixels."""
+        top, left, h, w = self.region(height, width)
+        return top, left, top + h, left + w
+
     def region(self, height: int, width: int) -> tuple[int, int, int, int]:
         """``(top, left, height, width)`` of the original image that the grid covers."""
         if self.crop == "stretch":
@@ -190,8 +195,12 @@ class TiledPatchGeometry(PatchGeometry):
             )
         return boxes
 
+    def map_extent(self, height: int, width: int) -> tuple[float, float, float, float]:
+        top, left, bottom, right = self.extent
+        return top * height, left * width, bottom * height, right * width
+
     def region(self, height: int, width: int) -> tuple[int, int, int, int]:
-        """The tile grid's extent, rounded and clipped to the image (for drawing)."""
+        """The tile grid's extent, rounded and clipped to the image (the part drawn)."""
         top, left, bottom, right = self.extent
         t, lf = max(0, round(top * height)), max(0, round(left * width))
         b, r = min(height, round(bottom * height)), min(width, round(right * width))
