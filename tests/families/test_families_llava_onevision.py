@@ -11,7 +11,7 @@ import pytest
 import torch
 from tiny_families import family_model, family_path, greedy_image_attribution, sized_images
 
-from tl_lvlm.families import PatchGeometry
+from tl_lvlm.families.geometry import TiledPatchGeometry
 from tl_lvlm.families.processors import torchvision_available
 from tl_lvlm.testing import OV_PATCH, OV_TILE
 
@@ -77,20 +77,28 @@ def test_image_group_is_base_image_then_tiles_with_newlines(model):
         assert torch.equal(is_newline, expected)
 
 
-def test_image_token_map_is_the_base_image_grid(model):
-    """The map is the base image's 4 x 4 grid over the whole (stretched) image; the tiles'
-    and newlines' tokens are ablated too but left out of the map."""
+def test_image_token_map_combines_the_base_image_and_the_tiles(model):
+    """One map on the unpadded tile grid (4 x 6 for a 28 x 40 image, one feature column of
+    the canvas's padding kept on each side), the base grid spread over it; newlines are
+    ablated but left out of the map."""
     sample = model.prepare(sized_images((28, 40), seed=3), QUESTIONS[1])
     result = greedy_image_attribution(model, sample, n_masks=80)
     n_image = sample.positions("image", 0).numel()
     assert n_image == SIDE**2 + 4 * (6 + 1)
-    assert result.geometry == PatchGeometry(SIDE, SIDE, "stretch", tokens=tuple(range(SIDE**2)))
-    assert result.coef.shape == (SIDE, SIDE)
-    # An object on the left quarter of the image covers the base grid's first column.
+    geometry = result.geometry
+    assert isinstance(geometry, TiledPatchGeometry)
+    assert geometry.base_tokens == tuple(range(SIDE**2))
+    assert geometry.tokens == tuple(SIDE**2 + 7 * r + c for r in range(4) for c in range(6))
+    # 28 x 40 -> 28 x 40 on the 28 x 56 canvas, 8 columns of padding left; HF keeps canvas
+    # feature columns 1-6, i.e. canvas pixels [7, 49) = image columns [-1, 41).
+    assert geometry.extent == pytest.approx((0.0, -1 / 40, 1.0, 41 / 40))
+    assert result.coef.shape == (4, 6)
+    np.testing.assert_allclose(result.coef, geometry.to_map(result.fit.coef))
+    # An object on the left quarter: tile columns [-1, 6) and [6, 13) are at least half object.
     mask = np.zeros((28, 40), bool)
     mask[:, :10] = True
     mass = result.object_mass(mask)
-    assert (mass.n_object, mass.n_background) == (SIDE, SIDE * (SIDE - 1))
+    assert (mass.n_object, mass.n_background) == (8, 16)
 
 
 def test_with_torchvision_the_standard_processor_is_used(monkeypatch):
@@ -101,3 +109,16 @@ def test_with_torchvision_the_standard_processor_is_used(monkeypatch):
     monkeypatch.setattr(processors, "torchvision_available", lambda: True)
     with pytest.raises(ImportError, match="LlavaOnevisionVideoProcessor requires the Torchvision"):
         type(family_model("llava_onevision").family).load_processor(family_path("llava_onevision"))
+
+
+def test_map_of_an_interpolated_tile_grid(model, monkeypatch):
+    """With ``anyres_max_1`` HF interpolates a 60 x 60 image's 8 x 8 tile features down to
+    4 x 4 (and the processor counts as many tokens): the map is that grid, same extent."""
+    monkeypatch.setattr(model.config, "vision_aspect_ratio", "anyres_max_1")
+    monkeypatch.setattr(model.processor, "vision_aspect_ratio", "anyres_max_1")
+    sample = model.prepare(sized_images((60, 60), seed=0), QUESTIONS[0])
+    assert sample.positions("image", 0).numel() == SIDE**2 + 4 * (4 + 1)
+    geometry = model.family.patch_geometry(model.processor, sample)
+    assert geometry.shape == (4, 4) and geometry.base_tokens == tuple(range(SIDE**2))
+    assert geometry.extent == pytest.approx((0.0, 0.0, 1.0, 1.0))
+    assert model.family.image_token_sources(sample)[SIDE**2, 1] % 1 != 0  # blended rows

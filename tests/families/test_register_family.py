@@ -134,9 +134,11 @@ def test_refused_analyses_are_refused_by_name(model, monkeypatch):
         "knockout": "no knockout here",
         "image_attribution": "no maps here",
     }
-    monkeypatch.setattr(QALlavaFamily, "refused_analyses", reasons)
     sample = model.prepare(random_images(1, 28, seed=1), QUESTION)
     baseline = image_kv_baseline(model, sample, "zero")
+    monkeypatch.setattr(QALlavaFamily, "refused_analyses", reasons)
+    with pytest.raises(NotImplementedError, match="QA LLaVA does not support ablation: no abl"):
+        image_kv_baseline(model, sample, "zero")
     keep = torch.ones(1, model.n_layers, model.n_heads, dtype=torch.bool)
     with pytest.raises(NotImplementedError, match="QA LLaVA does not support ablation: no abl"):
         image_kv_ablation_hooks(model, sample, baseline, keep)
@@ -152,4 +154,4 @@ def test_refused_analyses_are_refused_by_name(model, monkeypatch):
     with pytest.raises(NotImplementedError, match="does not support image attribution: no maps"):
         image_token_attribution(model, sample, baseline="zero", n_masks=20, progress=False)
     with pytest.raises(ValueError, match="unknown analysis 'flow'"):
-        QALlavaFamily.supports("flow")
+        model.family.supports("flow")

@@ -128,9 +128,13 @@ def image_kv_baseline(
     Returns:
         :class:`ImageKVBaseline` with ``k``, ``v`` ``[n_layers, n_kv_heads, n_image, d_head]``
         in the model's dtype and device.
+
+    Raises:
+        NotImplementedError: the model refuses image-K/V ablation (its reason named).
     """
     if kind not in BASELINE_KINDS:
         raise ValueError(f"unknown baseline kind {kind!r}; expected one of {BASELINE_KINDS}")
+    model.family.require("ablation")  # a baseline is for image-K/V ablation only
     spans = {unpadded_image_span(inputs, r) for r in range(inputs.batch_size)}
     if len(spans) != 1:
         raise ValueError(

@@ -10,8 +10,9 @@ queries, and ElasticNet maps masks to the normalized target logit
 A coefficient is a patch's attribution (positive: keeping the patch raises the
 answer's logit). The model's family says how its image tokens lie on the image
 (:class:`~tl_lvlm.families.PatchGeometry`: LLaVA-1.5 lays them out row by row over
-the CLIP patch grid of the centre crop), so the ``n_image`` coefficients reshape to
-a ``[rows, cols]`` map; families without one grid refuse, naming the reason.
+the CLIP patch grid of the centre crop; LLaVA-NeXT's base image and tiles make one map
+on the tile grid), so the ``n_image`` coefficients become a ``[rows, cols]`` map; families
+without a geometry refuse, naming the reason.
 
 :func:`object_mass` compares the attribution on an object's patches with the
 background's (the paper: image information sits in object *and* background
@@ -142,8 +143,9 @@ def image_token_attribution(
         NoImageEffectError: ``clean - all ablated < min_logit_gap``.
         ValueError: a ``"mean"`` baseline without reference; too few masks; a labelled
             sample the model answers otherwise.
-        NotImplementedError: the family has no single patch grid for its image tokens.
+        NotImplementedError: the family has no patch geometry for its image tokens.
     """
+    model.family.require("image_attribution")
     cfg = (config or IMAGE_TOKEN_DEFAULTS).updated(**settings)
     if cfg.n_masks == "auto":
         raise ValueError("image_token_attribution takes a fixed n_masks, not 'auto'")
@@ -353,9 +355,11 @@ def plot_image_attribution(
     pixels = np.asarray(Image.fromarray(np.asarray(image)).convert("L"))
     geometry = _geometry(coef, geometry)
     top, left, height, width = geometry.region(*pixels.shape[:2])
+    # The map's grid in the image's pixels; a tiled grid may reach past the shown region.
+    y0, x0, y1, x1 = geometry.map_extent(*pixels.shape[:2])
     fig, ax = new_figure(ax, figsize=(4.5, 4))
-    extent = (0, width, height, 0)
-    ax.imshow(pixels[top : top + height, left : left + width], cmap="gray", extent=extent)
+    shown = (left, left + width, top + height, top)
+    ax.imshow(pixels[top : top + height, left : left + width], cmap="gray", extent=shown)
     vmax = float(np.abs(coef).max()) or 1.0
     overlay = ax.imshow(
         coef,
@@ -363,14 +367,15 @@ def plot_image_attribution(
         vmin=-vmax,
         vmax=vmax,
         alpha=alpha,
-        extent=extent,
+        extent=(x0, x1, y1, y0),
         interpolation="nearest",
     )
+    ax.set(xlim=shown[:2], ylim=shown[2:])
     if object_mask is not None:
         # Upsampled with repeats, so that the outline follows the patch edges.
         fine = np.kron(geometry.patch_mask(object_mask), np.ones((16, 16)))
-        ys = (np.arange(fine.shape[0]) + 0.5) * height / fine.shape[0]
-        xs = (np.arange(fine.shape[1]) + 0.5) * width / fine.shape[1]
+        ys = y0 + (np.arange(fine.shape[0]) + 0.5) * (y1 - y0) / fine.shape[0]
+        xs = x0 + (np.arange(fine.shape[1]) + 0.5) * (x1 - x0) / fine.shape[1]
         ax.contour(xs, ys, fine, levels=[0.5], colors="k", linewidths=1.5)
     fig.colorbar(overlay, ax=ax, label="coefficient")
     ax.set(title=title, xticks=[], yticks=[])

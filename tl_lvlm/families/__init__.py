@@ -2,7 +2,8 @@
 
 - :class:`LVLMFamily` (``base``): capabilities as class attributes, quirks as methods.
 - :func:`register_family` / :func:`family_of` (``registry``): architecture -> family.
-- :class:`PatchGeometry` (``geometry``): where image tokens lie on the image.
+- :class:`PatchGeometry`, :class:`TiledPatchGeometry` (``geometry``): where image tokens lie
+  on the image.
 - Built-in families: LLaVA-1.5 (``llava``), LLaVA-NeXT (``llava_next``), Gemma 3
   (``gemma3``), LLaVA-OneVision (``llava_onevision``), Qwen2.5-VL (``qwen2_5_vl``),
   InternVL (``internvl``).
@@ -10,6 +11,7 @@
   (``gemma3``), LLaVA-OneVision (``llava_onevision``), Qwen2.5-VL (``qwen2_5_vl``), Qwen3-VL and
   Qwen3-VL-MoE (``qwen3_vl``).
   Idefics3 (``idefics3``), SmolVLM (``smolvlm``), Mistral 3 (``mistral3``).
+  Qwen2-VL (``qwen2_vl``), Qwen3.5 (``qwen3_5``; hybrid decoder, head ablation refused).
 
 Add a family without touching tl-lvlm::
 
@@ -25,7 +27,7 @@ Add a family without touching tl-lvlm::
 from tl_lvlm.families.base import ANALYSES, LVLMFamily
 from tl_lvlm.families.gemma3 import Gemma3Family
 from tl_lvlm.families.gemma4 import Gemma4Family
-from tl_lvlm.families.geometry import PatchGeometry
+from tl_lvlm.families.geometry import PatchGeometry, TiledPatchGeometry
 from tl_lvlm.families.idefics3 import Idefics3Family
 from tl_lvlm.families.internvl import InternVLFamily
 from tl_lvlm.families.llava import Llava15Family
@@ -33,6 +35,8 @@ from tl_lvlm.families.llava_next import LlavaNextFamily
 from tl_lvlm.families.llava_onevision import LlavaOnevisionFamily
 from tl_lvlm.families.mistral3 import Mistral3Family
 from tl_lvlm.families.qwen2_5_vl import Qwen2_5_VLFamily
+from tl_lvlm.families.qwen2_vl import Qwen2VLFamily
+from tl_lvlm.families.qwen3_5 import Qwen3_5Family
 from tl_lvlm.families.qwen3_vl import Qwen3VLFamily, Qwen3VLMoeFamily
 from tl_lvlm.families.registry import (
     FAMILIES,
@@ -57,6 +61,8 @@ for _family in (
     Idefics3Family,
     SmolVLMFamily,
     Mistral3Family,
+    Qwen2VLFamily,
+    Qwen3_5Family,
 ):
     register_family(_family)
 
@@ -73,10 +79,13 @@ __all__ = [
     "LlavaOnevisionFamily",
     "Mistral3Family",
     "PatchGeometry",
+    "Qwen2VLFamily",
+    "TiledPatchGeometry",
     "Qwen2_5_VLFamily",
     "Qwen3VLFamily",
     "Qwen3VLMoeFamily",
     "SmolVLMFamily",
+    "Qwen3_5Family",
     "family_of",
     "register_family",
     "registered_families",

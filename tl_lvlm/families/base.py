@@ -115,7 +115,10 @@ class LVLMFamily:
             when the bridge boots; None = the HF class's name. For a variant whose modules
             an adapter of another architecture maps exactly.
         unsupported: why the whole family is refused at load time, or None.
-        refused_analyses: analysis (:data:`ANALYSES`) -> why this family refuses it.
+        refused_analyses: analysis (:data:`ANALYSES`) -> why this family refuses it (a
+            model also refuses what its checkpoint's layers rule out: :meth:`refusals`).
+        softmax_layer_types: the decoder config's ``layer_types`` that are softmax
+            attention over positions (:meth:`non_softmax_layers`).
 
     Args:
         hf_model: the family's Hugging Face model (the bridge may have wrapped its
@@ -135,6 +138,9 @@ class LVLMFamily:
     bridge_architecture: ClassVar[str | None] = None
     unsupported: ClassVar[str | None] = None
     refused_analyses: ClassVar[Mapping[str, str]] = {}
+    softmax_layer_types: ClassVar[frozenset[str]] = frozenset(
+        {"full_attention", "sliding_attention", "chunked_attention"}
+    )
 
     def __init__(self, hf_model: torch.nn.Module):
         self.hf_model = hf_model
@@ -184,21 +190,51 @@ class LVLMFamily:
             config.architectures = named
 
     # ---------------------------------------------------------------- analyses
-    @classmethod
-    def supports(cls, analysis: str) -> bool:
-        """Whether this family runs ``analysis`` (one of :data:`ANALYSES`)."""
+    def non_softmax_layers(self) -> dict[int, str]:
+        """Decoder layers whose attention is not softmax attention over positions, with their
+        type: the decoder config's ``layer_types`` entries outside
+        :attr:`softmax_layer_types` (e.g. the ``"linear_attention"`` layers of hybrid models
+        such as Qwen3.5). Empty when every layer is softmax attention or the config lists
+        no layer types."""
+        types = getattr(self.decoder_config, "layer_types", None) or ()
+        return {i: t for i, t in enumerate(types) if t not in self.softmax_layer_types}
+
+    def softmax_layers(self) -> list[int]:
+        """The decoder layers that are softmax attention over positions."""
+        other = self.non_softmax_layers()
+        return [i for i in range(int(self.decoder_config.num_hidden_layers)) if i not in other]
+
+    def refusals(self) -> dict[str, str]:
+        """Analysis -> why this model refuses it: :attr:`refused_analyses`, and where some
+        decoder layers are not softmax attention (:meth:`non_softmax_layers`) image-K/V
+        ablation and the engine (so head and image-token attribution), which replace
+        softmax attention's keys and values per head and position."""
+        out = dict(self.refused_analyses)
+        layers = self.non_softmax_layers()
+        if layers:
+            kinds = sorted(set(layers.values()))
+            reason = (
+                f"decoder layers {sorted(layers)} are {' / '.join(kinds)}, not softmax "
+                "attention over positions, and image-K/V head ablation replaces a softmax "
+                "head's keys and values at image positions"
+            )
+            for analysis in ("ablation", "engine"):
+                out.setdefault(analysis, reason)
+        return out
+
+    def supports(self, analysis: str) -> bool:
+        """Whether this model runs ``analysis`` (one of :data:`ANALYSES`)."""
         if analysis not in ANALYSES:
             raise ValueError(f"unknown analysis {analysis!r}; expected one of {ANALYSES}")
-        return analysis not in cls.refused_analyses
+        return analysis not in self.refusals()
 
-    @classmethod
-    def require(cls, analysis: str) -> None:
-        """Raise ``NotImplementedError`` naming the family and the reason if it refuses
-        ``analysis``."""
-        if not cls.supports(analysis):
+    def require(self, analysis: str) -> None:
+        """Raise ``NotImplementedError`` naming the family and the reason if this model
+        refuses ``analysis`` (:meth:`refusals`): the one check every analysis makes."""
+        if not self.supports(analysis):
             raise NotImplementedError(
-                f"{cls.name} does not support {analysis.replace('_', ' ')}: "
-                f"{cls.refused_analyses[analysis]}"
+                f"{self.name} does not support {analysis.replace('_', ' ')}: "
+                f"{self.refusals()[analysis]}"
             )
 
     # ----------------------------------------------------------------- prompts
@@ -462,6 +498,15 @@ class LVLMFamily:
         )
 
         self.require("knockout")
+        other = {
+            layer: kind for layer, kind in self.non_softmax_layers().items() if layer in layers
+        }
+        if other:
+            raise NotImplementedError(
+                f"{self.name}: knockout blocks softmax attention between positions, and decoder "
+                f"layers {sorted(other)} are {' / '.join(sorted(set(other.values())))}; choose "
+                f"among the softmax layers {self.softmax_layers()}"
+            )
         if self.attention_edits == "recompute":
             return  # the knockout hooks recompute attention: any attention bridge will do
         for layer in layers:

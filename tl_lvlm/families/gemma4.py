@@ -165,13 +165,15 @@ class Gemma4Family(Gemma3Family):
             "the engine's shared prefix are one tensor over layers"
         )
 
-    def check_engine(self, n_tokens: int) -> None:
+    def refusals(self) -> dict[str, str]:
+        """Besides the base class's: image-K/V ablation (its baselines) and the engine where
+        the layers' head shapes differ (:meth:`shape_refusal`); knockout still runs."""
+        out = super().refusals()
         reason = self.shape_refusal()
         if reason:
-            raise NotImplementedError(
-                f"{self.name}: the engine does not run this checkpoint: {reason}"
-            )
-        super().check_engine(n_tokens)
+            for analysis in ("ablation", "engine", "image_attribution"):
+                out.setdefault(analysis, f"no image-K/V baseline for this checkpoint: {reason}")
+        return out
 
     # ---------------------------------------------------------- key/value hooks
     def _baseline_hook(self, layer: int, name: str) -> tuple[str, int]:

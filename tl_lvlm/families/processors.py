@@ -1,14 +1,15 @@
-"""Processors that transformers builds only with torchvision, built without it: Qwen2.5-VL's,
-Qwen3-VL's, LLaVA-OneVision's, Gemma 4's and SmolVLM's without a video processor, and
-Pixtral's (Mistral 3).
+"""Processors that transformers builds only with torchvision, built without it: Qwen2-VL's,
+Qwen2.5-VL's, Qwen3-VL's, LLaVA-OneVision's, Gemma 4's and SmolVLM's without a video
+processor, and Pixtral's (Mistral 3).
 
-In transformers 5, ``Qwen2_5_VLProcessor``, ``Qwen3VLProcessor`` (also Qwen3-VL-MoE's) and
-``LlavaOnevisionProcessor`` take a video processor, and ``ProcessorMixin.__init__`` checks
+In transformers 5, ``Qwen2VLProcessor``, ``Qwen2_5_VLProcessor``, ``Qwen3VLProcessor`` (also
+Qwen3-VL-MoE's) and ``LlavaOnevisionProcessor`` take a video processor, and
+``ProcessorMixin.__init__`` checks
 every sub-processor's class against its modality's base class
 (``check_argument_for_proper_class``). The video base class ``VideoProcessorMixin`` is only
 a placeholder without torchvision, so the check itself fails, before any video is seen.
 Images never need it: the image processors have PIL backends (``Qwen2VLImageProcessorPil``,
-also Qwen3-VL's; ``LlavaOnevisionImageProcessorPil``) and the
+also Qwen2.5-VL's and Qwen3-VL's; ``LlavaOnevisionImageProcessorPil``) and the
 models' forward passes need no torchvision.
 
 The classes here are those processors minus the video processor. ``ProcessorMixin``
@@ -75,20 +76,48 @@ class _SavedAsStandard:
         return saved
 
 
+def _qwen_images_only(parent: type) -> type:
+    """``parent`` (a Qwen-VL processor: image processor, tokenizer, video processor, chat
+    template) without its video processor; saved as ``parent``."""
+
+    class QwenImagesOnlyProcessor(_SavedAsStandard, parent):
+        standard_class = parent.__name__
+
+        def __init__(self, image_processor=None, tokenizer=None, chat_template=None):
+            super().__init__(image_processor, tokenizer, None, chat_template=chat_template)
+
+    # Not "<parent minus Processor>ImageProcessor": that is HF's image-processor class name.
+    QwenImagesOnlyProcessor.__name__ = QwenImagesOnlyProcessor.__qualname__ = (
+        f"{parent.__name__}ImagesOnly"
+    )
+    QwenImagesOnlyProcessor.__doc__ = (
+        f"``{parent.__name__}`` for images only (no video processor, no torchvision)."
+    )
+    return QwenImagesOnlyProcessor
+
+
 @functools.cache
 def qwen2_5_vl_processor_class() -> type:
     """``Qwen2_5_VLProcessor`` without a video processor."""
     from transformers import Qwen2_5_VLProcessor
 
-    class Qwen2_5_VLImageProcessor(_SavedAsStandard, Qwen2_5_VLProcessor):
-        """``Qwen2_5_VLProcessor`` for images only (no video processor, no torchvision)."""
+    return _qwen_images_only(Qwen2_5_VLProcessor)
 
-        standard_class = Qwen2_5_VLProcessor.__name__
 
-        def __init__(self, image_processor=None, tokenizer=None, chat_template=None):
-            super().__init__(image_processor, tokenizer, None, chat_template=chat_template)
+@functools.cache
+def qwen2_vl_processor_class() -> type:
+    """``Qwen2VLProcessor`` without a video processor."""
+    from transformers import Qwen2VLProcessor
 
-    return Qwen2_5_VLImageProcessor
+    return _qwen_images_only(Qwen2VLProcessor)
+
+
+@functools.cache
+def qwen3_vl_processor_class() -> type:
+    """``Qwen3VLProcessor`` (Qwen3-VL's and Qwen3.5's) without a video processor."""
+    from transformers import Qwen3VLProcessor
+
+    return _qwen_images_only(Qwen3VLProcessor)
 
 
 @functools.cache
@@ -243,6 +272,16 @@ def qwen2_5_vl_processor(image_processor, tokenizer, chat_template: str | None =
     return qwen2_5_vl_processor_class()(image_processor, tokenizer, chat_template=chat_template)
 
 
+def qwen2_vl_processor(image_processor, tokenizer, chat_template: str | None = None):
+    """A ``Qwen2VLProcessor`` of ``image_processor`` and ``tokenizer``, no video processor."""
+    return qwen2_vl_processor_class()(image_processor, tokenizer, chat_template=chat_template)
+
+
+def qwen3_vl_processor(image_processor, tokenizer, chat_template: str | None = None):
+    """A ``Qwen3VLProcessor`` of ``image_processor`` and ``tokenizer``, no video processor."""
+    return qwen3_vl_processor_class()(image_processor, tokenizer, chat_template=chat_template)
+
+
 def llava_onevision_processor(
     image_processor, tokenizer, chat_template: str | None = None, **kwargs
 ):
@@ -274,24 +313,3 @@ def load_image_processor_only(image_only_class: type, path: str | Path):
 
         return AutoProcessor.from_pretrained(path)
     return image_only_class.from_pretrained(path)
-
-
-@functools.cache
-def qwen3_vl_processor_class() -> type:
-    """``Qwen3VLProcessor`` without a video processor."""
-    from transformers import Qwen3VLProcessor
-
-    class Qwen3VLImageProcessor(_SavedAsStandard, Qwen3VLProcessor):
-        """``Qwen3VLProcessor`` for images only (no video processor, no torchvision)."""
-
-        standard_class = Qwen3VLProcessor.__name__
-
-        def __init__(self, image_processor=None, tokenizer=None, chat_template=None):
-            super().__init__(image_processor, tokenizer, None, chat_template=chat_template)
-
-    return Qwen3VLImageProcessor
-
-
-def qwen3_vl_processor(image_processor, tokenizer, chat_template: str | None = None):
-    """A ``Qwen3VLProcessor`` of ``image_processor`` and ``tokenizer``, no video processor."""
-    return qwen3_vl_processor_class()(image_processor, tokenizer, chat_template=chat_template)

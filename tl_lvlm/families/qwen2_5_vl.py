@@ -18,9 +18,6 @@ Quirks:
 - TransformerBridge keeps the text attention native, so ``hook_attn_scores`` edits are
   discarded: the hook reference and knockout recompute attention from ``hook_q/k/v``
   (:mod:`tl_lvlm.ablation.recomputed`);
-- a cached generation step that comes without position ids (``TransformerBridge.generate``)
-  gets HF's ids for the whole attention mask; a pre-hook on the decoder keeps the new
-  tokens' (the last), as HF's ``generate`` does;
 - TransformerLens's adapter declares ``required_libraries = ["torchvision"]``, which
   neither the model nor the bridge uses; without torchvision the bridge is booted with
   that one check left out, and the processor is built without its video processor
@@ -29,6 +26,7 @@ Quirks:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -46,24 +44,17 @@ from tl_lvlm.families.processors import (
 from tl_lvlm.inputs import LVLMInputs
 
 
-def _adapter_without_torchvision_check(architecture: str) -> type:
-    """TransformerLens's registered adapter for ``architecture`` minus the torchvision check.
-
-    The subclass changes nothing but ``required_libraries``: the adapter's component
-    mapping and config are untouched; torchvision is only listed, never imported, by the
-    Qwen-VL adapters, the bridge and the models.
-    """
-    from importlib.metadata import version
-
-    from transformer_lens.factories.architecture_adapter_factory import (
-        ArchitectureAdapterFactory,
-    )
-
-    adapter = ArchitectureAdapterFactory._adapters.get(architecture)
+@functools.cache
+def adapter_without_torchvision_check(adapter: type | None = None) -> type:
+    """TransformerLens's ``adapter`` (default its Qwen2.5-VL adapter) minus its torchvision
+    check."""
     if adapter is None:
-        raise NotImplementedError(
-            f"TransformerLens {version('transformer-lens')} has no adapter for {architecture}"
+        from transformer_lens.model_bridge.supported_architectures.qwen2_5_vl import (
+            Qwen2_5_VLArchitectureAdapter as adapter,
         )
+
+    # The adapter's component mapping and config are untouched; torchvision is only
+    # listed, never imported, by the adapter, the bridge and the model.
     return type(f"{adapter.__name__}NoTorchvision", (adapter,), {"required_libraries": []})
 
 
@@ -81,12 +72,33 @@ class Qwen2_5_VLFamily(LVLMFamily):
         return load_image_processor_only(qwen2_5_vl_processor_class(), path)
 
     @classmethod
-    def boot_bridge(cls, name: str, hf_model: torch.nn.Module, tokenizer):
+    def bridge_adapter(cls) -> type | None:
+        """The TransformerLens adapter registered for the boot, or None for TransformerLens's
+        own: the one it registers for :attr:`architecture`, minus the torchvision check where
+        torchvision is missing."""
         if torchvision_available():
+            return None
+        from importlib.metadata import version
+
+        from transformer_lens.factories.architecture_adapter_factory import (
+            ArchitectureAdapterFactory,
+        )
+
+        adapter = ArchitectureAdapterFactory._adapters.get(cls.architecture)
+        if adapter is None:
+            raise NotImplementedError(
+                f"TransformerLens {version('transformer-lens')} has no adapter for "
+                f"{cls.architecture}"
+            )
+        return adapter_without_torchvision_check(adapter)
+
+    @classmethod
+    def boot_bridge(cls, name: str, hf_model: torch.nn.Module, tokenizer):
+        adapter = cls.bridge_adapter()
+        if adapter is None:
             return super().boot_bridge(name, hf_model, tokenizer)
         # The bridge selects its adapter by the HF class's name (see the base class).
-        architecture = type(hf_model).__name__
-        with adapter_registered(architecture, _adapter_without_torchvision_check(architecture)):
+        with adapter_registered(type(hf_model).__name__, adapter):
             return super().boot_bridge(name, hf_model, tokenizer)
 
     # ----------------------------------------------------------------- inputs

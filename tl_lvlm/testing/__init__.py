@@ -7,6 +7,8 @@ of every registered family, saved in Hugging Face format, and test images.
   ``"qwen3_vl"``, ``"qwen3_vl_moe"``, ...),
   (``"llava"``, ``"llava_next"``, ``"gemma3"``, ``"llava_onevision"``, ``"qwen2_5_vl"``,
   ``"idefics3"``, ``"smolvlm"``, ``"mistral3"``, ...),
+  (``"llava"``, ``"llava_next"``, ``"gemma3"``, ``"llava_onevision"``, ``"qwen2_5_vl"``,
+  ``"qwen2_vl"``, ``"qwen3_5"``, ...),
   written with ``save_pretrained`` so ``HookedLVLM.from_pretrained(path)`` loads it as it
   loads a hub checkpoint. Forward passes take milliseconds on a CPU; no torchvision needed.
 - :func:`build_tiny_llava` / :func:`save_tiny_llava` (:class:`TinyLlavaConfig`): a tiny
@@ -60,6 +62,8 @@ from tl_lvlm.testing.mistral3 import (
     build_tiny_mistral3,
 )
 from tl_lvlm.testing.qwen2_5_vl import QWEN_MERGE, QWEN_PATCH, build_tiny_qwen2_5_vl
+from tl_lvlm.testing.qwen2_vl import build_tiny_qwen2_vl
+from tl_lvlm.testing.qwen3_5 import QWEN3_5_LAYER_TYPES, build_tiny_qwen3_5
 from tl_lvlm.testing.qwen3_vl import QWEN3_DEEPSTACK, build_tiny_qwen3_vl, build_tiny_qwen3_vl_moe
 from tl_lvlm.testing.smolvlm import build_tiny_smolvlm
 from tl_lvlm.zoo.questions import DIGIT_WORDS
@@ -111,6 +115,7 @@ __all__ = [
     "OV_TILE",
     "QWEN3_DEEPSTACK",
     "QWEN_MERGE",
+    "QWEN3_5_LAYER_TYPES",
     "QWEN_PATCH",
     "SPECIAL_TOKENS",
     "TEST_QUESTIONS",
@@ -130,6 +135,8 @@ __all__ = [
     "build_tiny_qwen3_vl",
     "build_tiny_qwen3_vl_moe",
     "build_tiny_smolvlm",
+    "build_tiny_qwen2_vl",
+    "build_tiny_qwen3_5",
     "build_tiny_llava",
     "build_tokenizer",
     "family_tokenizer",

@@ -23,6 +23,8 @@ from tl_lvlm.testing.llava_next import build_tiny_llava_next
 from tl_lvlm.testing.llava_onevision import build_tiny_llava_onevision
 from tl_lvlm.testing.mistral3 import build_tiny_mistral3
 from tl_lvlm.testing.qwen2_5_vl import build_tiny_qwen2_5_vl
+from tl_lvlm.testing.qwen2_vl import build_tiny_qwen2_vl
+from tl_lvlm.testing.qwen3_5 import build_tiny_qwen3_5
 from tl_lvlm.testing.qwen3_vl import build_tiny_qwen3_vl, build_tiny_qwen3_vl_moe
 from tl_lvlm.testing.smolvlm import build_tiny_smolvlm
 from tl_lvlm.zoo.tiny_llava import save_atomic
@@ -43,6 +45,8 @@ BUILDERS: dict[str, Callable] = {
     "idefics3": build_tiny_idefics3,
     "smolvlm": build_tiny_smolvlm,
     "mistral3": build_tiny_mistral3,
+    "qwen2_vl": build_tiny_qwen2_vl,
+    "qwen3_5": build_tiny_qwen3_5,
 }
 
 

@@ -1,4 +1,4 @@
-"""Tiny Qwen2.5-VL: merged-patch vision tower, M-RoPE decoder, ChatML."""
+"""Tiny Qwen2.5-VL: merged-patch vision tower, M-RoPE decoder, ChatML (shared with Qwen2-VL)."""
 
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ from tl_lvlm.testing._tiny import (
 QWEN_PATCH, QWEN_MERGE = 4, 2
 QWEN_SPECIALS = ["<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>"]
 QWEN_IMAGE_TOKENS = {"image_token": "<|image_pad|>", "video_token": "<|video_pad|>"}
-# Qwen2.5-VL-Instruct's chat template (system turn by default, vision markers around
-# the image pad).
-_QWEN2_5_VL_CHAT = (
+# Qwen2-VL-Instruct's and Qwen2.5-VL-Instruct's chat template (system turn by default,
+# vision markers around the image pad).
+QWEN_VL_CHAT = (
     "{% set image_count = namespace(value=0) %}{% for message in messages %}"
     "{% if loop.first and message['role'] != 'system' %}"
     "{{ '<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n' }}{% endif %}"
@@ -34,27 +34,21 @@ _QWEN2_5_VL_CHAT = (
 )
 
 
-def build_tiny_qwen2_5_vl(cfg: TinyFamilyConfig | None = None):
-    """A tiny ``Qwen2_5_VLForConditionalGeneration`` and its ``Qwen2_5_VLProcessor``.
+def build_tiny_qwen_vl(
+    cfg: TinyFamilyConfig,
+    *,
+    model_cls: type,
+    config_cls: type,
+    text_config_cls: type,
+    vision_config,
+    processor_fn,
+):
+    """A tiny Qwen-VL model and processor: what Qwen2-VL and Qwen2.5-VL share (ChatML
+    tokenizer and template, the PIL image processor with :data:`QWEN_PATCH` /
+    :data:`QWEN_MERGE`, an M-RoPE decoder); ``vision_config`` is the family's vision
+    config, ``processor_fn(image_processor, tokenizer, chat_template)`` its processor."""
+    from transformers import Qwen2VLImageProcessorPil
 
-    The processor is the real one with the PIL image processor and no video processor
-    (:func:`tl_lvlm.families.processors.qwen2_5_vl_processor`); it saves as a
-    ``Qwen2_5_VLProcessor``, as the public checkpoints do. The vision tower has two
-    blocks, one with window attention and one global; the decoder uses M-RoPE.
-    """
-    from transformers import (
-        Qwen2_5_VLConfig,
-        Qwen2_5_VLForConditionalGeneration,
-        Qwen2_5_VLTextConfig,
-        Qwen2_5_VLVisionConfig,
-        Qwen2VLImageProcessorPil,
-    )
-
-    from tl_lvlm.families.processors import qwen2_5_vl_processor
-
-    # Seed 1: a random model whose answers to the test images rise with the image heads
-    # (clean above all-ablated), so head attribution keeps samples to fit.
-    cfg = cfg or TinyFamilyConfig(seed=1)
     tokenizer = family_tokenizer(
         cfg,
         specials=[*QWEN_SPECIALS, *QWEN_IMAGE_TOKENS.values()],
@@ -72,16 +66,49 @@ def build_tiny_qwen2_5_vl(cfg: TinyFamilyConfig | None = None):
         min_pixels=(QWEN_PATCH * QWEN_MERGE) ** 2 * 4,
         max_pixels=64 * 64,
     )
-    processor = qwen2_5_vl_processor(image_processor, tokenizer, _QWEN2_5_VL_CHAT)
+    processor = processor_fn(image_processor, tokenizer, QWEN_VL_CHAT)
     d_head = cfg.d_model // cfg.n_heads
     # M-RoPE splits the d_head / 2 rotary frequencies into (temporal, height, width).
     mrope = [d_head // 2 - 2 * (d_head // 6), d_head // 6, d_head // 6]
     text = text_config(
-        Qwen2_5_VLTextConfig,
+        text_config_cls,
         cfg,
         tokenizer,
         rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": mrope},
     )
+    ids = tokenizer.convert_tokens_to_ids
+    config = config_cls(
+        text_config=text,
+        vision_config=vision_config,
+        image_token_id=ids("<|image_pad|>"),
+        video_token_id=ids("<|video_pad|>"),
+        vision_start_token_id=ids("<|vision_start|>"),
+        vision_end_token_id=ids("<|vision_end|>"),
+        architectures=[model_cls.__name__],
+    )
+    return finish(model_cls, config, cfg, tokenizer), processor
+
+
+def build_tiny_qwen2_5_vl(cfg: TinyFamilyConfig | None = None):
+    """A tiny ``Qwen2_5_VLForConditionalGeneration`` and its ``Qwen2_5_VLProcessor``.
+
+    The processor is the real one with the PIL image processor and no video processor
+    (:func:`tl_lvlm.families.processors.qwen2_5_vl_processor`); it saves as a
+    ``Qwen2_5_VLProcessor``, as the public checkpoints do. The vision tower has two
+    blocks, one with window attention and one global; the decoder uses M-RoPE.
+    """
+    from transformers import (
+        Qwen2_5_VLConfig,
+        Qwen2_5_VLForConditionalGeneration,
+        Qwen2_5_VLTextConfig,
+        Qwen2_5_VLVisionConfig,
+    )
+
+    from tl_lvlm.families.processors import qwen2_5_vl_processor
+
+    # Seed 1: a random model whose answers to the test images rise with the image heads
+    # (clean above all-ablated), so head attribution keeps samples to fit.
+    cfg = cfg or TinyFamilyConfig(seed=1)
     vision = Qwen2_5_VLVisionConfig(
         depth=2,
         hidden_size=cfg.vision_d_model,
@@ -95,14 +122,11 @@ def build_tiny_qwen2_5_vl(cfg: TinyFamilyConfig | None = None):
         fullatt_block_indexes=[1],
         out_hidden_size=cfg.d_model,
     )
-    ids = tokenizer.convert_tokens_to_ids
-    config = Qwen2_5_VLConfig(
-        text_config=text,
+    return build_tiny_qwen_vl(
+        cfg,
+        model_cls=Qwen2_5_VLForConditionalGeneration,
+        config_cls=Qwen2_5_VLConfig,
+        text_config_cls=Qwen2_5_VLTextConfig,
         vision_config=vision,
-        image_token_id=ids("<|image_pad|>"),
-        video_token_id=ids("<|video_pad|>"),
-        vision_start_token_id=ids("<|vision_start|>"),
-        vision_end_token_id=ids("<|vision_end|>"),
-        architectures=["Qwen2_5_VLForConditionalGeneration"],
+        processor_fn=qwen2_5_vl_processor,
     )
-    return finish(Qwen2_5_VLForConditionalGeneration, config, cfg, tokenizer), processor

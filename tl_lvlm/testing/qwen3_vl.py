@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from tl_lvlm.testing._tiny import TinyFamilyConfig, family_tokenizer, finish, text_config
 from tl_lvlm.testing.qwen2_5_vl import (
-    _QWEN2_5_VL_CHAT,
     QWEN_IMAGE_TOKENS,
     QWEN_MERGE,
     QWEN_PATCH,
     QWEN_SPECIALS,
+    QWEN_VL_CHAT,
 )
 
 #: The tiny Qwen3-VL's vision blocks whose features DeepStack adds to the residual stream
@@ -19,7 +19,7 @@ QWEN3_DEEPSTACK = [0, 1]
 
 # Qwen3-VL-Instruct's chat template, one turn of images then text: no default system turn
 # (unlike Qwen2.5-VL's), vision markers around the image pad.
-_QWEN3_VL_CHAT = _QWEN2_5_VL_CHAT.replace(
+_QWEN3_VL_CHAT = QWEN_VL_CHAT.replace(
     "{% if loop.first and message['role'] != 'system' %}"
     "{{ '<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n' }}{% endif %}",
     "",
