@@ -170,8 +170,14 @@ def add_images_option(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--images",
         required=True,
-        help="directory of png/jpg images (optional labels.json: file name -> expected "
-        f"answer), or a builtin set: {', '.join(BUILTIN_IMAGE_SETS)}",
+        help="directory of png/jpg/webp/bmp/tiff/gif images (optional labels.json: file name "
+        f"-> expected answer), or a builtin set: {', '.join(BUILTIN_IMAGE_SETS)}",
+    )
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help="refuse an image folder with an unreadable image or a labels.json entry naming "
+        "no image, instead of skipping them with a warning",
     )
 
 

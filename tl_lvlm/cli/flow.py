@@ -103,14 +103,17 @@ def add_flow_parser(subparsers) -> argparse.ArgumentParser:
 
 def flow_command(args: argparse.Namespace) -> int:
     """Run ``tl-lvlm flow`` (see the module doc); returns the exit status."""
-    from tl_lvlm.cli.image_sources import check_image_source, load_image_set
+    from tl_lvlm.cli.image_sources import check_image_source, check_labels, load_image_set
     from tl_lvlm.cli.model_source import check_model_source
 
     # Everything that can be checked without the model, first.
     check_model_source(args.model)
-    check_image_source(args.images)
+    images_source = check_image_source(args.images, strict=args.strict)
+    reference_source = None
     if args.reference_images is not None:
-        check_image_source(args.reference_images, "--reference-images")
+        reference_source = check_image_source(
+            args.reference_images, "--reference-images", strict=args.strict
+        )
     if args.object_masks is not None and not args.object_masks.is_dir():
         raise CliError(f"--object-masks {args.object_masks} is not a directory")
     check_out_dir(args.out)
@@ -118,15 +121,16 @@ def flow_command(args: argparse.Namespace) -> int:
 
     model = load_model(args.model, device, args.dtype, quiet=args.quiet)
     image_set = load_image_set(
-        args.images, n=args.n_samples, image_size=model.image_size, seed=args.seed
+        images_source, n=args.n_samples, image_size=model.image_size, seed=args.seed
     )
+    check_labels(model, image_set)
     n_attributed = min(args.image_attribution, len(image_set))
     # Checked before any model run, so that a missing mask fails fast.
     masks = [_object_mask(args.object_masks, name) for name in image_set.names[:n_attributed]]
     reference = None
-    if masks and args.reference_images is not None:
+    if masks and reference_source is not None:
         reference = load_image_set(
-            args.reference_images, image_size=model.image_size, seed=args.seed
+            reference_source, image_size=model.image_size, seed=args.seed
         ).images
     return _run_flow(args, model, image_set, masks, reference)
 
@@ -144,12 +148,10 @@ def _run_flow(args, model, image_set, masks, reference) -> int:
     samples = model.prepare(image_set.images, args.question)
     targets = None
     if image_set.labels is not None:
-        if any(label is None for label in image_set.labels):
-            raise CliError(
-                f"--images {args.images}: labels.json labels some images and not others; "
-                "label all or none"
-            )
-        targets = [answer_token_id(model, label) for label in image_set.labels]
+        # An unlabelled image's target is the model's own answer, as in attribute.
+        targets = [
+            None if label is None else answer_token_id(model, label) for label in image_set.labels
+        ]
     args.out.mkdir(parents=True, exist_ok=True)
     report = {"model": str(args.model), "question": args.question, "images": image_set.names}
 
@@ -176,7 +178,7 @@ def _run_flow(args, model, image_set, masks, reference) -> int:
     for i, mask in enumerate(masks):
         name = image_set.names[i]
         answer = int(model.answer(samples[i])[0][0])
-        if targets is not None and answer != targets[i]:
+        if targets is not None and targets[i] is not None and answer != targets[i]:
             report["image_attribution"][name] = {"excluded": f"wrong answer: token {answer}"}
             print(f"image attribution of {name}: excluded (wrong answer)")
             continue

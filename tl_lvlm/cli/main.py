@@ -178,15 +178,18 @@ def attribute_command(args: argparse.Namespace) -> int:
     """Run ``tl-lvlm attribute`` (see the module doc)."""
     # Everything that can be checked without the model, first, and before the slow imports.
     check_model_source(args.model)
-    check_image_source(args.images)
+    images_source = check_image_source(args.images, strict=args.strict)
+    reference_source = None
     if args.reference_images is not None:
-        check_image_source(args.reference_images, "--reference-images")
+        reference_source = check_image_source(
+            args.reference_images, "--reference-images", strict=args.strict
+        )
     out: Path = args.out
     check_out_dir(out)
 
     from attribution import resolve_shard, shard_indices
     from tl_lvlm.analysis.heads import head_attribution, stored_samples
-    from tl_lvlm.cli.image_sources import load_image_set
+    from tl_lvlm.cli.image_sources import check_labels, load_image_set
     from tl_lvlm.cli.run_dir import (
         RESULTS_NAME,
         RunRecord,
@@ -218,12 +221,13 @@ def attribute_command(args: argparse.Namespace) -> int:
 
     model = load_model(args.model, device, args.dtype, quiet=args.quiet)
     images = load_image_set(
-        args.images, n=args.n_samples, image_size=model.image_size, seed=args.seed
+        images_source, n=args.n_samples, image_size=model.image_size, seed=args.seed
     )
+    check_labels(model, images)
     reference = None
-    if args.reference_images is not None:
+    if reference_source is not None:
         reference = load_image_set(
-            args.reference_images, image_size=model.image_size, seed=args.seed
+            reference_source, image_size=model.image_size, seed=args.seed
         ).images
     record = RunRecord(images_id, args.question, images.names, images.labels, settings)
     state = check_rerun(out, record)
@@ -232,18 +236,20 @@ def attribute_command(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     write_record(out, record)
     store = None if args.no_store else out / "store"
-    n_total = len(shard_indices(len(images), shard, n_shards))
+    ids = shard_indices(len(images), shard, n_shards)
+    n_total = len(ids)
     if state != "new" and store is not None:
-        n_stored = stored_samples(store)
+        # The same count as the interrupt message's: this shard's samples stored in full.
+        n_stored = stored_samples(store, ids)
         what = "extending" if state == "extend" else "resuming"
         print(
-            f"{what} the run in {out}: {n_stored} of {len(images)} samples already collected",
+            f"{what} the run in {out}: {n_stored} of {n_total} samples already collected",
             file=sys.stderr,
         )
-    progress = {"done": 0, "total": n_total}
+    progress = {"done": 0}
 
     def on_sample_done(n_done: int, total: int) -> None:
-        progress.update(done=n_done, total=total)
+        progress["done"] = n_done
 
     try:
         result = head_attribution(
@@ -266,13 +272,14 @@ def attribute_command(args: argparse.Namespace) -> int:
             on_sample_done=on_sample_done,
         )
     except KeyboardInterrupt:
-        then = (
-            "rerun the same command to resume"
-            if store is not None
-            else "--no-store kept nothing: a rerun starts again"
-        )
+        if store is not None:
+            # Counted as the resumed run counts them: a sample done but excluded (wrong
+            # answer, small gap) has no stored logits and is checked again on resume.
+            done, then = stored_samples(store, ids), "rerun the same command to resume"
+        else:
+            done, then = progress["done"], "--no-store kept nothing: a rerun starts again"
         print(
-            f"interrupted: {progress['done']} of {progress['total']} samples done; {then}",
+            f"interrupted: {done} of {n_total} samples collected; {then}",
             file=sys.stderr,
         )
         return 130
