@@ -268,7 +268,8 @@ class AblationEngine:
             )
         model.family.require("ablation")
         unpadded_image_span(sample)  # rejects a sample without image tokens
-        baseline.check(model, sample)
+        # The baseline at this sample's image geometry (a zero or per-geometry mean fits any).
+        baseline = baseline.for_inputs(model, sample)
         self.model = model
         self.scope = scope
         self.dtype = model.hf_model.dtype

@@ -144,7 +144,7 @@ def image_kv_ablation_hooks(
     """
     check_scope(scope)
     model.family.require("ablation")
-    baseline.check(model, inputs)
+    baseline = baseline.for_inputs(model, inputs)
     keep = check_keep(
         keep,
         n_rows=inputs.batch_size,

@@ -131,7 +131,7 @@ def image_token_attribution(
         NotImplementedError: the family has no single patch grid for its image tokens.
     """
     geometry = model.family.patch_geometry(model.processor, sample)
-    baseline = resolve_baseline(model, baseline, reference, sample)
+    baseline = resolve_baseline(model, baseline, reference, sample).for_inputs(model, sample)
     engine = AblationEngine(model, sample, baseline, target=target)
     n_layers, n_heads, n_image = model.n_layers, model.n_heads, engine.n_image
 

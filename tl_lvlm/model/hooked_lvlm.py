@@ -220,7 +220,8 @@ class HookedLVLM:
         template = template or self.template
         before, between, after = split_template(template)
         pixel_values = None
-        if isinstance(images, Tensor):
+        given_pixels = isinstance(images, Tensor)
+        if given_pixels:
             pixel_values = self._check_pixel_values(images)
             images = [self._blank_image()] * pixel_values.shape[0]
         else:
@@ -265,6 +266,7 @@ class HookedLVLM:
             questions=questions,
             extra=extra,
             family=self.family,
+            images=[] if given_pixels else list(images),
             **padded,
         ).to(self.device)
 
