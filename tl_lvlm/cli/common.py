@@ -21,6 +21,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from tl_lvlm.cli.coco import SelectionRule
 from tl_lvlm.cli.image_sources import BUILTIN_IMAGE_SETS
 
 #: ``--dtype`` choices; ``auto`` is bf16 on CUDA and fp32 on CPU.
@@ -172,6 +173,28 @@ def add_images_option(p: argparse.ArgumentParser) -> None:
         required=True,
         help="directory of png/jpg/webp/bmp/tiff/gif images (optional labels.json: file name "
         f"-> expected answer), or a builtin set: {', '.join(BUILTIN_IMAGE_SETS)}",
+    )
+    p.add_argument(
+        "--coco-annotations",
+        type=Path,
+        default=None,
+        metavar="instances_*.json",
+        help="COCO instances file for the --images directory: attribute the images with a "
+        "single main object (labelled with its category, masked by its segmentation); "
+        "selection.json in --out lists what was kept and excluded, and why",
+    )
+    p.add_argument(
+        "--coco-min-share",
+        type=probability,
+        default=SelectionRule.min_main_share,
+        help="with --coco-annotations: least share of the image the main object covers",
+    )
+    p.add_argument(
+        "--coco-max-other",
+        type=probability,
+        default=SelectionRule.max_other_ratio,
+        help="with --coco-annotations: largest area of any other instance, as a fraction of "
+        "the main object's",
     )
     p.add_argument(
         "--strict",

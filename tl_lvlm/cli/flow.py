@@ -103,12 +103,20 @@ def add_flow_parser(subparsers) -> argparse.ArgumentParser:
 
 def flow_command(args: argparse.Namespace) -> int:
     """Run ``tl-lvlm flow`` (see the module doc); returns the exit status."""
-    from tl_lvlm.cli.image_sources import check_image_source, check_labels, load_image_set
+    from tl_lvlm.cli.image_sources import (
+        check_image_source,
+        check_labels,
+        coco_rule,
+        load_image_set,
+        write_selection,
+    )
     from tl_lvlm.cli.model_source import check_model_source
 
     # Everything that can be checked without the model, first.
     check_model_source(args.model)
-    images_source = check_image_source(args.images, strict=args.strict)
+    images_source = check_image_source(
+        args.images, strict=args.strict, coco=args.coco_annotations, rule=coco_rule(args)
+    )
     reference_source = None
     if args.reference_images is not None:
         reference_source = check_image_source(
@@ -126,12 +134,18 @@ def flow_command(args: argparse.Namespace) -> int:
     check_labels(model, image_set)
     n_attributed = min(args.image_attribution, len(image_set))
     # Checked before any model run, so that a missing mask fails fast.
-    masks = [_object_mask(args.object_masks, name) for name in image_set.names[:n_attributed]]
+    coco = getattr(images_source, "coco", None)
+    if args.object_masks is None and coco is not None:  # the main objects' segmentations
+        masks = [coco.masks[name] for name in image_set.names[:n_attributed]]
+    else:
+        masks = [_object_mask(args.object_masks, n) for n in image_set.names[:n_attributed]]
     reference = None
     if masks and reference_source is not None:
         reference = load_image_set(
             reference_source, image_size=model.image_size, seed=args.seed
         ).images
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_selection(args.out, images_source)
     return _run_flow(args, model, image_set, masks, reference)
 
 

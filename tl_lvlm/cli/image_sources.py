@@ -31,10 +31,12 @@ import difflib
 import json
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from PIL import Image
+
+from tl_lvlm.cli.coco import CocoSelection, SelectionRule, select_coco
 
 #: Names accepted by :func:`load_image_set` instead of a directory.
 BUILTIN_IMAGE_SETS = ("random", "digits")
@@ -73,6 +75,8 @@ class ImageFolder:
     path: Path
     files: tuple[Path, ...]
     labels: dict[str, str | None] | None
+    #: The ``--coco-annotations`` selection (labels and object masks), or None.
+    coco: CocoSelection | None = None
 
 
 def load_image_set(
@@ -118,7 +122,12 @@ def load_image_set(
 
 
 def check_image_source(
-    source: str | os.PathLike, flag: str = "--images", *, strict: bool = False
+    source: str | os.PathLike,
+    flag: str = "--images",
+    *,
+    strict: bool = False,
+    coco: str | os.PathLike | None = None,
+    rule: SelectionRule | None = None,
 ) -> ImageFolder | str:
     """List and decode an image set before any model loads; warn about what is left out.
 
@@ -131,6 +140,11 @@ def check_image_source(
             mean"), a directory without readable image files, a ``labels.json`` that is not
             a JSON object of file names to answers; with ``strict``, an unreadable image or a
             label naming no image. ``flag`` names the argument in the message.
+
+    With ``coco`` (a COCO instances file, ``--coco-annotations``), the folder's images are
+    those :func:`~tl_lvlm.cli.coco.select_coco` keeps under ``rule`` (default
+    :class:`~tl_lvlm.cli.coco.SelectionRule`'s), labelled by it (its
+    ``labels.json``, if any, is not read); readable images it does not list are excluded.
     """
     # Deferred: tl_lvlm.inputs imports torch, and --help must not.
     from tl_lvlm.inputs.images import IMAGE_SUFFIXES, read_image
@@ -140,6 +154,11 @@ def check_image_source(
     name = os.fspath(source)
     if not path.is_dir():
         if name in BUILTIN_IMAGE_SETS:
+            if coco is not None:
+                raise ValueError(
+                    f"--coco-annotations needs {flag} to be the directory of its images, not "
+                    f"the builtin set {name!r}"
+                )
             return name
         what = "a file, not a directory" if path.exists() else "neither a directory nor"
         builtins = ", ".join(BUILTIN_IMAGE_SETS)
@@ -147,7 +166,7 @@ def check_image_source(
             f"{flag} {name!r} is {what} a builtin image set{_did_you_mean(path)}; pass a "
             f"directory of {suffixes} files or one of {builtins}"
         )
-    labels = _read_labels(path / LABELS_FILE)
+    labels = None if coco is not None else _read_labels(path / LABELS_FILE)
     entries = sorted(f for f in path.iterdir() if not f.name.startswith("."))
     candidates = [f for f in entries if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES]
     others = [f.name for f in entries if f.is_file() and f not in candidates]
@@ -186,7 +205,34 @@ def check_image_source(
             if strict:
                 raise ValueError(f"{message}; fix the names, or leave out --strict to ignore them")
             warnings.warn(f"{message}; ignored (--strict refuses them)", stacklevel=2)
-    return ImageFolder(path, tuple(files), labels)
+    if coco is None:
+        return ImageFolder(path, tuple(files), labels)
+    selection = select_coco(coco, path, rule or SelectionRule())
+    readable = set(files)
+    listed = {*selection.files, *(path / image for image, _ in selection.excluded)}
+    unlisted = [(f.name, "not in --coco-annotations") for f in files if f not in listed]
+    unreadable = [
+        (f.name, "not a readable image file") for f in selection.files if f not in readable
+    ]
+    selection = replace(
+        selection,
+        files=tuple(f for f in selection.files if f in readable),
+        excluded=(*selection.excluded, *unreadable, *unlisted),
+    )
+    return ImageFolder(path, selection.files, dict(selection.labels), selection)
+
+
+def coco_rule(args) -> SelectionRule:
+    """The selection rule of ``--coco-min-share`` / ``--coco-max-other``."""
+    return SelectionRule(args.coco_min_share, args.coco_max_other)
+
+
+def write_selection(out: Path, source: ImageFolder | str) -> None:
+    """Write ``selection.json`` into ``out`` when ``source`` came with ``--coco-annotations``."""
+    if isinstance(source, ImageFolder) and source.coco is not None:
+        from tl_lvlm._utils.files import write_json
+
+        write_json(out / "selection.json", source.coco.to_json())
 
 
 def check_labels(model, image_set: ImageSet, flag: str = "--images") -> None:

@@ -56,7 +56,7 @@ from tl_lvlm.cli.common import (
     source_id,
 )
 from tl_lvlm.cli.flow import DEFAULT_QUESTION, add_flow_parser
-from tl_lvlm.cli.image_sources import check_image_source
+from tl_lvlm.cli.image_sources import check_image_source, coco_rule
 from tl_lvlm.cli.model_source import check_model_source
 
 DEMO_MODEL = "tl-lvlm/tiny-digits"
@@ -178,7 +178,9 @@ def attribute_command(args: argparse.Namespace) -> int:
     """Run ``tl-lvlm attribute`` (see the module doc)."""
     # Everything that can be checked without the model, first, and before the slow imports.
     check_model_source(args.model)
-    images_source = check_image_source(args.images, strict=args.strict)
+    images_source = check_image_source(
+        args.images, strict=args.strict, coco=args.coco_annotations, rule=coco_rule(args)
+    )
     reference_source = None
     if args.reference_images is not None:
         reference_source = check_image_source(
@@ -189,7 +191,7 @@ def attribute_command(args: argparse.Namespace) -> int:
 
     from attribution import resolve_shard, shard_indices
     from tl_lvlm.analysis.heads import head_attribution, stored_samples
-    from tl_lvlm.cli.image_sources import check_labels, load_image_set
+    from tl_lvlm.cli.image_sources import check_labels, load_image_set, write_selection
     from tl_lvlm.cli.run_dir import (
         RESULTS_NAME,
         RunRecord,
@@ -235,6 +237,7 @@ def attribute_command(args: argparse.Namespace) -> int:
     # From here on the run directory is written.
     out.mkdir(parents=True, exist_ok=True)
     write_record(out, record)
+    write_selection(out, images_source)
     store = None if args.no_store else out / "store"
     ids = shard_indices(len(images), shard, n_shards)
     n_total = len(ids)
