@@ -30,6 +30,7 @@ from tl_lvlm.cli.common import (
     add_images_option,
     add_samples_option,
     check_out_dir,
+    images_from_args,
     load_model,
     non_negative_int,
     positive_int,
@@ -106,7 +107,6 @@ def flow_command(args: argparse.Namespace) -> int:
     from tl_lvlm.cli.image_sources import (
         check_image_source,
         check_labels,
-        coco_rule,
         load_image_set,
         write_selection,
     )
@@ -114,9 +114,7 @@ def flow_command(args: argparse.Namespace) -> int:
 
     # Everything that can be checked without the model, first.
     check_model_source(args.model)
-    images_source = check_image_source(
-        args.images, strict=args.strict, coco=args.coco_annotations, rule=coco_rule(args)
-    )
+    images_source = images_from_args(args)[0]
     reference_source = None
     if args.reference_images is not None:
         reference_source = check_image_source(

@@ -77,6 +77,10 @@ class ImageFolder:
     labels: dict[str, str | None] | None
     #: The ``--coco-annotations`` selection (labels and object masks), or None.
     coco: CocoSelection | None = None
+    #: Image names, one per file (``--styles``: ``style/class/file``); None = file names.
+    names: tuple[str, ...] | None = None
+    #: ``--styles``: image name -> its style; None otherwise.
+    styles: dict[str, str] | None = None
 
 
 def load_image_set(
@@ -301,7 +305,7 @@ def _load_folder(folder: ImageFolder, n: int | None) -> ImageSet:
 
     files = folder.files[:n]
     images = [read_image(f) for f in files]  # decoded once already by check_image_source
-    names = [f.name for f in files]
+    names = [f.name for f in files] if folder.names is None else list(folder.names[:n])
     if folder.labels is None:
         return ImageSet(images, names)
     return ImageSet(images, names, [folder.labels.get(name) for name in names])

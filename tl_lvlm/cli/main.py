@@ -44,6 +44,7 @@ from tl_lvlm.cli.common import (
     add_samples_option,
     auto_or_positive_int,
     check_out_dir,
+    images_from_args,
     load_model,
     non_negative_float,
     non_negative_int,
@@ -56,7 +57,7 @@ from tl_lvlm.cli.common import (
     source_id,
 )
 from tl_lvlm.cli.flow import DEFAULT_QUESTION, add_flow_parser
-from tl_lvlm.cli.image_sources import check_image_source, coco_rule
+from tl_lvlm.cli.image_sources import check_image_source
 from tl_lvlm.cli.model_source import check_model_source
 
 DEMO_MODEL = "tl-lvlm/tiny-digits"
@@ -178,9 +179,7 @@ def attribute_command(args: argparse.Namespace) -> int:
     """Run ``tl-lvlm attribute`` (see the module doc)."""
     # Everything that can be checked without the model, first, and before the slow imports.
     check_model_source(args.model)
-    images_source = check_image_source(
-        args.images, strict=args.strict, coco=args.coco_annotations, rule=coco_rule(args)
-    )
+    images_source, images_id = images_from_args(args)
     reference_source = None
     if args.reference_images is not None:
         reference_source = check_image_source(
@@ -218,7 +217,6 @@ def attribute_command(args: argparse.Namespace) -> int:
         "evaluate": not args.no_evaluate,
         "n_shards": n_shards,
     }
-    images_id = source_id(args.images)
     check_settings(out, settings, args.question, images_id)
 
     model = load_model(args.model, device, args.dtype, quiet=args.quiet)

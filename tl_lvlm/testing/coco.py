@@ -10,6 +10,8 @@ the digit words as categories:
   out;
 - one *tiny* image: a single small digit, covering too little of the image.
 
+:func:`write_digit_styles` writes style folders with class subfolders for ``--styles``.
+
 Segmentations cycle through the three forms pycocotools reads: a polygon (the digit's
 bounding box), an uncompressed RLE (``counts`` a list) and a compressed RLE (``counts`` a
 string), the RLEs of the digit's ink thickened by two pixels.
@@ -139,3 +141,31 @@ def _annotation(ann_id: int, image_id: int, category: int, ink: np.ndarray) -> d
         "bbox": [x0, y0, x1 - x0, y1 - y0],
         "iscrowd": 0,
     }
+
+
+def write_digit_styles(
+    root: str | os.PathLike,
+    styles: tuple[str, ...] = ("original", "inverted"),
+    digits: tuple[int, ...] = (1, 4, 7),
+    n_per_class: int = 1,
+) -> dict[str, Path]:
+    """Write held-out digits as style folders with class subfolders (the DomainNet layout).
+
+    ``root/{style}/{word}/{k}.png`` for every style of :data:`tl_lvlm.zoo.digits.STYLES`
+    given, digit and ``k < n_per_class``; the same digit scans in every style, so that the
+    styles differ in appearance only.
+
+    Returns:
+        style -> its directory, as ``--styles style=DIR`` takes them.
+    """
+    root = Path(root)
+    dirs = {}
+    for style in styles:
+        images, values = load_digit_images(split="test", style=style)
+        dirs[style] = root / style
+        for digit in digits:
+            folder = dirs[style] / DIGIT_WORDS[digit]
+            folder.mkdir(parents=True, exist_ok=True)
+            for k, i in enumerate(np.flatnonzero(values == digit)[:n_per_class]):
+                images[i].save(folder / f"{k}.png")
+    return dirs
