@@ -73,9 +73,14 @@ def test_mean_is_per_geometry_and_equals_the_reference_resized_by_hand(qwen, mix
         torch.testing.assert_close(got.k, want.k, rtol=0, atol=1e-6)
         torch.testing.assert_close(got.v, want.v, rtol=0, atol=1e-6)
         assert got.n_samples == len(reference)
-    assert len(means._cache) == len(SHAPES)
-    again = means.for_inputs(qwen, mixed[0])
-    assert again is means.for_inputs(qwen, mixed[0])  # cached, not rebuilt
+    assert len(means._cache) == means.max_cached == 2  # the last two sizes
+    again = means.for_inputs(qwen, mixed[2])
+    assert again is means.for_inputs(qwen, mixed[2])  # cached, not rebuilt
+    rebuilt = means.for_inputs(qwen, mixed[0])  # dropped, rebuilt the same
+    want = image_kv_baseline(
+        qwen, qwen.prepare([im.resize((28, 28), Image.BICUBIC) for im in reference], QUESTION)
+    )
+    torch.testing.assert_close(rebuilt.k, want.k, rtol=0, atol=1e-6)
 
 
 def test_default_mean_is_over_the_samples_own_images(qwen, mixed):

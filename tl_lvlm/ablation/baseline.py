@@ -24,9 +24,11 @@ every image to one token grid, so one mean fits every sample. On a dynamic-resol
 Qwen2.5-VL) the number and layout of image tokens follow the image size, and a mean per
 image position only means something among images of one geometry. The mean is therefore
 computed per geometry (:class:`GeometryMeanBaseline`): for a sample of size ``W x H`` the
-reference images are resized to ``W x H`` and processed as that sample was, and the mean
-of that geometry is cached, so a folder of 200 photos of 30 sizes costs 30 reference
-passes. Chosen over resizing every image to one geometry because it keeps each sample as
+reference images are resized to ``W x H`` and processed as that sample was. The means of
+the last :attr:`GeometryMeanBaseline.max_cached` sizes are kept (each is as large as the
+model's image K/V, about 1 GB for a 7B LLaVA-NeXT in bf16); a sample of another size
+rebuilds its mean, a few reference forward passes against the thousands of masked ones its
+attribution runs. Chosen over resizing every image to one geometry because it keeps each sample as
 the researcher gave it (its aspect ratio, its number of image tokens, the tiling the model
 was trained with), while each head is still ablated towards "an average image" as the
 paper does; resizing would attribute a different input than the one the model answers in
@@ -149,18 +151,20 @@ class GeometryMeanBaseline:
 
     :meth:`for_inputs` resizes the reference images to the size of the inputs' image,
     prepares them as the inputs were (template, first question) and averages their image
-    K/V (:func:`image_kv_baseline`); each geometry's mean is built once and cached.
+    K/V (:func:`image_kv_baseline`); the means of the last ``max_cached`` sizes are kept.
 
     Attributes:
         reference: the reference images (RGB PIL).
         question: the question they are prepared with (image K/V do not depend on it).
         template: the inputs' template.
+        max_cached: how many sizes' means are kept (least recently used dropped first).
     """
 
     reference: tuple
     question: str
     template: str
     kind: str = "mean"
+    max_cached: int = 2
     _cache: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -187,11 +191,14 @@ class GeometryMeanBaseline:
                 "(inputs[i])"
             )
         (size,) = sizes
-        if size not in self._cache:
+        baseline = self._cache.pop(size, None)  # re-inserted last: the most recently used
+        if baseline is None:
             resized = [image.resize(size, Image.BICUBIC) for image in self.reference]
             ref = model.prepare(resized, self.question, template=self.template)
-            self._cache[size] = image_kv_baseline(model, ref, kind="mean")
-        baseline = self._cache[size]
+            baseline = image_kv_baseline(model, ref, kind="mean")
+        self._cache[size] = baseline
+        while len(self._cache) > self.max_cached:
+            del self._cache[next(iter(self._cache))]
         baseline.check(model, inputs)
         return baseline
 
@@ -220,7 +227,9 @@ def image_kv_baseline(
     if len(spans) != 1:
         raise ValueError(
             f"the reference inputs put the image at different spans {sorted(spans)}; a baseline "
-            "needs one prompt layout (same template and image size)"
+            "needs one prompt layout (same template and image size): pass the reference as a "
+            "list of images to resolve_baseline (or --reference-images DIR), which averages "
+            "them per image size, or baseline='zero' (--baseline zero)"
         )
     (span,) = spans
     n_image = span[1] - span[0]
