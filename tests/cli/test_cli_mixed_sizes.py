@@ -1,5 +1,6 @@
-"""A folder of six random images of six sizes through ``tl-lvlm attribute`` on a tiny
-Qwen2.5-VL (dynamic resolution), with the default (per-geometry mean) and the zero baseline.
+"""A folder of six random images of six sizes through ``tl-lvlm attribute`` on the tiny
+dynamic-resolution families (Qwen2.5-VL, LLaVA-NeXT, OneVision), with the default
+(per-geometry mean) baseline, and on Qwen2.5-VL the zero baseline.
 
 Before, the default was refused (``the reference inputs put the image at different spans``)
 and so was ``--baseline zero`` (``baseline was built for image span ...``).
@@ -31,11 +32,20 @@ def folder(tmp_path_factory) -> Path:
     return folder
 
 
-@pytest.mark.parametrize("baseline", [[], ["--baseline", "zero"]], ids=["default", "zero"])
-def test_six_sizes_run_on_dynamic_resolution(folder, tmp_path, capsys, baseline):
+@pytest.mark.parametrize(
+    ("family", "baseline"),
+    [
+        ("qwen2_5_vl", []),
+        ("qwen2_5_vl", ["--baseline", "zero"]),
+        ("llava_next", []),
+        ("llava_onevision", []),
+    ],
+    ids=["qwen2_5_vl-default", "qwen2_5_vl-zero", "llava_next-default", "llava_onevision-default"],
+)
+def test_six_sizes_run_on_dynamic_resolution(folder, tmp_path, capsys, family, baseline):
     out = tmp_path / "run"
     # The random tiny model's gaps are small: kept with a zero --min-logit-gap.
-    argv = ["attribute", "--model", family_path("qwen2_5_vl"), "--images", str(folder),
+    argv = ["attribute", "--model", family_path(family), "--images", str(folder),
             "--out", str(out), "--n-masks", "40", "--min-logit-gap", "0", "--no-evaluate",
             "--quiet", "--threads", "1", *baseline]  # fmt: skip
     assert main(argv) == 0, capsys.readouterr().err
