@@ -391,7 +391,7 @@ def flow_sweep(
     edges: Mapping[str, Sequence[Edge]],
     window: int | None = None,
     *,
-    targets: Int[Tensor, " batch"] | Sequence[int] | None = None,
+    targets: Int[Tensor, " batch"] | Sequence[int | None] | None = None,
     batch_size: int = 8,
     progress: bool = True,
 ) -> FlowSweep:
@@ -406,8 +406,9 @@ def flow_sweep(
         samples: one sample per batch row.
         edges: edge-set name -> edges, e.g. ``PAPER_EDGE_SETS["text_flow"]``.
         window: layers per window; default ``max(1, n_layers // 8)``.
-        targets: ``[batch]`` target token per sample; default the clean greedy answer.
-            Samples whose clean greedy answer is not their given target are excluded.
+        targets: ``[batch]`` target token per sample; default (or a None entry, for that
+            sample) the clean greedy answer. Samples whose clean greedy answer is not their
+            given target are excluded.
         batch_size: samples per forward pass.
         progress: show a progress bar.
 
@@ -420,11 +421,15 @@ def flow_sweep(
     window, starts = _windows(model.n_layers, window)
     edge_lists = {name: _as_edge_list(e) for name, e in edges.items()}
     n = samples.batch_size
-    given = targets is not None
-    if given:
-        targets = torch.as_tensor(targets, dtype=torch.long, device=model.device).reshape(-1)
-        if len(targets) != n:
-            raise ValueError(f"{len(targets)} targets for {n} samples")
+    if targets is None:
+        targets = [None] * n
+    elif isinstance(targets, Tensor):
+        targets = targets.reshape(-1).tolist()
+    if len(targets) != n:
+        raise ValueError(f"{len(targets)} targets for {n} samples")
+    # given[i]: sample i has a target; -1 marks the others until their greedy answer is known.
+    given = torch.tensor([t is not None for t in targets])
+    targets = torch.tensor([-1 if t is None else int(t) for t in targets], dtype=torch.long)
     clean = torch.empty(n)
     predicted = torch.empty(n, dtype=torch.long)
     knocked = {name: torch.empty(len(starts), n) for name in edge_lists}
@@ -435,7 +440,7 @@ def flow_sweep(
         with torch.no_grad():
             logits = model.final_logits(batch)
         predicted[rows] = logits.argmax(-1).cpu()
-        batch_targets = targets[rows] if given else logits.argmax(-1)
+        batch_targets = torch.where(given[rows], targets[rows], predicted[rows]).to(logits.device)
         clean[rows] = logits.gather(-1, batch_targets[:, None])[:, 0].cpu()
         for name, edge_list in edge_lists.items():
             for i, start in enumerate(starts):
@@ -445,10 +450,10 @@ def flow_sweep(
                 ).cpu()
                 bar.update(len(rows))
     bar.close()
-    final_targets = targets.cpu() if given else predicted
+    final_targets = torch.where(given, targets, predicted)
     excluded = {}
     for i in range(n):
-        if given and predicted[i] != final_targets[i]:
+        if given[i] and predicted[i] != final_targets[i]:
             excluded[i] = f"wrong answer: predicts token {int(predicted[i])}"
         elif clean[i] <= 0:
             excluded[i] = f"clean target logit {float(clean[i]):.4g} <= 0: ratio undefined"

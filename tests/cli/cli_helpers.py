@@ -1,4 +1,5 @@
-"""Helpers of the CLI tests: run ``tl-lvlm`` in a child process, hash a run directory."""
+"""Helpers of the CLI tests: run ``tl-lvlm`` in a child process, hash a run directory, read the
+one error line."""
 
 from __future__ import annotations
 
@@ -33,3 +34,10 @@ def tree_hashes(root: Path) -> dict[str, str]:
         else hashlib.sha256(p.read_bytes()).hexdigest()
         for p in sorted(Path(root).rglob("*"))
     }
+
+
+def one_error_line(stderr: str, prog: str = "tl-lvlm attribute") -> str:
+    """The one line of ``stderr``, checked to be ``prog``'s error."""
+    lines = stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"{prog}: error: "), stderr
+    return lines[0]

@@ -8,29 +8,12 @@ from pathlib import Path
 
 import huggingface_hub
 import pytest
-from cli_helpers import run_cli
+from cli_helpers import one_error_line, run_cli
 from huggingface_hub import constants
 
-from tl_lvlm import model as model_module
 from tl_lvlm.cli import main
 from tl_lvlm.cli.common import CliError
 from tl_lvlm.cli.model_source import check_model_source
-
-
-def one_error_line(stderr: str, prog: str = "tl-lvlm attribute") -> str:
-    lines = stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"{prog}: error: "), stderr
-    return lines[0]
-
-
-@pytest.fixture
-def no_model_load(monkeypatch):
-    """Fail the test if a model is loaded: the mistake must be found before."""
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("the model was loaded before the mistake was found")
-
-    monkeypatch.setattr(model_module.HookedLVLM, "from_pretrained", refuse)
 
 
 @pytest.fixture
@@ -173,7 +156,8 @@ def test_image_source_mistakes(tmp_path, monkeypatch, capsys, no_model_load):
         "set; did you mean photos?",
         ("--images", "digit"): "--images 'digit' is neither a directory nor a builtin image set; "
         "did you mean digits?",
-        ("--images", "empty"): "--images empty: no .png/.jpg/.jpeg images in this directory",
+        ("--images", "empty"): "--images empty: no .png/.jpg/.jpeg/.webp/.bmp/.tif/.tiff/"
+        ".gif images in this directory",
         ("--images", "digits", "--reference-images", "randm"): "--reference-images 'randm' is "
         "neither a directory nor a builtin image set; did you mean random?",
     }

@@ -76,7 +76,9 @@ def test_refused_reruns_leave_every_file_byte_identical(model_dir, run_copy, tmp
         ("--n-samples", "2", "--min-logit-gap", "0.02"): "min_logit_gap 0.01 -> 0.02",
         # More samples would change the mean baseline, taken over the attributed images.
         ("--n-samples", "3"): "the mean baseline is taken over the attributed images",
-        ("--n-samples", "1"): "do not start with those",
+        # The first of the run's samples: said so, with the flag that resumes it.
+        ("--n-samples", "1"): "holds a run of 2 samples; this command has its first 1, and a "
+        "run does not shrink; nothing was changed: rerun with --n-samples 2 to resume it",
     }
     capsys.readouterr()
     for extra, message in reruns.items():
@@ -127,7 +129,8 @@ def test_report_while_an_extension_is_unfinished(model_dir, tmp_path, capsys, mo
     capsys.readouterr()
     assert main(attribute_argv(model_dir, out, "--n-samples", "3", *fixed)) == 130
     assert capsys.readouterr().err.splitlines()[-1] == (
-        "interrupted: 0 of 3 samples done; rerun the same command to resume"
+        # The 2 of the last run are stored: the rerun resumes them.
+        "interrupted: 2 of 3 samples collected; rerun the same command to resume"
     )
     # samples.json lists 3 samples, results.safetensors still holds the 2 of the last run.
     assert len(json.loads((out / "samples.json").read_text())["names"]) == 3
@@ -238,15 +241,18 @@ def test_ctrl_c_exits_130_and_the_rerun_resumes_to_the_same_results(model_dir, t
     stdout, stderr = child.communicate(timeout=120)
     assert child.returncode == 130, stderr
     # --quiet: nothing else on stderr, no bar, no warning, no traceback.
-    assert re.fullmatch(
-        r"interrupted: [0-2] of 3 samples done; rerun the same command to resume\n", stderr
-    ), stderr
+    interrupted = re.fullmatch(
+        r"interrupted: ([0-2]) of 3 samples collected; rerun the same command to resume\n", stderr
+    )
+    assert interrupted, stderr
     assert not (out / "results.safetensors").exists()
 
     rerun = run_cli(*argv)
     assert rerun.returncode == 0, rerun.stderr
+    # The resumed run counts what the interrupted one said it had.
     assert re.fullmatch(
-        rf"resuming the run in {re.escape(str(out))}: \d of 3 samples already collected\n",
+        rf"resuming the run in {re.escape(str(out))}: {interrupted[1]} of 3 samples already "
+        r"collected\n",
         rerun.stderr,
     ), rerun.stderr
     uninterrupted = tmp_path / "uninterrupted"

@@ -71,7 +71,7 @@ def test_run_on_other_inputs(tiny_mha, inputs):
 
 def test_read_only_scores_hook(tiny_mha, inputs, monkeypatch):
     """An attention bridge that runs HF attention natively (as on Qwen2.5-VL's text tower)."""
-    attn = tiny_mha.blocks[1].attn
+    attn = tiny_mha.bridge.blocks[1].attn  # the component itself, not the view
     native = type("NativeAttentionBridge", (type(attn),), {"forward": AttentionBridge.forward})
     monkeypatch.setattr(attn, "__class__", native)
     # Layer 0 keeps its reimplementing attention: a window there still works.

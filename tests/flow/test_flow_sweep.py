@@ -72,6 +72,20 @@ def test_wrong_answers_are_excluded(tiny_mha, samples, sweep):
     assert given.normalized("image read by no text").shape == (2, 2)
 
 
+def test_a_none_target_is_the_greedy_answer(tiny_mha, samples, sweep):
+    # As a partly labelled folder gives them: sample 1's target is its own answer.
+    targets = [int(sweep.targets[0]), None, int(sweep.targets[2])]
+    partly = flow_sweep(
+        tiny_mha, samples, PAPER_EDGE_SETS["image_flow"], 1, targets=targets, batch_size=2,
+        progress=False,
+    )  # fmt: skip
+    np.testing.assert_array_equal(partly.targets, sweep.targets)
+    np.testing.assert_allclose(partly.clean, sweep.clean, rtol=1e-6)
+    for name in sweep.knocked:
+        np.testing.assert_allclose(partly.knocked[name], sweep.knocked[name], rtol=1e-6)
+    assert partly.excluded == sweep.excluded
+
+
 def test_figure_and_json(sweep, tmp_path):
     png = tmp_path / "sweep.png"
     plot_flow_sweep(sweep, png, title="image flow")

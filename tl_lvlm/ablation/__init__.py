@@ -1,6 +1,7 @@
 """Image-K/V head ablation: baselines, the hook reference, recomputed attention, the engine.
 
-- ``baseline``: :class:`ImageKVBaseline`, :func:`image_kv_baseline` and the one baseline
+- ``baseline``: :class:`ImageKVBaseline` (:class:`GeometryMeanBaseline` per image size),
+  :func:`image_kv_baseline` and the one baseline
   policy, :func:`resolve_baseline`.
 - ``scope``: which queries see an ablated head's baseline (``"text"`` / ``"all"``).
 - ``hooks``: the readable hook reference (:func:`image_kv_ablation_hooks`).
@@ -14,6 +15,7 @@ from tl_lvlm.ablation.baseline import (
     BASELINE_KINDS,
     MIN_MEAN_IMAGES,
     REFERENCE_HINT,
+    GeometryMeanBaseline,
     ImageKVBaseline,
     image_kv_baseline,
     key_hook,
@@ -36,6 +38,7 @@ __all__ = [
     "REFERENCE_HINT",
     "SCOPES",
     "AblationEngine",
+    "GeometryMeanBaseline",
     "ImageKVBaseline",
     "LogitNormalization",
     "Scope",

@@ -10,29 +10,50 @@ flow CLI share. It turns what a user passes (``"mean"``, ``"zero"`` or a prebuil
 ablation of a run uses:
 
 - a prebuilt baseline is used as given;
-- ``"zero"``: zeros, shaped for the inputs' prompt layout;
+- ``"zero"``: zeros; they fit any image geometry (:meth:`ImageKVBaseline.for_inputs`
+  shapes them for each sample's image span), so a folder of mixed sizes just works;
 - ``"mean"``: the mean image K/V over ``reference`` (images, prepared with the inputs'
   template and first question, or an :class:`~tl_lvlm.LVLMInputs` batch), by default over
   the inputs' own images. A mean over one image is that image itself, so ablating would
   change nothing: refused. A mean over fewer than :data:`MIN_MEAN_IMAGES` images warns,
   since it is close to each of them and shrinks every clean - all-ablated gap.
+
+Mixed image sizes. On a fixed-resolution family (LLaVA-1.5, Gemma 3) the processor maps
+every image to one token grid, so one mean fits every sample. On a dynamic-resolution family
+(:attr:`~tl_lvlm.families.LVLMFamily.fixed_resolution` False: LLaVA-NeXT, OneVision,
+Qwen2.5-VL) the number and layout of image tokens follow the image size, and a mean per
+image position only means something among images of one geometry. The mean is therefore
+computed per geometry (:class:`GeometryMeanBaseline`): for a sample of size ``W x H`` the
+reference images are resized to ``W x H`` and processed as that sample was. The means of
+the last :attr:`GeometryMeanBaseline.max_cached` sizes are kept (each is as large as the
+model's image K/V, about 1 GB for a 7B LLaVA-NeXT in bf16); a sample of another size
+rebuilds its mean, a few reference forward passes against the thousands of masked ones its
+attribution runs. Chosen over resizing every image to one geometry because it keeps each sample as
+the researcher gave it (its aspect ratio, its number of image tokens, the tiling the model
+was trained with), while each head is still ablated towards "an average image" as the
+paper does; resizing would attribute a different input than the one the model answers in
+the wild. Rows of different geometries cannot share one batch of the hook reference: run
+them one row at a time (the engine and the analyses run one sample at a time anyway).
 """
 
 from __future__ import annotations
 
+import hashlib
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Literal
 
 import torch
 from jaxtyping import Float, Int
+from PIL import Image
 from torch import Tensor
 
 from tl_lvlm._utils.fingerprint import tensor_sha256
 from tl_lvlm._utils.hooks import HookList
 from tl_lvlm._utils.tensors import gather_positions
 from tl_lvlm.inputs import LVLMInputs
+from tl_lvlm.inputs.images import to_rgb_images
 
 if TYPE_CHECKING:
     from tl_lvlm.model import HookedLVLM
@@ -72,6 +93,20 @@ class ImageKVBaseline:
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> ImageKVBaseline:
         return replace(self, k=self.k.to(device, dtype), v=self.v.to(device, dtype))
 
+    def for_inputs(self, model: HookedLVLM, inputs: LVLMInputs) -> ImageKVBaseline:
+        """This baseline for ``inputs``: a zero baseline at their image span, else ``self``.
+
+        Raises:
+            ValueError: a mean baseline that does not fit (see :meth:`check`); zeros for
+                rows of different image spans.
+        """
+        if self.kind == "zero":
+            spans = {unpadded_image_span(inputs, r) for r in range(inputs.batch_size)}
+            if spans != {self.image_span} and len(spans) == 1:
+                return image_kv_baseline(model, inputs[:1], kind="zero")
+        self.check(model, inputs)
+        return self
+
     def check(self, model: HookedLVLM, inputs: LVLMInputs) -> None:
         """Raise ``ValueError`` unless this baseline fits ``model`` and every row of ``inputs``."""
         want = (model.n_layers, model.n_kv_heads, self.n_image, model.d_head)
@@ -94,8 +129,9 @@ class ImageKVBaseline:
                 raise ValueError(
                     f"baseline was built for image span {self.image_span} ({self.n_image} image "
                     f"tokens) but row {row} of the inputs has its image at {span} ({n_image} "
-                    "image tokens); build a baseline on inputs with the same "
-                    "template and image size"
+                    "image tokens); pass baseline='mean' or 'zero' (fitted to each image size by "
+                    "resolve_baseline), or build this baseline on inputs with the same template "
+                    "and image size"
                 )
 
 
@@ -109,6 +145,64 @@ def unpadded_image_span(inputs: LVLMInputs, row: int = 0) -> tuple[int, int]:
     start, end = inputs.image_span(row)
     pad = inputs.padding(row)
     return start - pad, end - pad
+
+
+@dataclass(frozen=True)
+class GeometryMeanBaseline:
+    """The mean baseline of a dynamic-resolution family, one mean per image geometry.
+
+    :meth:`for_inputs` resizes the reference images to the size of the inputs' image,
+    prepares them as the inputs were (template, first question) and averages their image
+    K/V (:func:`image_kv_baseline`); the means of the last ``max_cached`` sizes are kept.
+
+    Attributes:
+        reference: the reference images (RGB PIL).
+        question: the question they are prepared with (image K/V do not depend on it).
+        template: the inputs' template.
+        max_cached: how many sizes' means are kept (least recently used dropped first).
+    """
+
+    reference: tuple
+    question: str
+    template: str
+    kind: str = "mean"
+    max_cached: int = 2
+    _cache: dict = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def n_samples(self) -> int:
+        return len(self.reference)
+
+    def for_inputs(self, model: HookedLVLM, inputs: LVLMInputs) -> ImageKVBaseline:
+        """The mean at the image geometry of ``inputs``' rows (built on first use).
+
+        Raises:
+            ValueError: rows of different image sizes (split the batch), or inputs
+                prepared from a ``pixel_values`` tensor, whose image size is unknown.
+        """
+        if not inputs.images:
+            raise ValueError(
+                "a per-geometry mean baseline needs to know the inputs' image sizes, but they "
+                "were prepared from a pixel_values tensor; prepare them from images"
+            )
+        sizes = {image.size for image in inputs.images}
+        if len(sizes) != 1:
+            raise ValueError(
+                f"the rows of these inputs have images of sizes {sorted(sizes)}, and each "
+                "image geometry has its own mean baseline: run them one row at a time "
+                "(inputs[i])"
+            )
+        (size,) = sizes
+        baseline = self._cache.pop(size, None)  # re-inserted last: the most recently used
+        if baseline is None:
+            resized = [image.resize(size, Image.BICUBIC) for image in self.reference]
+            ref = model.prepare(resized, self.question, template=self.template)
+            baseline = image_kv_baseline(model, ref, kind="mean")
+        self._cache[size] = baseline
+        while len(self._cache) > self.max_cached:
+            del self._cache[next(iter(self._cache))]
+        baseline.check(model, inputs)
+        return baseline
 
 
 @torch.no_grad()
@@ -139,7 +233,9 @@ def image_kv_baseline(
     if len(spans) != 1:
         raise ValueError(
             f"the reference inputs put the image at different spans {sorted(spans)}; a baseline "
-            "needs one prompt layout (same template and image size)"
+            "needs one prompt layout (same template and image size): pass the reference as a "
+            "list of images to resolve_baseline (or --reference-images DIR), which averages "
+            "them per image size, or baseline='zero' (--baseline zero)"
         )
     (span,) = spans
     # The image tokens, not the span: where a family interleaves them with markers
@@ -200,11 +296,14 @@ REFERENCE_HINT = (
 
 def resolve_baseline(
     model,
-    baseline: Literal["mean", "zero"] | ImageKVBaseline,
+    baseline: Literal["mean", "zero"] | ImageKVBaseline | GeometryMeanBaseline,
     reference: Sequence | LVLMInputs | None,
     inputs: LVLMInputs,
-) -> ImageKVBaseline:
+) -> ImageKVBaseline | GeometryMeanBaseline:
     """The image-K/V baseline for ablating ``inputs`` (policy in the module doc).
+
+    Its ``for_inputs(model, sample)`` gives the :class:`ImageKVBaseline` of one sample's
+    image geometry (the engine and the hook reference call it).
 
     Args:
         model: the :class:`~tl_lvlm.HookedLVLM`.
@@ -223,21 +322,23 @@ def resolve_baseline(
 
 def resolve_baseline_with_id(
     model,
-    baseline: Literal["mean", "zero"] | ImageKVBaseline,
+    baseline: Literal["mean", "zero"] | ImageKVBaseline | GeometryMeanBaseline,
     reference: Sequence | LVLMInputs | None,
     inputs: LVLMInputs,
-) -> tuple[ImageKVBaseline, str]:
+) -> tuple[ImageKVBaseline | GeometryMeanBaseline, str]:
     """:func:`resolve_baseline` and a string identifying it in configs and stores.
 
     The id hashes the reference *inputs*, not the resulting K/V, so that it does not
     depend on float details of the forward passes (thread counts, kernels).
     """
-    if isinstance(baseline, ImageKVBaseline):
+    if isinstance(baseline, (ImageKVBaseline, GeometryMeanBaseline)):
         if reference is not None:
             raise ValueError(
-                "reference images make a 'mean' baseline, but a prebuilt ImageKVBaseline was "
+                "reference images make a 'mean' baseline, but a prebuilt baseline was "
                 "passed too: pass one of them"
             )
+        if isinstance(baseline, GeometryMeanBaseline):
+            return baseline, f"mean-per-geometry:{_images_sha256(baseline.reference)[:16]}"
         return baseline, f"custom:{tensor_sha256(baseline.k, baseline.v)[:16]}"
     if isinstance(baseline, str) and baseline == "zero":
         return image_kv_baseline(model, inputs[:1], kind="zero"), "zero"
@@ -245,8 +346,13 @@ def resolve_baseline_with_id(
         raise ValueError(
             f"baseline must be one of {BASELINE_KINDS} or an ImageKVBaseline, got {baseline!r}"
         )
-    ref = _reference_inputs(model, reference, inputs)
-    n = ref.batch_size
+    per_geometry = not model.family.fixed_resolution and not isinstance(reference, LVLMInputs)
+    if per_geometry:
+        images = _reference_images(reference, inputs)
+        n = len(images)
+    else:
+        ref = _reference_inputs(model, reference, inputs)
+        n = ref.batch_size
     if n < 2:
         raise ValueError(
             "the 'mean' baseline needs reference images: a mean over 1 image is that image "
@@ -261,8 +367,39 @@ def resolve_baseline_with_id(
             UserWarning,
             stacklevel=3,
         )
+    if per_geometry:
+        question = inputs.questions[0] if inputs.questions else ""
+        means = GeometryMeanBaseline(tuple(images), question, inputs.template)
+        return means, f"mean-per-geometry:{_images_sha256(images)[:16]}"
     kv = image_kv_baseline(model, ref, kind="mean")
     return kv, f"mean:{tensor_sha256(ref.input_ids, ref.pixel_values)[:16]}"
+
+
+def _reference_images(reference, inputs: LVLMInputs) -> list[Image.Image]:
+    """The reference images of a per-geometry mean: ``reference``, else the inputs' own."""
+    if reference is None:
+        if not inputs.images:
+            raise ValueError(
+                "the inputs were prepared from a pixel_values tensor, so their images cannot be "
+                f"resized to each image geometry for the mean baseline; {REFERENCE_HINT}"
+            )
+        return list(inputs.images)
+    images = list(reference)
+    if not images:
+        raise ValueError(
+            "reference is empty: pass at least two images for the mean baseline, or "
+            "reference=None to average over the samples' own images"
+        )
+    return to_rgb_images(images)
+
+
+def _images_sha256(images: Sequence[Image.Image]) -> str:
+    """sha256 over the images' sizes and RGB bytes (what the per-geometry means depend on)."""
+    digest = hashlib.sha256()
+    for image in images:
+        digest.update(repr(image.size).encode())
+        digest.update(image.tobytes())
+    return digest.hexdigest()
 
 
 def _reference_inputs(model, reference, inputs: LVLMInputs) -> LVLMInputs:

@@ -59,7 +59,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from tl_lvlm.ablation.baseline import ImageKVBaseline, unpadded_image_span
+from tl_lvlm.ablation.baseline import GeometryMeanBaseline, ImageKVBaseline, unpadded_image_span
 from tl_lvlm.ablation.hooks import check_keep, image_kv_ablation_hooks
 from tl_lvlm.ablation.normalization import LogitNormalization
 from tl_lvlm.ablation.scope import Scope, check_scope
@@ -242,7 +242,8 @@ class AblationEngine:
     Args:
         model: the model.
         sample: one prompt (``inputs[i]`` of a prepared batch; left padding is dropped).
-        baseline: from :func:`~tl_lvlm.ablation.image_kv_baseline`, same template and image span.
+        baseline: from :func:`~tl_lvlm.ablation.resolve_baseline` (or
+            :func:`~tl_lvlm.ablation.image_kv_baseline`): its ``for_inputs`` fits the sample.
         target: token id whose logit is reported; None = the clean greedy answer's first token.
         scope: ``"text"`` (shared prefix, fast) or ``"all"`` (batched hooked forwards).
 
@@ -257,7 +258,7 @@ class AblationEngine:
         self,
         model: HookedLVLM,
         sample: LVLMInputs,
-        baseline: ImageKVBaseline,
+        baseline: ImageKVBaseline | GeometryMeanBaseline,
         *,
         target: int | None = None,
         scope: Scope = "text",
@@ -271,7 +272,8 @@ class AblationEngine:
             )
         model.family.require("ablation")
         unpadded_image_span(sample)  # rejects a sample without image tokens
-        baseline.check(model, sample)
+        # The baseline at this sample's image geometry (a zero or per-geometry mean fits any).
+        baseline = baseline.for_inputs(model, sample)
         self.model = model
         self.scope = scope
         self.dtype = model.hf_model.dtype

@@ -46,7 +46,7 @@ from torch import Tensor
 
 from tl_lvlm._utils.hooks import HookList, record_into
 from tl_lvlm._utils.tensors import gather_positions
-from tl_lvlm.ablation.baseline import ImageKVBaseline
+from tl_lvlm.ablation.baseline import GeometryMeanBaseline, ImageKVBaseline
 from tl_lvlm.ablation.recomputed import recomputed_ablation_hooks
 from tl_lvlm.ablation.scope import Scope, ablated_queries, check_scope
 from tl_lvlm.inputs import LVLMInputs
@@ -119,7 +119,7 @@ def rotary_fn(model: HookedLVLM, layer: int = 0) -> Callable:
 def image_kv_ablation_hooks(
     model: HookedLVLM,
     inputs: LVLMInputs,
-    baseline: ImageKVBaseline,
+    baseline: ImageKVBaseline | GeometryMeanBaseline,
     keep: Bool[Tensor, "batch n_layers n_heads"] | Bool[Tensor, "batch n_layers n_heads n_image"],
     *,
     scope: Scope = "text",
@@ -129,7 +129,8 @@ def image_kv_ablation_hooks(
     Args:
         model: the model ``inputs`` will be run through.
         inputs: the batch the hooks are for (rows may be left-padded).
-        baseline: from :func:`image_kv_baseline` for the same template and image span.
+        baseline: from :func:`image_kv_baseline` for the same template and image span, or
+            a per-geometry mean (all rows of one image size).
         keep: ``[batch, n_layers, n_heads]`` (True = head kept) or
             ``[batch, n_layers, n_heads, n_image]`` (True = that head sees the clean
             K/V at that image position); row i applies to ``inputs`` row i.
@@ -144,7 +145,7 @@ def image_kv_ablation_hooks(
     """
     check_scope(scope)
     model.family.require("ablation")
-    baseline.check(model, inputs)
+    baseline = baseline.for_inputs(model, inputs)
     keep = check_keep(
         keep,
         n_rows=inputs.batch_size,

@@ -191,6 +191,7 @@ def _attribute_one(
 ) -> ImageAttribution:
     """One prompt's attribution map under a resolved baseline (see the public function)."""
     geometry = model.family.patch_geometry(model.processor, sample)
+    baseline = baseline.for_inputs(model, sample)
     engine = AblationEngine(model, sample, baseline, target=target, scope=cfg.scope)
     n_layers, n_heads, n_image = model.n_layers, model.n_heads, engine.n_image
     cfg.check_components(n_image, "image positions")

@@ -21,7 +21,14 @@ import sys
 import tempfile
 from pathlib import Path
 
-from tl_lvlm.cli.image_sources import BUILTIN_IMAGE_SETS
+from tl_lvlm.cli.coco import SelectionRule
+from tl_lvlm.cli.image_sources import (
+    BUILTIN_IMAGE_SETS,
+    ImageFolder,
+    check_image_source,
+    coco_rule,
+)
+from tl_lvlm.cli.styles import check_styles, style_spec
 
 #: ``--dtype`` choices; ``auto`` is bf16 on CUDA and fp32 on CPU.
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -169,10 +176,72 @@ _GLOBAL_OPTIONS = (
 def add_images_option(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--images",
-        required=True,
-        help="directory of png/jpg images (optional labels.json: file name -> expected "
-        f"answer), or a builtin set: {', '.join(BUILTIN_IMAGE_SETS)}",
+        default=None,
+        help="directory of png/jpg/webp/bmp/tiff/gif images (optional labels.json: file name "
+        f"-> expected answer), or a builtin set: {', '.join(BUILTIN_IMAGE_SETS)}",
     )
+    p.add_argument(
+        "--styles",
+        nargs="+",
+        type=style_spec,
+        default=None,
+        metavar="STYLE=DIR",
+        help="instead of --images: one directory per style, each with one subfolder per "
+        "class (DomainNet / PACS / ImageNet-R layout); labels are the class names",
+    )
+    p.add_argument(
+        "--coco-annotations",
+        type=Path,
+        default=None,
+        metavar="instances_*.json",
+        help="COCO instances file for the --images directory: attribute the images with a "
+        "single main object (labelled with its category, masked by its segmentation); "
+        "selection.json in --out lists what was kept and excluded, and why",
+    )
+    p.add_argument(
+        "--coco-min-share",
+        type=probability,
+        default=SelectionRule.min_main_share,
+        help="with --coco-annotations: least share of the image the main object covers",
+    )
+    p.add_argument(
+        "--coco-max-other",
+        type=probability,
+        default=SelectionRule.max_other_ratio,
+        help="with --coco-annotations: largest area of any other instance, as a fraction of "
+        "the main object's",
+    )
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help="refuse an image folder with an unreadable image or a labels.json entry naming "
+        "no image, instead of skipping them with a warning",
+    )
+
+
+def images_from_args(args) -> tuple[ImageFolder | str, str]:
+    """The image set of ``--images`` (with ``--coco-annotations``) or ``--styles``, listed
+    by :func:`check_image_source` / :func:`~tl_lvlm.cli.styles.check_styles`, and its id
+    as the run records it.
+
+    Raises:
+        ValueError: neither or both of ``--images`` and ``--styles``; ``--coco-annotations``
+            with ``--styles``; what the listing refuses.
+    """
+    if (args.images is None) == (args.styles is None):
+        raise ValueError(
+            "pass --images DIR (or a builtin set) or --styles STYLE=DIR ..., one of the two"
+        )
+    if args.styles is not None:
+        if args.coco_annotations is not None:
+            raise ValueError("--coco-annotations goes with --images DIR, not with --styles")
+        folder = check_styles(args.styles, strict=args.strict)
+        ids = ",".join(f"{style}={source_id(str(d))}" for style, d in args.styles)
+        return folder, f"styles:{ids}"
+    source = check_image_source(
+        args.images, strict=args.strict, coco=args.coco_annotations, rule=coco_rule(args)
+    )
+    return source, source_id(args.images)
 
 
 def add_samples_option(p: argparse.ArgumentParser, *, default: int | None, what: str) -> None:

@@ -101,18 +101,29 @@ def add_flow_parser(subparsers) -> argparse.ArgumentParser:
 
 def flow_command(args: argparse.Namespace) -> int:
     """Run ``tl-lvlm flow`` (see the module doc); returns the exit status."""
+    from tl_lvlm.cli.image_sources import write_selection
     from tl_lvlm.cli.sources import check_sources, load_sources
 
     # Everything that can be checked without the model, first.
-    check_sources(args)
+    sources = check_sources(args)
     if args.object_masks is not None and not args.object_masks.is_dir():
         raise CliError(f"--object-masks {args.object_masks} is not a directory")
     device = resolve_device(args.device)
 
-    model, image_set, reference = load_sources(args, device, reference=args.image_attribution > 0)
+    model, image_set, reference = load_sources(
+        args, device, sources, reference=args.image_attribution > 0
+    )
     n_attributed = min(args.image_attribution, len(image_set))
     # Checked before any model run, so that a missing mask fails fast.
-    masks = [_object_mask(args.object_masks, name) for name in image_set.names[:n_attributed]]
+    coco = getattr(sources.images, "coco", None)
+    if args.object_masks is None and coco is not None:  # the main objects' segmentations
+        masks = [coco.masks[name] for name in image_set.names[:n_attributed]]
+    else:
+        masks = [_object_mask(args.object_masks, n) for n in image_set.names[:n_attributed]]
+    if not masks:
+        reference = None
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_selection(args.out, sources.images)
     return _run_flow(args, model, image_set, masks, reference)
 
 
@@ -129,12 +140,10 @@ def _run_flow(args, model, image_set, masks, reference) -> int:
     samples = model.prepare(image_set.images, args.question)
     targets = None
     if image_set.labels is not None:
-        if any(label is None for label in image_set.labels):
-            raise CliError(
-                f"--images {args.images}: labels.json labels some images and not others; "
-                "label all or none"
-            )
-        targets = [answer_token_id(model, label) for label in image_set.labels]
+        # An unlabelled image's target is the model's own answer, as in attribute.
+        targets = [
+            None if label is None else answer_token_id(model, label) for label in image_set.labels
+        ]
     args.out.mkdir(parents=True, exist_ok=True)
     report = {"model": str(args.model), "question": args.question, "images": image_set.names}
 
@@ -161,7 +170,7 @@ def _run_flow(args, model, image_set, masks, reference) -> int:
     for i, mask in enumerate(masks):
         name = image_set.names[i]
         answer = int(model.answer(samples[i])[0][0])
-        if targets is not None and answer != targets[i]:
+        if targets is not None and targets[i] is not None and answer != targets[i]:
             report["image_attribution"][name] = {"excluded": f"wrong answer: token {answer}"}
             print(f"image attribution of {name}: excluded (wrong answer)")
             continue

@@ -8,8 +8,21 @@ Builtins:
             (:func:`tl_lvlm.zoo.digits.load_digit_images`), labelled with the digit's
             word (``"seven"``), the answer the bundled ``tl-lvlm/tiny-digits`` model gives.
 
+A directory is read as a researcher keeps one: every file of
+:data:`~tl_lvlm.inputs.images.IMAGE_SUFFIXES` (png, jpg, webp, bmp, tiff, gif), each through
+:func:`~tl_lvlm.inputs.images.read_image`, the reader of ``model.prepare`` (EXIF orientation
+applied, transparency composited onto white, a gif's first frame). The folder is listed
+and every image decoded by :func:`check_image_source`, before the model loads, and each
+problem is one warning naming the file:
+
+- an unreadable image (corrupt, truncated) is skipped (``--strict``: refused);
+- another file (``notes.txt``) is ignored; hidden files and subdirectories are passed over;
+- a ``labels.json`` entry naming no image of the folder is ignored (``--strict``: refused).
+
 A directory may hold a ``labels.json`` mapping file names to expected answers
-(``{"cat.png": "cat"}``); images without an entry are unlabelled.
+(``{"cat.png": "cat"}``); images without an entry are unlabelled (their target is the
+model's own answer). :func:`check_labels` checks every label against the tokenizer at once,
+once the model is loaded and before the run writes anything.
 """
 
 from __future__ import annotations
@@ -17,15 +30,16 @@ from __future__ import annotations
 import difflib
 import json
 import os
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from PIL import Image
 
+from tl_lvlm.cli.coco import CocoSelection, SelectionRule, select_coco
+
 #: Names accepted by :func:`load_image_set` instead of a directory.
 BUILTIN_IMAGE_SETS = ("random", "digits")
-#: File suffixes read from an image directory (case-insensitive).
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 LABELS_FILE = "labels.json"
 
 
@@ -48,8 +62,29 @@ class ImageSet:
         return len(self.images)
 
 
+@dataclass(frozen=True)
+class ImageFolder:
+    """A listed image directory: what :func:`check_image_source` found readable.
+
+    Attributes:
+        path: the directory.
+        files: the readable image files, sorted by name.
+        labels: ``labels.json`` (file name -> answer or None), or None without one.
+    """
+
+    path: Path
+    files: tuple[Path, ...]
+    labels: dict[str, str | None] | None
+    #: The ``--coco-annotations`` selection (labels and object masks), or None.
+    coco: CocoSelection | None = None
+    #: Image names, one per file (``--styles``: ``style/class/file``); None = file names.
+    names: tuple[str, ...] | None = None
+    #: ``--styles``: image name -> its style; None otherwise.
+    styles: dict[str, str] | None = None
+
+
 def load_image_set(
-    source: str | os.PathLike,
+    source: str | os.PathLike | ImageFolder,
     *,
     n: int | None = None,
     image_size: int = 224,
@@ -58,7 +93,8 @@ def load_image_set(
     """Load a directory of images or a builtin set (see the module doc).
 
     Args:
-        source: a directory, or one of :data:`BUILTIN_IMAGE_SETS`.
+        source: a directory (listed by :func:`check_image_source` when it is not an
+            :class:`ImageFolder` already), or one of :data:`BUILTIN_IMAGE_SETS`.
         n: keep the first ``n`` images (``random``: how many to draw, default 8).
         image_size: side of the ``random`` images; use the model's ``image_size``.
         seed: seed of the ``random`` images.
@@ -69,10 +105,10 @@ def load_image_set(
     """
     if n is not None and n < 1:
         raise ValueError(f"n must be a positive number of images, got {n}")
-    check_image_source(source)
-    path = Path(source).expanduser()
-    if path.is_dir():
-        return _first(_load_dir(path), n)
+    if not isinstance(source, ImageFolder):
+        source = check_image_source(source)
+    if isinstance(source, ImageFolder):
+        return _load_folder(source, n)
     name = os.fspath(source)
     if name == "random":
         from tl_lvlm.zoo.tiny_llava import random_images
@@ -89,39 +125,168 @@ def load_image_set(
     return _first(ImageSet(images, names, [DIGIT_WORDS[d] for d in labels]), n)
 
 
-def check_image_source(source: str | os.PathLike, flag: str = "--images") -> None:
-    """Check, without reading any image, that ``source`` is an image set.
+def check_image_source(
+    source: str | os.PathLike,
+    flag: str = "--images",
+    *,
+    strict: bool = False,
+    coco: str | os.PathLike | None = None,
+    rule: SelectionRule | None = None,
+) -> ImageFolder | str:
+    """List and decode an image set before any model loads; warn about what is left out.
+
+    Returns:
+        The :class:`ImageFolder` of a directory (see the module doc for what is skipped,
+        each with a warning), or the name of a builtin set.
 
     Raises:
         ValueError: ``source`` is neither a directory nor a builtin set (with a "did you
-            mean"), or a directory without image files, or its ``labels.json`` is not a JSON
-            object of file names to answers. ``flag`` names the argument in the message.
+            mean"), a directory without readable image files, a ``labels.json`` that is not
+            a JSON object of file names to answers; with ``strict``, an unreadable image or a
+            label naming no image. ``flag`` names the argument in the message.
+
+    With ``coco`` (a COCO instances file, ``--coco-annotations``), the folder's images are
+    those :func:`~tl_lvlm.cli.coco.select_coco` keeps under ``rule`` (default
+    :class:`~tl_lvlm.cli.coco.SelectionRule`'s), labelled by it (its
+    ``labels.json``, if any, is not read); readable images it does not list are excluded.
     """
+    # Deferred: tl_lvlm.inputs imports torch, and --help must not.
+    from tl_lvlm.inputs.images import IMAGE_SUFFIXES, read_image
+
+    suffixes = "/".join(IMAGE_SUFFIXES)
     path = Path(source).expanduser()
     name = os.fspath(source)
     if not path.is_dir():
         if name in BUILTIN_IMAGE_SETS:
-            return
+            if coco is not None:
+                raise ValueError(
+                    f"--coco-annotations needs {flag} to be the directory of its images, not "
+                    f"the builtin set {name!r}"
+                )
+            return name
         what = "a file, not a directory" if path.exists() else "neither a directory nor"
         builtins = ", ".join(BUILTIN_IMAGE_SETS)
         raise ValueError(
             f"{flag} {name!r} is {what} a builtin image set{_did_you_mean(path)}; pass a "
-            f"directory of {'/'.join(IMAGE_SUFFIXES)} files or one of {builtins}"
+            f"directory of {suffixes} files or one of {builtins}"
         )
-    if not _image_files(path):
-        raise ValueError(f"{flag} {name}: no {'/'.join(IMAGE_SUFFIXES)} images in this directory")
-    labels_path = path / LABELS_FILE
-    if labels_path.exists():
+    labels = None if coco is not None else _read_labels(path / LABELS_FILE)
+    entries = sorted(f for f in path.iterdir() if not f.name.startswith("."))
+    candidates = [f for f in entries if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES]
+    others = [f.name for f in entries if f.is_file() and f not in candidates]
+    others = [o for o in others if o != LABELS_FILE]
+    if others:
+        warnings.warn(
+            f"{flag} {name}: ignored {_names(others)} (not image files; read: {suffixes})",
+            stacklevel=2,
+        )
+    files = []
+    for f in candidates:
         try:
-            table = json.loads(labels_path.read_text())
-        except (ValueError, UnicodeDecodeError) as err:
-            raise ValueError(f"{labels_path} is not valid JSON: {err}") from None
-        if not isinstance(table, dict) or not all(
-            isinstance(v, str) or v is None for v in table.values()
-        ):
-            raise ValueError(
-                f'{labels_path} must map image file names to answers, e.g. {{"cat.png": "cat"}}'
+            read_image(f)
+        except ValueError as err:
+            cause = str(err).split(" is not a readable image file ", 1)[-1]
+            if strict:
+                raise ValueError(
+                    f"{flag} {name}: {f.name} is not a readable image file {cause}; remove or "
+                    "replace it, or leave out --strict to skip it with a warning"
+                ) from None
+            warnings.warn(
+                f"{flag} {name}: skipped {f.name}, not a readable image file {cause}; "
+                "--strict refuses such a folder instead",
+                stacklevel=2,
             )
+            continue
+        files.append(f)
+    if not files:
+        found = " readable" if candidates else ""
+        raise ValueError(f"{flag} {name}: no{found} {suffixes} images in this directory")
+    if labels is not None:
+        present = {f.name for f in candidates}
+        unknown = [k for k in labels if k not in present]
+        if unknown:
+            message = f"{flag} {name}: {LABELS_FILE} names {_names(unknown)}, not images here"
+            if strict:
+                raise ValueError(f"{message}; fix the names, or leave out --strict to ignore them")
+            warnings.warn(f"{message}; ignored (--strict refuses them)", stacklevel=2)
+    if coco is None:
+        return ImageFolder(path, tuple(files), labels)
+    selection = select_coco(coco, path, rule or SelectionRule())
+    readable = set(files)
+    listed = {*selection.files, *(path / image for image, _ in selection.excluded)}
+    unlisted = [(f.name, "not in --coco-annotations") for f in files if f not in listed]
+    unreadable = [
+        (f.name, "not a readable image file") for f in selection.files if f not in readable
+    ]
+    selection = replace(
+        selection,
+        files=tuple(f for f in selection.files if f in readable),
+        excluded=(*selection.excluded, *unreadable, *unlisted),
+    )
+    return ImageFolder(path, selection.files, dict(selection.labels), selection)
+
+
+def coco_rule(args) -> SelectionRule:
+    """The selection rule of ``--coco-min-share`` / ``--coco-max-other``."""
+    return SelectionRule(args.coco_min_share, args.coco_max_other)
+
+
+def write_selection(out: Path, source: ImageFolder | str) -> None:
+    """Write ``selection.json`` into ``out`` when ``source`` came with ``--coco-annotations``."""
+    if isinstance(source, ImageFolder) and source.coco is not None:
+        from tl_lvlm._utils.files import write_json
+
+        write_json(out / "selection.json", source.coco.to_json())
+
+
+def check_labels(model, image_set: ImageSet, flag: str = "--images") -> None:
+    """Check every label of ``image_set`` against ``model``'s tokenizer, all at once.
+
+    Called once the model is loaded and before a run writes anything, so that a fixed
+    ``labels.json`` can be rerun on the same ``--out``.
+
+    Raises:
+        ValueError: one message listing every image whose label is not one token (as
+            :func:`~tl_lvlm.analysis.heads.answer_token_id` requires), with its reason.
+    """
+    from tl_lvlm.analysis.heads import answer_token_id
+
+    if image_set.labels is None:
+        return
+    bad = []
+    for name, label in zip(image_set.names, image_set.labels, strict=True):
+        if label is None:
+            continue
+        try:
+            answer_token_id(model, label)
+        except (TypeError, ValueError) as err:
+            bad.append(f"{name}: {err}")
+    if bad:
+        raise ValueError(
+            f"{flag}: {len(bad)} of the labels in {LABELS_FILE} cannot be attributed; fix them "
+            f"and rerun: " + " | ".join(bad)
+        )
+
+
+def _read_labels(labels_path: Path) -> dict[str, str | None] | None:
+    if not labels_path.exists():
+        return None
+    try:
+        table = json.loads(labels_path.read_text())
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ValueError(f"{labels_path} is not valid JSON: {err}") from None
+    if not isinstance(table, dict) or not all(
+        isinstance(v, str) or v is None for v in table.values()
+    ):
+        raise ValueError(
+            f'{labels_path} must map image file names to answers, e.g. {{"cat.png": "cat"}}'
+        )
+    return table
+
+
+def _names(names: list[str], at_most: int = 5) -> str:
+    shown = ", ".join(names[:at_most])
+    return shown + (f" and {len(names) - at_most} more" if len(names) > at_most else "")
 
 
 def _did_you_mean(path: Path) -> str:
@@ -135,22 +300,15 @@ def _did_you_mean(path: Path) -> str:
     return f"; did you mean {guess or parent / close[0]}?"
 
 
-def _image_files(path: Path) -> list[Path]:
-    return sorted(f for f in path.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+def _load_folder(folder: ImageFolder, n: int | None) -> ImageSet:
+    from tl_lvlm.inputs.images import read_image
 
-
-def _load_dir(path: Path) -> ImageSet:
-    files = _image_files(path)
-    images = []
-    for f in files:
-        with Image.open(f) as img:
-            images.append(img.convert("RGB"))
-    names = [f.name for f in files]
-    labels_path = path / LABELS_FILE
-    if not labels_path.exists():
+    files = folder.files[:n]
+    images = [read_image(f) for f in files]  # decoded once already by check_image_source
+    names = [f.name for f in files] if folder.names is None else list(folder.names[:n])
+    if folder.labels is None:
         return ImageSet(images, names)
-    table = json.loads(labels_path.read_text())  # checked by check_image_source
-    return ImageSet(images, names, [table.get(name) for name in names])
+    return ImageSet(images, names, [folder.labels.get(name) for name in names])
 
 
 def _first(image_set: ImageSet, n: int | None) -> ImageSet:

@@ -175,11 +175,12 @@ def attribute_command(args: argparse.Namespace) -> int:
     from tl_lvlm.cli.sources import check_sources, load_sources
 
     # Everything that can be checked without the model, first, and before the slow imports.
-    check_sources(args)
+    sources = check_sources(args)
     out: Path = args.out
 
     from attribution import resolve_shard, shard_indices
     from tl_lvlm.analysis.heads import HeadAttributionConfig, head_attribution, stored_samples
+    from tl_lvlm.cli.image_sources import write_selection
     from tl_lvlm.cli.run_dir import (
         RESULTS_NAME,
         RunRecord,
@@ -211,29 +212,31 @@ def attribute_command(args: argparse.Namespace) -> int:
         "n_shards": n_shards,
         **config.result_settings(),
     }
-    images_id = source_id(args.images)
-    check_settings(out, settings, args.question, images_id)
+    check_settings(out, settings, args.question, sources.images_id)
 
-    model, images, reference = load_sources(args, device)
-    record = RunRecord(images_id, args.question, images.names, images.labels, settings)
+    model, images, reference = load_sources(args, device, sources)
+    record = RunRecord(sources.images_id, args.question, images.names, images.labels, settings)
     state = check_rerun(out, record)
 
     # From here on the run directory is written.
     out.mkdir(parents=True, exist_ok=True)
     write_record(out, record)
+    write_selection(out, sources.images)
     store = None if args.no_store else out / "store"
-    n_total = len(shard_indices(len(images), shard, n_shards))
+    ids = shard_indices(len(images), shard, n_shards)
+    n_total = len(ids)
     if state != "new" and store is not None:
-        n_stored = stored_samples(store)
+        # The same count as the interrupt message's: this shard's samples stored in full.
+        n_stored = stored_samples(store, ids)
         what = "extending" if state == "extend" else "resuming"
         print(
-            f"{what} the run in {out}: {n_stored} of {len(images)} samples already collected",
+            f"{what} the run in {out}: {n_stored} of {n_total} samples already collected",
             file=sys.stderr,
         )
-    progress = {"done": 0, "total": n_total}
+    progress = {"done": 0}
 
     def on_sample_done(n_done: int, total: int) -> None:
-        progress.update(done=n_done, total=total)
+        progress["done"] = n_done
 
     try:
         result = head_attribution(
@@ -250,13 +253,14 @@ def attribute_command(args: argparse.Namespace) -> int:
             on_sample_done=on_sample_done,
         )
     except KeyboardInterrupt:
-        then = (
-            "rerun the same command to resume"
-            if store is not None
-            else "--no-store kept nothing: a rerun starts again"
-        )
+        if store is not None:
+            # Counted as the resumed run counts them: a sample done but excluded (wrong
+            # answer, small gap) has no stored logits and is checked again on resume.
+            done, then = stored_samples(store, ids), "rerun the same command to resume"
+        else:
+            done, then = progress["done"], "--no-store kept nothing: a rerun starts again"
         print(
-            f"interrupted: {progress['done']} of {progress['total']} samples done; {then}",
+            f"interrupted: {done} of {n_total} samples collected; {then}",
             file=sys.stderr,
         )
         return 130

@@ -120,7 +120,14 @@ def check_rerun(out: Path, record: RunRecord) -> str:
     new_labels = (record.labels or [None] * len(record.names))[:n_old]
     is_prefix = record.names[:n_old] == previous.names and new_labels == old_labels
     where = f"--out {out} holds a run of {n_old} samples"
-    if not previous.settings or not is_prefix or len(record.names) < n_old:
+    n_new = len(record.names)
+    old_start = (previous.names[:n_new], (previous.labels or [None] * n_old)[:n_new])
+    if previous.settings and n_new < n_old and old_start == (record.names, new_labels):
+        raise CliError(
+            f"{where}; this command has its first {n_new}, and a run does not shrink; nothing "
+            f"was changed: rerun with --n-samples {n_old} to resume it, or choose a new --out"
+        )
+    if not previous.settings or not is_prefix or n_new < n_old:
         raise CliError(
             f"{where}; this command has {len(record.names)} samples that do not start with "
             "those (same names and labels), so it can neither resume nor extend it; nothing was "

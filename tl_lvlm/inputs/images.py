@@ -4,11 +4,16 @@ Images become RGB ``PIL.Image`` objects before they reach the processor, so ever
 accepted form of one picture gives the same ``pixel_values``:
 
 - a ``PIL.Image`` (any mode; transparency is composited onto white, as the Hugging
-  Face image processors do),
+  Face image processors do; an EXIF orientation tag, as phone cameras write it, is
+  applied, so the model sees the picture the way a viewer shows it),
 - a ``uint8`` array ``HxWx3`` (RGB) or ``HxW`` (grayscale, repeated into RGB),
 - a float array in ``[0, 1]``, ``HxWx3`` or ``HxW``, read as intensities (0 = black,
   1 = white) and quantized to 8 bits (``round(255 * x)``) like an image file,
-- a ``str`` or ``pathlib.Path`` to an image file.
+- a ``str`` or ``pathlib.Path`` to an image file of one of :data:`IMAGE_SUFFIXES`
+  (png, jpg, webp, bmp, tiff; a gif's first frame), read by :func:`read_image`.
+
+The CLI reads image folders with the same :func:`read_image`, so a file gives the same
+picture through ``tl-lvlm --images DIR`` as through ``model.prepare(path)``.
 
 Anything else raises before the processor sees it, with a message naming the
 accepted forms (never the array's values).
@@ -21,7 +26,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+#: Image file suffixes read (case-insensitive); a gif or multi-page tiff gives its first frame.
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 
 ACCEPTED_IMAGES = (
     "a PIL image, a uint8 array HxWx3 or HxW (grayscale), a float array in [0, 1] "
@@ -48,23 +56,39 @@ def _to_rgb(image, index: int) -> Image.Image:
     if isinstance(image, Image.Image):
         return _rgb(image)
     if isinstance(image, (str, os.PathLike)):
-        return _open(Path(image), which)
+        path = Path(image)
+        if not path.is_file():
+            raise ValueError(f"{which}: no image file at {str(path)!r}; pass {ACCEPTED_IMAGES}")
+        return read_image(path, which)
     if isinstance(image, np.ndarray):
         return Image.fromarray(_as_uint8_rgb(image, which), mode="RGB")
     raise TypeError(f"{which} is of type {type(image).__name__}; pass {ACCEPTED_IMAGES}")
 
 
-def _open(path: Path, which: str) -> Image.Image:
-    if not path.is_file():
-        raise ValueError(f"{which}: no image file at {str(path)!r}; pass {ACCEPTED_IMAGES}")
+def read_image(path: str | os.PathLike, which: str | None = None) -> Image.Image:
+    """The image file at ``path`` as an RGB PIL image, decoded in full.
+
+    A gif or multi-page tiff gives its first frame; EXIF orientation is applied and
+    transparency composited onto white (see the module doc).
+
+    Raises:
+        ValueError: the file cannot be opened or decoded (unknown format, truncated or
+            corrupt data); the message names ``which`` (default: the path) and the cause.
+    """
+    path = Path(path)
     try:
         with Image.open(path) as img:
+            img.seek(0)
+            img.load()  # decode now: a truncated file fails here, not in the processor
             return _rgb(img.copy())  # a copy outlives the closed file
-    except (UnidentifiedImageError, OSError) as e:
-        raise ValueError(f"{which}: {str(path)!r} is not a readable image file ({e})") from None
+    except (UnidentifiedImageError, OSError, ValueError, EOFError) as e:
+        where = f"{which}: {str(path)!r}" if which else repr(str(path))
+        raise ValueError(f"{where} is not a readable image file ({e})") from None
 
 
 def _rgb(image: Image.Image) -> Image.Image:
+    # exif_transpose returns a transposed copy without the tag, so applying it twice is a no-op.
+    image = ImageOps.exif_transpose(image)
     if image.mode == "RGB":
         return image
     if "A" in image.getbands() or "transparency" in image.info:

@@ -65,6 +65,10 @@ class LVLMInputs:
     #: The model's family, which turns these inputs into forward kwargs
     #: (:meth:`model_kwargs`); set by ``HookedLVLM.prepare``.
     family: LVLMFamily | None = field(default=None, repr=False, compare=False)
+    #: The RGB PIL images the rows were prepared from (empty for ``pixel_values`` given as a
+    #: tensor): a mean baseline on a dynamic-resolution family resizes its reference images
+    #: to each row's image size (:mod:`tl_lvlm.ablation.baseline`).
+    images: list = field(default_factory=list, repr=False, compare=False)
 
     @property
     def batch_size(self) -> int:
@@ -154,4 +158,5 @@ class LVLMInputs:
             sel[f.name] = v
         sel["questions"] = [self.questions[i] for i in rows] if self.questions else []
         sel["extra"] = {k: v[rows] for k, v in self.extra.items()}
+        sel["images"] = [self.images[i] for i in rows] if self.images else []
         return replace(self, **sel)

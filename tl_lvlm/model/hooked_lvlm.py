@@ -297,7 +297,8 @@ class HookedLVLM:
         template = template or self.template
         before, between, after = split_template(template)
         pixel_values = None
-        if isinstance(images, Tensor):
+        given_pixels = isinstance(images, Tensor)
+        if given_pixels:
             pixel_values = self._check_pixel_values(images)
             images = [self._blank_image()] * pixel_values.shape[0]
         else:
@@ -342,6 +343,7 @@ class HookedLVLM:
             questions=questions,
             extra=extra,
             family=self.family,
+            images=[] if given_pixels else list(images),
             **padded,
         ).to(self.device)
 
@@ -667,6 +669,8 @@ class _Blocks(Sequence):
         return _BlockView(self._blocks[index])
 
     def __getattr__(self, name: str) -> Any:
+        if name == "_blocks":
+            raise AttributeError(name)
         return getattr(self._blocks, name)
 
 
@@ -677,6 +681,8 @@ class _Delegate:
         object.__setattr__(self, "_component", component)
 
     def __getattr__(self, name: str) -> Any:
+        if name == "_component":  # not set yet (copy, unpickling): no recursion
+            raise AttributeError(name)
         return getattr(self._component, name)
 
     def __setattr__(self, name: str, value: Any) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -62,14 +63,20 @@ def check_run(store_dir: str | os.PathLike, run_config: dict[str, Any]) -> None:
         )
 
 
-def stored_samples(store_dir: str | os.PathLike) -> int:
+def stored_samples(store_dir: str | os.PathLike, sample_ids: Sequence[int] | None = None) -> int:
     """Number of samples whose collected logits are complete in ``store_dir``.
 
     A sample is complete once its run has collected every mask it uses (all of
     ``n_masks``, or ``n_masks_used`` of an ``"auto"`` run); 0 for a missing directory.
+    ``sample_ids`` counts only those samples (one shard's), default all.
     """
     count = 0
-    for sample in Path(store_dir).glob("sample-*"):
+    samples = (
+        Path(store_dir).glob("sample-*")
+        if sample_ids is None
+        else (sample_store(store_dir, i) for i in sample_ids)
+    )
+    for sample in samples:
         state = read_state(sample)
         count += state is not None and state.get("complete") is not None
     return count
