@@ -31,7 +31,7 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 
 bench: $(STAMP)
-	$(BIN)/python benchmarks/ablation_throughput.py --out $(OUT)/bench
+	$(BIN)/python benchmarks/ablation_throughput.py --out $(OUT)/bench/ablation_throughput.json
 
 clean:
 	rm -rf $(VENV) $(OUT)
