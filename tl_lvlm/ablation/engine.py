@@ -422,9 +422,12 @@ def hf_modules(model: HookedLVLM, attn_implementation: str | None = None) -> Ite
 
 
 @functools.cache
-def _compiled(module: torch.nn.Module) -> torch.nn.Module:
-    """``torch.compile(module)``, once per module (compiled code is reused across engines)."""
-    return torch.compile(module, dynamic=True)
+def _compiled(module: torch.nn.Module, backend: str) -> torch.nn.Module:
+    """``torch.compile(module)``, once per module and backend (reused across engines).
+
+    ``dynamic=True``: the suffix's row count changes with the batch size.
+    """
+    return torch.compile(module, backend=backend, dynamic=True)
 
 
 class AblationEngine:
@@ -441,7 +444,8 @@ class AblationEngine:
             ``[q * keep, q * ~keep]`` matmuls). Per-position masks and
             :meth:`gate_gradients` always take the eager path.
         compile_layers: ``torch.compile`` each decoder layer's MLP for the suffix runs
-            (the attention stays uncompiled: its row counts change with every batch).
+            (the attention stays uncompiled: its row counts change with every batch);
+            True = the default backend ("inductor"), or a backend's name.
 
     Attributes:
         target: the target token id.
@@ -459,7 +463,7 @@ class AblationEngine:
         target: int | None = None,
         scope: Scope = "text",
         attention: Literal["fused", "eager"] = "fused",
-        compile_layers: bool = False,
+        compile_layers: bool | str = False,
     ):
         check_scope(scope)
         if attention not in ("fused", "eager"):
@@ -477,7 +481,7 @@ class AblationEngine:
         self.model = model
         self.scope = scope
         self.attention = attention
-        self.compile_layers = compile_layers
+        self.compile_layers = "inductor" if compile_layers is True else compile_layers or None
         self.dtype = model.hf_model.dtype
         self.device = model.device
         self.sample = sample.to(self.device)
@@ -762,7 +766,7 @@ class AblationEngine:
             mlps = [layer.mlp for layer in layers]
             try:
                 for layer, mlp in zip(layers, mlps, strict=True):
-                    layer.mlp = _compiled(mlp)
+                    layer.mlp = _compiled(mlp, self.compile_layers)
                 yield
             finally:
                 for layer, mlp in zip(layers, mlps, strict=True):
