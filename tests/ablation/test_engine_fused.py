@@ -77,3 +77,15 @@ def test_engine_fixes_the_allocator_where_glibc_has_it():
 
     if sys.platform == "linux":
         assert steady_allocator() is True
+
+
+@pytest.mark.parametrize("attention", ["fused", "eager"])
+def test_a_masks_logit_does_not_depend_on_its_batch(tiny_gqa, make_setup, attention):
+    """Bit for bit: head attribution's resumed and round-by-round runs rely on it."""
+    setup = make_setup(tiny_gqa)
+    engine = AblationEngine(tiny_gqa, setup.inputs[0], setup.baseline, attention=attention)
+    g = torch.Generator().manual_seed(3)
+    masks = torch.rand(96, tiny_gqa.n_layers, tiny_gqa.n_heads, generator=g) > 0.5
+    reference = engine.run(masks, batch_size=96)
+    for batch in (1, 2, 5, 8, 23, 40):
+        assert torch.equal(engine.run(masks, batch_size=batch), reference), batch

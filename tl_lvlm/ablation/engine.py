@@ -78,8 +78,17 @@ from tl_lvlm.inputs import LVLMInputs
 if TYPE_CHECKING:
     from tl_lvlm.model import HookedLVLM
 
-#: Default largest batch on CPU: the fastest measured (``benchmarks/ablation_throughput.py``).
+#: Default largest batch on CPU, fused path: the fastest measured
+#: (``benchmarks/ablation_throughput.py``'s batch sweep; from 128 on within noise).
 CPU_MAX_BATCH = 128
+#: ... and on the eager paths, whose ``[rows, prefix + suffix]`` scores outgrow the cache
+#: and, above 32 masks, glibc's largest heap-served chunk (32 MiB), so they are mmapped
+#: and page-faulted anew on every use (measured: about 1,050 minor faults per mask).
+CPU_MAX_BATCH_EAGER = 32
+#: A multiple of every CPU vector width (and unroll) of fp32 elementwise kernels (:func:`_merge`).
+_VECTOR_PAD = 64
+#: Query rows of a fused prefix call are padded to a multiple of this (:func:`_fused_attention`).
+_ROW_PAD = 8
 #: Name of the engine's attention function in ``transformers.AttentionInterface``.
 ATTENTION_NAME = "tl_lvlm_image_ablation"
 #: Keyword argument that carries the engine's state down to the attention function.
@@ -199,8 +208,16 @@ def _merge(
 
     ``softmax`` over both sets weighs set a's normalised output by
     ``exp(lse_a) / (exp(lse_a) + exp(lse_b))``, i.e. ``sigmoid(lse_a - lse_b)``.
+
+    The sigmoid runs on a buffer padded to a multiple of :data:`_VECTOR_PAD` elements:
+    CPU kernels compute the elements of a ragged tail with a scalar ``exp`` that rounds
+    differently from the vectorized one, so otherwise a mask's logit would change (by
+    about 1e-7) with how many masks share its batch. Padded, every element takes the
+    vectorized path, and a mask's result does not depend on its batch.
     """
-    w_a = torch.sigmoid(lse_a - lse_b)[..., None]
+    diff = (lse_a - lse_b).reshape(-1)
+    diff = torch.nn.functional.pad(diff, (0, -diff.numel() % _VECTOR_PAD))
+    w_a = torch.sigmoid(diff)[: lse_a.numel()].view(*lse_a.shape, 1)
     return out_b.float() + w_a * (out_a.float() - out_b.float())
 
 
@@ -235,12 +252,17 @@ def _fused_attention(
             (slice(n_keep * s, None), slice(d, None)),
         ):
             part = q[kv, rows]
-            if part.shape[0]:
+            n_rows = part.shape[0]
+            if n_rows:
+                # Zero rows up to a multiple of _ROW_PAD: CPU flash attention computes a
+                # one-row tail block differently (about 1e-7), so otherwise a row's output
+                # would depend on how many rows share its call, i.e. on the batch.
+                part = torch.nn.functional.pad(part, (0, 0, 0, -n_rows % _ROW_PAD))
                 o, part_lse = _attention_with_lse(
                     part[None, None], k2[kv, :, half][None, None], v2[kv, :, half][None, None],
                     scaling, causal=False,
                 )  # fmt: skip
-                out[kv, rows], lse[kv, rows] = o[0, 0], part_lse[0, 0]
+                out[kv, rows], lse[kv, rows] = o[0, 0, :n_rows], part_lse[0, 0, :n_rows]
     inverse = routing.inverse[layer]
     out = out.view(n_kv * b * g, s, d).index_select(0, inverse)
     lse = lse.view(n_kv * b * g, s).index_select(0, inverse)
@@ -711,12 +733,14 @@ class AblationEngine:
         Budget: half the free accelerator memory on CUDA, a quarter of the
         available RAM on CPU (2 GiB when ``psutil`` is missing), divided by an
         estimate of the activations one mask needs (:meth:`_bytes_per_mask`).
-        ``max_batch`` defaults to 512 on CUDA and :data:`CPU_MAX_BATCH` on CPU (the
-        fastest batch measured there; ``benchmarks/ablation_throughput.py`` sweeps it).
+        ``max_batch`` defaults to 512 on CUDA and on CPU to :data:`CPU_MAX_BATCH` (fused
+        path) or :data:`CPU_MAX_BATCH_EAGER` (eager paths), the fastest batches measured
+        there (``benchmarks/ablation_throughput.py`` sweeps them).
         ``backward=True`` sizes a batch of :meth:`gate_gradients`, which keeps every
         layer's activations for the backward pass; ``per_position`` one of
         per-image-position masks (eager attention, scores materialised).
         """
+        eager = backward or per_position or self.attention == "eager"
         if self.device.type == "cuda":
             budget = torch.cuda.mem_get_info(self.device)[0] // 2
             max_batch = max_batch or 512
@@ -727,8 +751,7 @@ class AblationEngine:
                 budget = psutil.virtual_memory().available // 4
             except ImportError:
                 budget = 2 * 2**30
-            max_batch = max_batch or CPU_MAX_BATCH
-        eager = backward or per_position or self.attention == "eager"
+            max_batch = max_batch or (CPU_MAX_BATCH_EAGER if eager else CPU_MAX_BATCH)
         per_mask = self._bytes_per_mask(eager=eager) * (self.model.n_layers + 1 if backward else 1)
         return int(max(1, min(max_batch, budget // per_mask)))
 

@@ -286,10 +286,15 @@ class LVLMFamily:
         """
         head = self.unembedding
         weight, bias = head.weight, getattr(head, "bias", None)
-        if vocab is not None:
-            weight = weight[vocab]
+        if vocab is None:
+            logits = hidden.float() @ weight.float().T
+        else:
+            weight = weight[vocab].float()
             bias = None if bias is None else bias[vocab]
-        logits = hidden.float() @ weight.float().T
+            # A product and a sum per row, not a matrix-vector product: BLAS blocks the
+            # latter by the number of rows, so a row's logit would round differently
+            # (about 1e-7) with the batch it is in.
+            logits = (hidden.float()[..., None, :] * weight).sum(-1)
         if bias is not None:
             logits = logits + bias.float()
         cap = getattr(self.decoder_config, "final_logit_softcapping", None)
