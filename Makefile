@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.tl-lvlm-installed
 OUT ?= out
 
-.PHONY: demo test lint format bench clean
+.PHONY: demo test lint format bench gpu-check clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,7 +31,11 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 
 bench: $(STAMP)
-	$(BIN)/python benchmarks/ablation_throughput.py --out $(OUT)/bench
+	$(BIN)/python benchmarks/ablation_throughput.py --out $(OUT)/bench/ablation_throughput.json
+
+# On a GPU machine (TORCH_SPEC of a CUDA build): CUDA checks, 7B-shape throughput, study time.
+gpu-check: $(STAMP)
+	$(BIN)/python benchmarks/gpu_check.py --out $(OUT)/gpu_check.json
 
 clean:
 	rm -rf $(VENV) $(OUT)

@@ -1,52 +1,65 @@
-"""Throughput of image-K/V head ablation: naive loop vs batched hooks vs AblationEngine.
+"""Throughput of image-K/V head ablation as a user gets it: every method in a fresh process.
 
 Ablated forward passes per second ("masks/s") for one sample in LLaVA-1.5's token
-layout (576 image tokens, the LLaVA-1.5 template and question), measured in one run:
+layout (576 image tokens, the LLaVA-1.5 template and question). Each measurement runs
+in its own child process (``python ablation_throughput.py --child KIND``), so none
+inherits the heap, caches or allocator state of another:
 
-(a) naive: one ``run_with_hooks`` forward of the whole prompt per mask;
-(b) hooks batched: the hook reference, ``--ref-batch-size`` masks per forward;
-(c) engine: :class:`~tl_lvlm.ablation.engine.AblationEngine` (shared prefix, text suffix only).
+- ``matmul_peak``: the best fp32 (bf16 on CUDA) square-matmul FLOP/s of this machine
+  (same threads), the yardstick for the engine's achieved FLOP/s;
+- ``head_attribution``: :func:`~tl_lvlm.analysis.heads.head_attribution` end to end
+  (baseline, clean runs, prefixes, engine, fits) on ``--sample-seeds`` samples x
+  ``--ha-masks`` masks, timed from the call to the result;
+- ``engine``: :class:`~tl_lvlm.ablation.engine.AblationEngine` built and ``run`` on
+  ``--masks`` masks: the first call (what a script gets) and the best of ``--repeats``;
+- ``engine_eager``: the same with ``attention="eager"`` (the pre-fused path);
+- ``naive``: one ``run_with_hooks`` forward of the whole prompt per mask;
+- ``hooks``: the hook reference, ``--ref-batch-size`` masks per forward, once with the
+  default glibc allocator and once with the engine's fixed malloc thresholds
+  (:func:`~tl_lvlm.ablation.engine.steady_allocator`), with the minor page faults per
+  mask of each, which is what separates the two;
+- ``batch_sweep``: the engine's masks/s per batch size (what ``auto_batch_size``'s CPU
+  cap is chosen from).
 
-It also checks that (a), (b) and (c) agree on the masks they share.
+The engine's, naive and hook outputs are checked against each other on shared masks.
+"Standard" FLOPs per mask count the suffix tokens' forward (projections, MLP,
+attention to prefix + suffix, the final position's unembedding), not the ablation's
+extra work. JSON goes to ``--out`` (default ``benchmarks/results/ablation_throughput.json``).
 
 Shapes:
 
 - ``tiny`` (default): a random tiny LLaVA (``--layers``/``--heads``/``--d-model``,
-  CLIP patch 2 on 48 px images, so 24 x 24 = 576 image tokens). Runs in well under
-  two minutes on a 2-core CPU, one torch thread by default (``--threads``).
-- ``llava-1.5-7b``: random weights with LLaVA-1.5-7B's shapes (Llama: 32 layers,
-  32 heads, d_model 4096, d_mlp 11008, vocab 32064; CLIP-L/14 at 336 px: 24 layers,
-  1024 hidden), built directly on ``--device`` in bf16. The vision tower only runs
-  in the prefix (once per sample for the engine), so ``--vision-layers`` may
-  shorten it without changing the engine's numbers. The tokenizer is the tiny BPE
-  one (token ids < 400 of the 32064-row embedding); throughput does not depend on
-  which ids the prompt uses. For this shape the script also reports the fraction
-  of peak bf16 FLOP/s (``--peak-flops``, default 989e12: H100/H200 SXM dense) that
-  the engine reaches on the suffix, counting the standard forward FLOPs of the
-  suffix tokens (projections, MLP, attention to prefix + suffix, the final
-  position's unembedding) and not the extra baseline-score work of the ablation.
+  CLIP patch 2 on 48 px images, so 24 x 24 = 576 image tokens), saved once and loaded
+  by each child with ``from_pretrained``; one torch thread by default (``--threads``).
+- ``llava-1.5-7b``: random weights with LLaVA-1.5-7B's shapes, built on ``--device``
+  in bf16 by each child (``benchmarks/gpu_check.py`` is the prepared GPU run).
 
 Examples::
 
-    python benchmarks/ablation_throughput.py --out bench.json
+    python benchmarks/ablation_throughput.py
     python benchmarks/ablation_throughput.py --device cuda --shape llava-1.5-7b
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
+import resource
+import subprocess
+import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
 from tl_lvlm import HookedLVLM
 from tl_lvlm.ablation import image_kv_ablation_hooks, image_kv_baseline
-from tl_lvlm.ablation.engine import AblationEngine
+from tl_lvlm.ablation.engine import AblationEngine, steady_allocator
 from tl_lvlm.inputs.templates import LLAVA_15_TEMPLATE
 from tl_lvlm.testing import (
     IMAGE_TOKEN,
@@ -59,6 +72,9 @@ from tl_lvlm.testing import (
 
 TEMPLATE = LLAVA_15_TEMPLATE
 QUESTION = "What is the main object in this image? Answer in a single word."
+RESULTS = Path(__file__).parent / "results" / "ablation_throughput.json"
+#: Masks whose outputs the children return for the agreement check.
+N_CHECK = 8
 
 
 @dataclass
@@ -124,8 +140,8 @@ def build_shaped_llava(shape: Shape, device: str, dtype: torch.dtype) -> HookedL
         return HookedLVLM.from_hf(hf_model.eval(), AutoProcessor.from_pretrained(tmp))
 
 
-def build_tiny(args: argparse.Namespace, dtype: torch.dtype) -> HookedLVLM:
-    """A tiny random LLaVA with 576 image tokens, saved and loaded back as a user would."""
+def save_tiny(args: argparse.Namespace, directory: str) -> str:
+    """A tiny random LLaVA with 576 image tokens, saved as a user's checkpoint would be."""
     cfg = TinyLlavaConfig(
         n_layers=args.layers,
         n_heads=args.heads,
@@ -135,9 +151,7 @@ def build_tiny(args: argparse.Namespace, dtype: torch.dtype) -> HookedLVLM:
         patch_size=2,
         seed=args.seed,
     )
-    with tempfile.TemporaryDirectory() as tmp:
-        path = save_tiny_llava(f"{tmp}/tiny", cfg)
-        return HookedLVLM.from_pretrained(path, device=args.device, dtype=dtype)
+    return str(save_tiny_llava(f"{directory}/tiny", cfg))
 
 
 def suffix_flops_per_mask(engine: AblationEngine) -> float:
@@ -156,23 +170,205 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def best_rate(fns: dict, n_masks: dict, repeats: int, device: str) -> tuple[dict, dict]:
-    """Outputs and best masks/s of each method over ``repeats`` interleaved rounds.
-
-    Interleaving and taking the best round keep a busy machine from favouring
-    whichever method happened to run while it was quiet.
-    """
-    outputs, rates = {}, {}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            sync(device)
-            t0 = time.perf_counter()
-            outputs[name] = fn()
-            sync(device)
-            rates[name] = max(rates.get(name, 0.0), n_masks[name] / (time.perf_counter() - t0))
-    return outputs, rates
+def minor_faults() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
+def timed(fn, n_masks: int, device: str) -> tuple[object, float, float]:
+    """``fn()``'s output, its masks/s and its minor page faults per mask."""
+    sync(device)
+    f0, t0 = minor_faults(), time.perf_counter()
+    out = fn()
+    sync(device)
+    dt = time.perf_counter() - t0
+    return out, n_masks / dt, (minor_faults() - f0) / n_masks
+
+
+# --------------------------------------------------------------------------- children
+def load_model(args: argparse.Namespace) -> HookedLVLM:
+    dtype = getattr(torch, args.dtype)
+    if args.shape == "llava-1.5-7b":
+        shape = Shape(vision_layers=args.vision_layers or Shape.vision_layers)
+        return build_shaped_llava(shape, args.device, dtype)
+    return HookedLVLM.from_pretrained(args.checkpoint, device=args.device, dtype=dtype)
+
+
+def setup(args: argparse.Namespace, model: HookedLVLM):
+    """The sample, its mean baseline over 4 reference images, and the random masks."""
+    size = model.image_size
+    sample = model.prepare(random_images(1, size, seed=args.seed), QUESTION, template=TEMPLATE)
+    reference = model.prepare(
+        random_images(4, size, seed=args.seed + 1), QUESTION, template=TEMPLATE
+    )
+    baseline = image_kv_baseline(model, reference)
+    g = torch.Generator().manual_seed(args.seed)
+    n = max(args.masks, args.ref_masks, args.naive_masks, max(args.sweep))
+    masks = torch.rand(n, model.n_layers, model.n_heads, generator=g) >= args.p_ablate
+    return sample, baseline, masks
+
+
+def matmul_peak(args: argparse.Namespace) -> dict:
+    """Best square-matmul FLOP/s: fp32 on CPU, bf16 on CUDA (the engine's dtype there)."""
+    n = 4096 if args.device.startswith("cuda") else 1024
+    dtype = torch.bfloat16 if args.device.startswith("cuda") else torch.float32
+    a, b = (torch.randn(n, n, device=args.device, dtype=dtype) for _ in range(2))
+    c = torch.empty(n, n, device=args.device, dtype=dtype)
+    best, reps = 0.0, 20 if args.device.startswith("cuda") else 5
+    for _ in range(args.repeats + 2):
+        sync(args.device)
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            torch.mm(a, b, out=c)
+        sync(args.device)
+        best = max(best, reps * 2 * n**3 / (time.perf_counter() - t0))
+    return {"flops": best, "n": n, "dtype": str(dtype).removeprefix("torch.")}
+
+
+def child_head_attribution(args: argparse.Namespace) -> dict:
+    from tl_lvlm.analysis.heads import head_attribution
+
+    t0 = time.perf_counter()
+    model = load_model(args)
+    load_s = time.perf_counter() - t0
+    # Random weights: whether ablating lowers the greedy logit is a coin toss per image;
+    # the default seeds' images have positive gaps on the default tiny model.
+    images = [random_images(1, model.image_size, seed=seed)[0] for seed in args.sample_seeds]
+    reference = random_images(4, model.image_size, seed=args.seed + 1)  # as the engine child
+    f0, t0 = minor_faults(), time.perf_counter()
+    result = head_attribution(
+        model,
+        [(image, QUESTION) for image in images],
+        reference=reference,
+        n_masks=args.ha_masks,
+        p_ablate=args.p_ablate,
+        min_logit_gap=0.0,  # random weights: keep every sample whose gap is positive
+        evaluate=False,
+        progress=False,
+        seed=args.seed,
+    )
+    wall = time.perf_counter() - t0
+    n = len(result.sample_ids) * args.ha_masks  # an excluded sample runs no masks
+    if not n:
+        raise RuntimeError(f"head_attribution excluded every sample: {result.excluded}")
+    return {
+        "load_s": load_s,
+        "wall_s": wall,
+        "n_masks": n,
+        "n_kept": len(result.sample_ids),
+        "masks_per_s": n / wall,
+        "faults_per_mask": (minor_faults() - f0) / n,
+    }
+
+
+def child_engine(args: argparse.Namespace, attention: str) -> dict:
+    model = load_model(args)
+    sample, baseline, masks = setup(args, model)
+    masks = masks[: args.masks]
+    sync(args.device)
+    t0 = time.perf_counter()
+    engine = AblationEngine(model, sample, baseline, attention=attention)
+    sync(args.device)
+    setup_s = time.perf_counter() - t0
+    batch = args.batch_size or engine.auto_batch_size()
+
+    def run():
+        return engine.run(masks, batch_size=batch, progress=False)
+
+    out, first, first_faults = timed(run, len(masks), args.device)
+    rates, faults = [first], [first_faults]
+    for _ in range(args.repeats - 1):
+        rates.append(timed(run, len(masks), args.device)[1])
+    return {
+        "engine_setup_s": setup_s,
+        "batch_size": batch,
+        "n_masks": len(masks),
+        "masks_per_s_first_call": first,
+        "masks_per_s": max(rates),
+        "faults_per_mask_first_call": faults[0],
+        "suffix_flops_per_mask": suffix_flops_per_mask(engine),
+        "target": engine.target,
+        "model": {
+            "n_layers": model.n_layers,
+            "n_heads": model.n_heads,
+            "d_model": model.hf_model.config.text_config.hidden_size,
+            "n_image": engine.n_image,
+            "prefix_len": engine.prefix_len,
+            "suffix_len": engine.suffix_len,
+            "seq_len": sample.seq_len,
+        },
+        "check": out[:N_CHECK].tolist(),
+    }
+
+
+def child_batch_sweep(args: argparse.Namespace) -> dict:
+    model = load_model(args)
+    sample, baseline, masks = setup(args, model)
+    engine = AblationEngine(model, sample, baseline)
+    rates = {}
+    for batch in args.sweep:
+        keep = masks[: max(batch, min(args.masks, 4 * batch))]
+        run = functools.partial(engine.run, keep, batch_size=batch, progress=False)
+        run()
+        rates[batch] = max(timed(run, len(keep), args.device)[1] for _ in range(2))
+    return {"masks_per_s": rates, "auto_batch_size": engine.auto_batch_size()}
+
+
+def hooked_logits(model, sample, baseline, keep: torch.Tensor, target: int) -> torch.Tensor:
+    """Target logits of the hook reference, one forward of ``keep.shape[0]`` rows."""
+    rows = sample[[0] * keep.shape[0]]
+    hooks = image_kv_ablation_hooks(model, rows, baseline, keep.to(model.device))
+    with torch.no_grad():
+        return model.final_logits(rows, hooks)[:, target].cpu()
+
+
+def child_hooks(args: argparse.Namespace, naive: bool) -> dict:
+    allocator = False if naive else args.steady_allocator and steady_allocator()
+    model = load_model(args)
+    sample, baseline, masks = setup(args, model)
+    n, b = (args.naive_masks, 1) if naive else (args.ref_masks, args.ref_batch_size)
+    target = args.target
+    hooked_logits(model, sample, baseline, masks[:b], target)  # warm-up
+
+    def run():
+        return torch.cat(
+            [
+                hooked_logits(model, sample, baseline, masks[i : min(i + b, n)], target)
+                for i in range(0, n, b)
+            ]
+        )
+
+    out, rate, faults = timed(run, n, args.device)
+    rates = [rate] + [timed(run, n, args.device)[1] for _ in range(args.repeats - 1)]
+    return {
+        "batch_size": b,
+        "n_masks": n,
+        "steady_allocator": allocator,
+        "masks_per_s": max(rates),
+        "faults_per_mask": faults,
+        "check": out[:N_CHECK].tolist(),
+    }
+
+
+def child(args: argparse.Namespace) -> dict:
+    if args.threads or args.device == "cpu":
+        torch.set_num_threads(args.threads or 1)
+    torch.manual_seed(args.seed)
+    kind = args.child
+    if kind == "matmul_peak":
+        return matmul_peak(args)
+    if kind == "head_attribution":
+        return child_head_attribution(args)
+    if kind in ("engine", "engine_eager"):
+        return child_engine(args, "eager" if kind == "engine_eager" else "fused")
+    if kind == "batch_sweep":
+        return child_batch_sweep(args)
+    if kind in ("naive", "hooks", "hooks_steady"):
+        args.steady_allocator = kind == "hooks_steady"
+        return child_hooks(args, naive=kind == "naive")
+    raise ValueError(f"unknown child {kind!r}")
+
+
+# --------------------------------------------------------------------------- parent
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add = parser.add_argument
@@ -193,132 +389,136 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=None,
         help="llava-1.5-7b: CLIP layers (default 24, the real tower)",
     )
-    add("--naive-masks", type=int, default=6, help="masks per round for (a)")
-    add("--ref-masks", type=int, default=16, help="masks per round for (b)")
+    add("--naive-masks", type=int, default=12, help="masks for the naive loop")
+    add("--ref-masks", type=int, default=32, help="masks for the batched hook reference")
     add("--ref-batch-size", type=int, default=16)
-    add("--masks", type=int, default=512, help="masks per round for the engine")
+    add("--masks", type=int, default=2048, help="masks per engine call")
     add("--batch-size", type=int, default=None, help="engine; default: auto_batch_size()")
-    add("--repeats", type=int, default=3, help="interleaved rounds; the best counts")
+    add(
+        "--sweep",
+        type=lambda s: [int(x) for x in s.split(",")],
+        default=[16, 32, 64, 128, 256, 512],
+        help="batch sizes of the batch sweep (comma-separated)",
+    )
+    add(
+        "--sample-seeds",
+        type=lambda s: [int(x) for x in s.split(",")],
+        default=[4, 5],
+        help="head_attribution: one sample per image seed (comma-separated)",
+    )
+    add("--ha-masks", type=int, default=1024, help="head_attribution: masks per sample")
+    add("--repeats", type=int, default=3, help="calls per child; the best counts (and the first)")
     add(
         "--threads",
         type=int,
         default=None,
-        help="torch CPU threads; default 1 on CPU (the tiny model's ops are too small to gain "
-        "from more, and one thread stays steady on a busy machine)",
+        help="torch CPU threads; default 1 on CPU (steady on a busy machine)",
     )
     add("--p-ablate", type=float, default=0.75)
-    add(
-        "--peak-flops",
-        type=float,
-        default=989e12,
-        help="peak bf16 FLOP/s of the device (H100/H200 SXM dense: 989e12)",
-    )
     add("--seed", type=int, default=0)
-    add("--out", default=None, help="write the results as JSON here")
-    return parser.parse_args(argv)
+    add("--out", default=str(RESULTS), help="write the results as JSON here")
+    add("--child", default=None, help=argparse.SUPPRESS)
+    add("--checkpoint", default=None, help=argparse.SUPPRESS)
+    add("--target", type=int, default=None, help=argparse.SUPPRESS)
+    add("--report", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    args.dtype = args.dtype or ("bfloat16" if args.shape == "llava-1.5-7b" else "float32")
+    return args
+
+
+def run_child(kind: str, argv: list[str], extra: list[str] = ()) -> dict:
+    """Run ``kind`` in a fresh interpreter (same arguments) and return its JSON report."""
+    with tempfile.TemporaryDirectory() as tmp:
+        report = Path(tmp) / "report.json"
+        cmd = [sys.executable, __file__, *argv, *extra, "--child", kind, "--report", str(report)]
+        path = [str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")]
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(path))
+        subprocess.run(cmd, check=True, env=env)
+        return json.loads(report.read_text())
 
 
 def main(argv: list[str] | None = None) -> dict:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
-    if args.threads or args.device == "cpu":
-        torch.set_num_threads(args.threads or 1)
-    torch.manual_seed(args.seed)
-    big = args.shape == "llava-1.5-7b"
-    dtype = getattr(torch, args.dtype or ("bfloat16" if big else "float32"))
-    t0 = time.perf_counter()
-    if big:
-        shape = Shape(vision_layers=args.vision_layers or Shape.vision_layers)
-        model = build_shaped_llava(shape, args.device, dtype)
-    else:
-        model = build_tiny(args, dtype)
-    build_s = time.perf_counter() - t0
+    if args.child:
+        Path(args.report).write_text(json.dumps(child(args)))
+        return {}
+    t_start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        extra = [] if args.shape != "tiny" else ["--checkpoint", save_tiny(args, tmp)]
+        r = {"matmul_peak": run_child("matmul_peak", argv, extra)}
+        r["engine"] = run_child("engine", argv, extra)
+        extra += ["--target", str(r["engine"]["target"])]
+        for kind in (
+            "engine_eager",
+            "naive",
+            "hooks",
+            "hooks_steady",
+            "head_attribution",
+            "batch_sweep",
+        ):
+            r[kind] = run_child(kind, argv, extra)
+    result = summarize(args, r)
+    result["benchmark_wall_s"] = time.perf_counter() - t_start
+    report(result)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result, indent=2))
+    return result
 
-    size = model.image_size
-    sample = model.prepare(random_images(1, size, seed=args.seed), QUESTION, template=TEMPLATE)
-    reference = model.prepare(
-        random_images(4, size, seed=args.seed + 1), QUESTION, template=TEMPLATE
-    )
-    baseline = image_kv_baseline(model, reference)
-    g = torch.Generator().manual_seed(args.seed)
-    n_all = max(args.masks, args.ref_masks, args.naive_masks)
-    masks = torch.rand(n_all, model.n_layers, model.n_heads, generator=g) >= args.p_ablate
 
-    sync(args.device)
-    t0 = time.perf_counter()
-    engine = AblationEngine(model, sample, baseline)
-    sync(args.device)
-    setup_s = time.perf_counter() - t0
-    batch_size = args.batch_size or engine.auto_batch_size()
-
-    def hooked(keep: torch.Tensor) -> torch.Tensor:
-        rows = sample[[0] * keep.shape[0]]
-        hooks = image_kv_ablation_hooks(model, rows, baseline, keep.to(model.device))
-        with torch.no_grad():
-            return model.run_with_hooks(rows, fwd_hooks=hooks)[:, -1, engine.target].float().cpu()
-
-    b = args.ref_batch_size
-    fns = {
-        "naive": lambda: torch.cat([hooked(masks[i : i + 1]) for i in range(args.naive_masks)]),
-        "hooks_batched": lambda: torch.cat(
-            [hooked(masks[i : min(i + b, args.ref_masks)]) for i in range(0, args.ref_masks, b)]
-        ),
-        "engine": lambda: engine.run(masks[: args.masks], batch_size=batch_size, progress=False),
-    }
-    n_masks = {"naive": args.naive_masks, "hooks_batched": args.ref_masks, "engine": args.masks}
-    hooked(masks[:1])  # warm-up
-    engine.run(masks[:batch_size], batch_size=batch_size)
-    outputs, rates = best_rate(fns, n_masks, args.repeats, args.device)
-
-    n_check = min(n_masks.values())
-    diff = {
-        f"engine_vs_{name}": float(
-            (outputs["engine"][:n_check] - outputs[name][:n_check]).abs().max()
-        )
-        for name in ("naive", "hooks_batched")
-    }
-    result = {
+def summarize(args: argparse.Namespace, r: dict) -> dict:
+    eng, naive = r["engine"], r["naive"]
+    flops, peak = eng["suffix_flops_per_mask"], r["matmul_peak"]["flops"]
+    check = torch.tensor(eng["check"])
+    diff = {}
+    for name in ("engine_eager", "naive", "hooks"):
+        other = torch.tensor(r[name]["check"])
+        diff[f"engine_vs_{name}"] = float((check[: len(other)] - other).abs().max())
+    return {
         "shape": args.shape,
         "device": args.device,
         "device_name": torch.cuda.get_device_name()
         if args.device.startswith("cuda")
         else platform.processor() or platform.machine(),
-        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "torch_threads": args.threads or (1 if args.device == "cpu" else torch.get_num_threads()),
         "load_average": os.getloadavg(),
-        "dtype": str(dtype).removeprefix("torch."),
-        "model": {
-            "n_layers": model.n_layers,
-            "n_heads": model.n_heads,
-            "d_model": model.hf_model.config.text_config.hidden_size,
-            "n_image": engine.n_image,
-            "prefix_len": engine.prefix_len,
-            "suffix_len": engine.suffix_len,
-            "seq_len": sample.seq_len,
+        "dtype": args.dtype,
+        "model": eng["model"],
+        "masks_per_s": {
+            "head_attribution": r["head_attribution"]["masks_per_s"],
+            "engine_first_call": eng["masks_per_s_first_call"],
+            "engine": eng["masks_per_s"],
+            "engine_eager": r["engine_eager"]["masks_per_s"],
+            "naive": naive["masks_per_s"],
+            "hooks_batched": r["hooks"]["masks_per_s"],
+            "hooks_batched_steady_allocator": r["hooks_steady"]["masks_per_s"],
         },
-        "build_s": build_s,
-        "engine_setup_s": setup_s,
-        "engine_batch_size": batch_size,
-        "ref_batch_size": args.ref_batch_size,
-        "repeats": args.repeats,
-        "n_masks": n_masks,
-        "masks_per_s": rates,
-        "speedup": {
-            "engine_vs_naive": rates["engine"] / rates["naive"],
-            "engine_vs_hooks_batched": rates["engine"] / rates["hooks_batched"],
-            "hooks_batched_vs_naive": rates["hooks_batched"] / rates["naive"],
+        "speedup_vs_naive": {
+            "head_attribution": r["head_attribution"]["masks_per_s"] / naive["masks_per_s"],
+            "engine_first_call": eng["masks_per_s_first_call"] / naive["masks_per_s"],
+            "engine": eng["masks_per_s"] / naive["masks_per_s"],
+            "engine_eager": r["engine_eager"]["masks_per_s"] / naive["masks_per_s"],
+            "hooks_batched": r["hooks"]["masks_per_s"] / naive["masks_per_s"],
         },
+        "faults_per_mask": {
+            "engine_first_call": eng["faults_per_mask_first_call"],
+            "engine_eager_first_call": r["engine_eager"]["faults_per_mask_first_call"],
+            "head_attribution": r["head_attribution"]["faults_per_mask"],
+            "hooks_batched": r["hooks"]["faults_per_mask"],
+            "hooks_batched_steady_allocator": r["hooks_steady"]["faults_per_mask"],
+        },
+        "standard_flops_per_mask": flops,
+        "matmul_peak": r["matmul_peak"],
+        "engine_flops": flops * eng["masks_per_s"],
+        "engine_fraction_of_matmul_peak": flops * eng["masks_per_s"] / peak,
+        "engine_first_call_fraction_of_matmul_peak": flops * eng["masks_per_s_first_call"] / peak,
+        "batch_sweep": r["batch_sweep"],
         "max_abs_diff": diff,
+        "children": r,
+        "args": {k: v for k, v in vars(args).items() if k not in ("child", "report", "checkpoint")},
     }
-    if big:
-        flops = suffix_flops_per_mask(engine)
-        result["suffix_flops_per_mask"] = flops
-        result["peak_flops"] = args.peak_flops
-        result["engine_fraction_of_peak"] = flops * rates["engine"] / args.peak_flops
-        result["shape_config"] = asdict(shape)
-    report(result)
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(result, f, indent=2)
-    return result
 
 
 def report(r: dict) -> None:
@@ -326,21 +526,30 @@ def report(r: dict) -> None:
     print(
         f"{r['shape']} on {r['device_name']} ({r['dtype']}, {r['torch_threads']} threads, load "
         f"{r['load_average'][0]:.1f}): {m['seq_len']} tokens = prefix {m['prefix_len']} + suffix "
-        f"{m['suffix_len']}; {m['n_layers']} layers x {m['n_heads']} heads"
+        f"{m['suffix_len']}; {m['n_layers']} layers x {m['n_heads']} heads; each in a fresh process"
     )
     for name, rate in r["masks_per_s"].items():
-        print(f"  {name:14s} {rate:10.1f} masks/s   ({r['n_masks'][name]} masks per round)")
-    for name, ratio in r["speedup"].items():
-        print(f"  {name:24s} {ratio:8.1f}x")
+        ratio = r["speedup_vs_naive"].get(name)
+        vs = f"{ratio:8.1f}x naive" if ratio else ""
+        print(f"  {name:32s} {rate:10.1f} masks/s {vs}")
     print(
-        f"  engine batch size {r['engine_batch_size']}; setup (prefix) {r['engine_setup_s']:.2f}s"
+        "  minor page faults per mask: "
+        + ", ".join(f"{k} {v:.1f}" for k, v in r["faults_per_mask"].items())
+    )
+    peak = r["matmul_peak"]
+    print(
+        f"  engine {r['engine_flops'] / 1e9:.1f} GFLOP/s = "
+        f"{r['engine_fraction_of_matmul_peak']:.1%}"
+        f" of the measured {peak['dtype']} matmul peak {peak['flops'] / 1e9:.1f} GFLOP/s "
+        f"({r['standard_flops_per_mask'] / 1e6:.1f} MFLOP per mask)"
+    )
+    sweep = r["batch_sweep"]
+    print(
+        "  batch sweep: "
+        + ", ".join(f"{b}: {v:.0f}" for b, v in sweep["masks_per_s"].items())
+        + f"; auto_batch_size {sweep['auto_batch_size']}"
     )
     print("  max |diff| " + ", ".join(f"{k} {v:.1e}" for k, v in r["max_abs_diff"].items()))
-    if "engine_fraction_of_peak" in r:
-        print(
-            f"  engine: {r['engine_fraction_of_peak']:.1%} of peak "
-            f"({r['suffix_flops_per_mask'] / 1e9:.1f} GFLOP per mask, peak {r['peak_flops']:.3g})"
-        )
 
 
 if __name__ == "__main__":

@@ -136,12 +136,18 @@ def vicuna_sized_tokenizer():
     return PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(json.dumps(spec)), **kwargs)
 
 
-def llava_15_7b_config(n_layers: int = 32):
-    """LLaVA-1.5-7B's ``LlavaConfig`` with ``n_layers`` decoder layers (every width as in 7B)."""
+def llava_15_7b_config(n_layers: int = 32, *, text: dict | None = None, vision: dict | None = None):
+    """LLaVA-1.5-7B's ``LlavaConfig`` with ``n_layers`` decoder layers (every width as in 7B).
+
+    ``text`` / ``vision``: keys of the text / vision config to change (a shrunk
+    rehearsal, e.g. ``benchmarks/gpu_check.py --dry-run``).
+    """
     from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
 
     spec = json.loads(json.dumps(LLAVA_15_7B))
     spec["text_config"]["num_hidden_layers"] = n_layers
+    spec["text_config"].update(text or {})
+    spec["vision_config"].update(vision or {})
     return LlavaConfig(
         text_config=LlamaConfig(**spec.pop("text_config")),
         vision_config=CLIPVisionConfig(**spec.pop("vision_config")),

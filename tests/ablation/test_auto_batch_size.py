@@ -75,8 +75,8 @@ def cpu_peak_bytes(fn) -> int:
     return int(np.cumsum([n for _, n in events]).max())
 
 
-def _check_estimate(engine: AblationEngine, peak: int, batch: int) -> None:
-    estimate = engine._bytes_per_mask()
+def _check_estimate(engine: AblationEngine, peak: int, batch: int, per_position: bool) -> None:
+    estimate = engine._bytes_per_mask(eager=per_position)
     assert peak <= batch * estimate, (
         f"a batch of {batch} masks allocated {peak} bytes at its peak, more than "
         f"{batch} x the estimate of {estimate} bytes per mask"
@@ -97,7 +97,7 @@ def test_estimate_bounds_measured_cpu_peak(load, dtype, scope, per_position):
     engine = _engine(load("cpu", dtype), scope)
     masks = _masks(engine, BATCH, per_position)
     peak = cpu_peak_bytes(lambda: engine.run(masks, batch_size=BATCH, progress=False))
-    _check_estimate(engine, peak, BATCH)
+    _check_estimate(engine, peak, BATCH, per_position)
 
 
 def test_auto_batch_fits_its_budget(load, monkeypatch):
@@ -105,7 +105,7 @@ def test_auto_batch_fits_its_budget(load, monkeypatch):
     import psutil
 
     engine = _engine(load("cpu", torch.float32), "text")
-    estimate = engine._bytes_per_mask()
+    estimate = engine._bytes_per_mask(eager=False)
     available = 4 * 5 * estimate + 3
     monkeypatch.setattr(
         psutil, "virtual_memory", lambda: type("Mem", (), {"available": available})()
@@ -127,4 +127,4 @@ def test_estimate_bounds_measured_cuda_peak(load, scope):
     torch.cuda.reset_peak_memory_stats()
     engine.run(masks, batch_size=BATCH, progress=False)
     torch.cuda.synchronize()
-    _check_estimate(engine, torch.cuda.max_memory_allocated() - before, BATCH)
+    _check_estimate(engine, torch.cuda.max_memory_allocated() - before, BATCH, False)

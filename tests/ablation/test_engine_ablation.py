@@ -12,7 +12,7 @@ from torch.utils._pytree import tree_leaves
 
 from tl_lvlm import HookedLVLM
 from tl_lvlm.ablation import image_kv_ablation_hooks, image_kv_baseline
-from tl_lvlm.ablation.engine import ATTENTION_NAME, AblationEngine, hf_modules
+from tl_lvlm.ablation.engine import ATTENTION_NAME, CPU_MAX_BATCH, AblationEngine, hf_modules
 from tl_lvlm.inputs.templates import VICUNA_SYSTEM_TEMPLATE
 from tl_lvlm.testing import random_images
 
@@ -99,7 +99,7 @@ def test_numpy_masks_auto_batch_size_and_progress(tiny_gqa, make_setup, capsys):
     s = make_setup(tiny_gqa)
     engine = AblationEngine(tiny_gqa, s.inputs[0], s.baseline)
     masks = random_masks(tiny_gqa, 10)
-    assert 1 <= engine.auto_batch_size() <= 32  # the CPU default cap
+    assert 1 <= engine.auto_batch_size() <= CPU_MAX_BATCH  # the CPU default cap
     assert engine.auto_batch_size(max_batch=3) == 3
     y = engine.run(masks.numpy())
     assert torch.allclose(y, engine.run(masks, batch_size=4, progress=True), atol=1e-5, rtol=0)

@@ -6,7 +6,8 @@ with ``save_pretrained`` and loaded with ``HookedLVLM.from_pretrained(path)``:
 
 - logits equal an independently loaded HF eager model's (<= 1e-4, fp32) on a padded batch of 2;
 - token groups decode to the template's pieces;
-- the AblationEngine equals the hook reference (<= 1e-4) in both scopes, on 32 random
+- the AblationEngine equals the hook reference (<= 1e-4) in both scopes and both attention
+  paths (fused, eager), in fp32 and (within bf16 noise) bf16, on 32 random
   masks plus the all-kept and all-ablated ones (and on per-position masks);
 - attention knockout equals HF's own attention with the blocked pairs masked;
 - head attribution runs end to end;
@@ -203,16 +204,21 @@ def _refused(model, analysis: str) -> bool:
     return True
 
 
-@pytest.mark.parametrize("scope", ["text", "all"])
-def test_engine_equals_hook_reference(model, scope):
+def _ablation_refused(model) -> bool:
+    """Whether the model refuses image-K/V ablation, which its baselines then say."""
+    if not _refused(model, "ablation"):
+        return False
+    with pytest.raises(NotImplementedError, match="does not support ablation"):
+        image_kv_baseline(model, model.prepare(random_images(3, 28, seed=5), QUESTIONS[0]))
+    return True
+
+
+def _engine_case(model, scope: str, attention: str):
+    """An engine on one sample, its masks (all kept, all ablated, random) and per-position masks."""
     reference = model.prepare(random_images(3, 28, seed=5), QUESTIONS[0])
-    if _refused(model, "ablation"):
-        with pytest.raises(NotImplementedError, match="does not support ablation"):
-            image_kv_baseline(model, reference)
-        return
     baseline = image_kv_baseline(model, reference)
     sample = model.prepare(random_images(1, 28, seed=1), QUESTIONS[0])
-    engine = AblationEngine(model, sample, baseline, scope=scope)
+    engine = AblationEngine(model, sample, baseline, scope=scope, attention=attention)
     g = torch.Generator().manual_seed(0)
     shape = (model.n_layers, model.n_heads)
     masks = torch.cat(
@@ -222,16 +228,45 @@ def test_engine_equals_hook_reference(model, scope):
             torch.rand(N_RANDOM_MASKS, *shape, generator=g) > 0.5,
         ]
     )
+    per_position = torch.rand(3, *shape, baseline.n_image, generator=g) > 0.5
+    return engine, sample, baseline, masks, per_position
+
+
+# Scope "all" runs the hook reference in batches, so its attention argument changes nothing.
+ENGINE_PATHS = [("text", "fused"), ("text", "eager"), ("all", "fused")]
+
+
+@pytest.mark.parametrize(("scope", "attention"), ENGINE_PATHS)
+def test_engine_equals_hook_reference(model, scope, attention):
+    if _ablation_refused(model):
+        return
+    engine, sample, baseline, masks, per_position = _engine_case(model, scope, attention)
     got = engine.run(masks, batch_size=8)
     ref = _reference(model, sample, baseline, masks, scope, engine.target)
     assert got.dtype == torch.float32
     assert (got - ref).abs().max() <= 1e-4
     assert abs(float(got[0]) - engine.clean_logit) <= 1e-4  # all kept = clean
     assert (ref - engine.clean_logit).abs().max() > 1e-3  # the masks do something
-    per_position = torch.rand(3, *shape, baseline.n_image, generator=g) > 0.5
     got = engine.run(per_position)
     ref = _reference(model, sample, baseline, per_position, scope, engine.target)
     assert (got - ref).abs().max() <= 1e-4
+
+
+@pytest.mark.parametrize("attention", ["fused", "eager"])
+def test_bf16_engine_equals_bf16_hook_reference(family, attention):
+    """In bf16 the engine and the hook reference round differently (other kernels, other
+    summation orders), so they agree within bf16 noise: a few bf16 steps (2^-7 of the
+    octave) of the logits' scale, while the masks move the logit by many more."""
+    model = family_model(family, torch.bfloat16)
+    if _ablation_refused(model):
+        return
+    engine, sample, baseline, masks, _ = _engine_case(model, "text", attention)
+    got = engine.run(masks, batch_size=8)
+    ref = _reference(model, sample, baseline, masks, "text", engine.target)
+    assert got.dtype == torch.float32
+    step = 2.0**-7 * float(ref.abs().max())
+    assert (got - ref).abs().max() <= 4 * step
+    assert (ref - ref[0]).abs().max() > 8 * step  # the masks move it twice the tolerance
 
 
 # Layer -> [batch, 1, query, key] bool, True = blocked; read by _masked_eager.

@@ -42,10 +42,10 @@ def family_path(family: str) -> str:
 
 
 @functools.cache
-def family_model(family: str) -> HookedLVLM:
-    """``family``'s tiny checkpoint loaded with ``HookedLVLM.from_pretrained``."""
+def family_model(family: str, dtype: torch.dtype = torch.float32) -> HookedLVLM:
+    """``family``'s tiny checkpoint loaded with ``HookedLVLM.from_pretrained`` (in ``dtype``)."""
     torch.manual_seed(0)
-    return HookedLVLM.from_pretrained(family_path(family), device="cpu")
+    return HookedLVLM.from_pretrained(family_path(family), device="cpu", dtype=dtype)
 
 
 def sized_images(*shapes: tuple[int, int], seed: int = 0) -> list[Image.Image]:

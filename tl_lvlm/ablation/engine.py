@@ -22,6 +22,15 @@ that one matmul, and reads the matching half of ``probs @ [V_clean | V_base]``.
 Per-image-position masks use the hook reference's two edits instead (pick the
 baseline score per column, add ``probs[image] @ (V_base - V_clean)``).
 
+That eager path does twice the prefix work of a forward (a ``2 * d_head`` wide
+product) and materialises ``[rows, prefix + suffix]`` scores. Bool per-head masks
+take a fused path by default (``attention="fused"``, :func:`_fused_attention`): per
+KV head the rows are sorted into kept and ablated, each set attends to its own
+prefix half in one fused kernel call (CPU flash attention, CUDA FlashAttention or
+memory-efficient attention) that also returns each row's log-sum-exp, and the
+causal suffix part is merged in by log-sum-exp. Gates (gradients) and
+per-position masks stay on the eager path.
+
 Why the original modules are swapped back. The TransformerLens bridge replaces
 the HF model's submodules in place (``layers[i]`` is a ``BlockBridge``,
 ``layers[i].self_attn`` a ``PositionEmbeddingsAttentionBridge`` that reimplements
@@ -49,9 +58,10 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
@@ -68,6 +78,17 @@ from tl_lvlm.inputs import LVLMInputs
 if TYPE_CHECKING:
     from tl_lvlm.model import HookedLVLM
 
+#: Default largest batch on CPU, fused path: the fastest measured
+#: (``benchmarks/ablation_throughput.py``'s batch sweep; from 128 on within noise).
+CPU_MAX_BATCH = 128
+#: ... and on the eager paths, whose ``[rows, prefix + suffix]`` scores outgrow the cache
+#: and, above 32 masks, glibc's largest heap-served chunk (32 MiB), so they are mmapped
+#: and page-faulted anew on every use (measured: about 1,050 minor faults per mask).
+CPU_MAX_BATCH_EAGER = 32
+#: A multiple of every CPU vector width (and unroll) of fp32 elementwise kernels (:func:`_merge`).
+_VECTOR_PAD = 64
+#: Query rows of a fused prefix call are padded to a multiple of this (:func:`_fused_attention`).
+_ROW_PAD = 8
 #: Name of the engine's attention function in ``transformers.AttentionInterface``.
 ATTENTION_NAME = "tl_lvlm_image_ablation"
 #: Keyword argument that carries the engine's state down to the attention function.
@@ -94,12 +115,41 @@ class SharedPrefix:
 
 
 @dataclass
+class Routing:
+    """Which key/value set each (mask, query head) row of the fused path reads.
+
+    Per (layer, KV head), the ``batch * group`` rows (mask ``b``, query head in group
+    ``g`` at ``b * group + g``) sorted kept-first: KV head ``kv``'s rows
+    ``order[l, kv * rows : kv * rows + n_keep[l][kv]]`` read the clean prefix, the
+    rest of its rows the baseline one. ``order`` indexes the flattened ``(kv, row)``
+    axis, so one ``index_select`` sorts a layer's queries; ``inverse`` undoes it.
+    Computed on the host from the host-side masks, so the row counts that size the
+    kernels' inputs never need a device sync.
+    """
+
+    order: Int[Tensor, "n_layers n_kv_rows"]
+    inverse: Int[Tensor, "n_layers n_kv_rows"]
+    n_keep: list[list[int]]
+
+    @classmethod
+    def of(cls, keep: Bool[Tensor, "n_layers n_kv_heads rows"], device: torch.device) -> Routing:
+        n_layers, n_kv, rows = keep.shape
+        order = torch.argsort((~keep).to(torch.int8), dim=-1, stable=True)
+        order = (order + rows * torch.arange(n_kv)[:, None]).reshape(n_layers, n_kv * rows)
+        inverse = torch.argsort(order, dim=-1)
+        n_keep = keep.sum(-1).tolist()
+        move = functools.partial(torch.Tensor.to, device=device, non_blocking=True)
+        return cls(move(order), move(inverse), n_keep)
+
+
+@dataclass
 class SuffixState:
     """Passed as ``tl_lvlm_ablation=`` through the HF forward to :func:`image_ablation_attention`.
 
     ``keep`` is laid out for the attention function: ``[n_layers, n_kv_heads,
     batch, group, 1, n_image or 1]`` (query head ``h = kv * group + g``); bool masks,
-    or float gates in [0, 1] per head (last axis 1; module docstring).
+    or float gates in [0, 1] per head (last axis 1; module docstring). ``routing``
+    (bool per-head masks on the fused path) selects :func:`_fused_attention`.
     """
 
     prefix: SharedPrefix
@@ -107,6 +157,123 @@ class SuffixState:
         Bool[Tensor, "n_layers n_kv_heads batch group 1 n_image_or_1"]
         | Float[Tensor, "n_layers n_kv_heads batch group 1 1"]
     )
+    routing: Routing | None = None
+
+
+def _attention_with_lse(
+    query: Float[Tensor, "batch heads queries d_head"],
+    key: Float[Tensor, "batch heads keys d_head"],
+    value: Float[Tensor, "batch heads keys d_head"],
+    scale: float,
+    causal: bool,
+) -> tuple[Float[Tensor, "batch heads queries d_head"], Float[Tensor, "batch heads queries"]]:
+    """Softmax attention and the fp32 log-sum-exp of each query's scores, fused where possible.
+
+    The log-sum-exp lets two attentions over disjoint key sets be merged exactly
+    (:func:`_merge`), so the prefix and the suffix never share a materialised
+    ``[rows, prefix + suffix]`` score tensor. CPU: PyTorch's flash kernel; CUDA:
+    FlashAttention for fp16/bf16 with ``d_head <= 256``, memory-efficient attention
+    otherwise; any other device: the same computation unfused. ``causal`` aligns the
+    query and key sequences at their start (query i sees keys 0..i).
+    """
+    if query.device.type == "cpu":
+        return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+            query, key, value, 0.0, causal, scale=scale
+        )
+    if query.device.type == "cuda":
+        if query.dtype in (torch.float16, torch.bfloat16) and query.shape[-1] <= 256:
+            out = torch.ops.aten._scaled_dot_product_flash_attention(
+                query, key, value, 0.0, causal, False, scale=scale
+            )
+            return out[0], out[1]
+        out, lse = torch.ops.aten._scaled_dot_product_efficient_attention(
+            query, key, value, None, True, 0.0, causal, scale=scale
+        )[:2]
+        return out, lse[..., : query.shape[-2]]  # the kernel pads the lse's query axis
+    scores = torch.matmul(query, key.transpose(-1, -2)).float() * scale
+    if causal:
+        n_q, n_k = scores.shape[-2:]
+        blocked = torch.ones(n_q, n_k, dtype=torch.bool, device=query.device).triu(1)
+        scores.masked_fill_(blocked, float("-inf"))
+    lse = torch.logsumexp(scores, -1)
+    probs = torch.exp(scores - lse[..., None]).to(value.dtype)
+    return torch.matmul(probs, value), lse
+
+
+def _merge(
+    out_a: Float[Tensor, "*rows d_head"],
+    lse_a: Float[Tensor, "*rows"],
+    out_b: Float[Tensor, "*rows d_head"],
+    lse_b: Float[Tensor, "*rows"],
+) -> Float[Tensor, "*rows d_head"]:
+    """Attention over the union of two disjoint key sets from each set's output and lse (fp32).
+
+    ``softmax`` over both sets weighs set a's normalised output by
+    ``exp(lse_a) / (exp(lse_a) + exp(lse_b))``, i.e. ``sigmoid(lse_a - lse_b)``.
+
+    The sigmoid runs on a buffer padded to a multiple of :data:`_VECTOR_PAD` elements:
+    CPU kernels compute the elements of a ragged tail with a scalar ``exp`` that rounds
+    differently from the vectorized one, so otherwise a mask's logit would change (by
+    about 1e-7) with how many masks share its batch. Padded, every element takes the
+    vectorized path, and a mask's result does not depend on its batch.
+    """
+    diff = (lse_a - lse_b).reshape(-1)
+    diff = torch.nn.functional.pad(diff, (0, -diff.numel() % _VECTOR_PAD))
+    w_a = torch.sigmoid(diff)[: lse_a.numel()].view(*lse_a.shape, 1)
+    return out_b.float() + w_a * (out_a.float() - out_b.float())
+
+
+def _fused_attention(
+    query: Float[Tensor, "batch n_heads suffix d_head"],
+    key: Float[Tensor, "batch n_kv_heads suffix d_head"],
+    value: Float[Tensor, "batch n_kv_heads suffix d_head"],
+    scaling: float,
+    prefix: SharedPrefix,
+    layer: int,
+    routing: Routing,
+) -> Float[Tensor, "batch suffix n_heads d_head"]:
+    """Bool per-head masks without the eager path's doubled prefix work or score tensors.
+
+    Per KV head the (mask, query head) rows are sorted kept-first (:class:`Routing`);
+    the kept rows' queries attend to the clean prefix and the others' to the baseline
+    prefix, each in one fused call with the rows along the query axis against the
+    batch-1 prefix. The suffix part (causal, per mask) is a second fused call, merged
+    with the prefix part by log-sum-exp (:func:`_merge`).
+    """
+    b, n_heads, s, d = query.shape
+    k2, v2 = prefix.k[layer], prefix.v[layer]  # [n_kv, prefix, 2 * d]
+    n_kv = k2.shape[0]
+    g = n_heads // n_kv
+    q = query.view(b, n_kv, g, s, d).transpose(0, 1).reshape(n_kv * b * g, s, d)
+    q = q.index_select(0, routing.order[layer]).view(n_kv, b * g * s, d)
+    out = q.new_empty(n_kv, b * g * s, d)
+    lse = q.new_empty(n_kv, b * g * s, dtype=torch.float32)
+    for kv, n_keep in enumerate(routing.n_keep[layer]):
+        for rows, half in (
+            (slice(0, n_keep * s), slice(0, d)),
+            (slice(n_keep * s, None), slice(d, None)),
+        ):
+            part = q[kv, rows]
+            n_rows = part.shape[0]
+            if n_rows:
+                # Zero rows up to a multiple of _ROW_PAD: CPU flash attention computes a
+                # one-row tail block differently (about 1e-7), so otherwise a row's output
+                # would depend on how many rows share its call, i.e. on the batch.
+                part = torch.nn.functional.pad(part, (0, 0, 0, -n_rows % _ROW_PAD))
+                o, part_lse = _attention_with_lse(
+                    part[None, None], k2[kv, :, half][None, None], v2[kv, :, half][None, None],
+                    scaling, causal=False,
+                )  # fmt: skip
+                out[kv, rows], lse[kv, rows] = o[0, 0, :n_rows], part_lse[0, 0, :n_rows]
+    inverse = routing.inverse[layer]
+    out = out.view(n_kv * b * g, s, d).index_select(0, inverse)
+    lse = lse.view(n_kv * b * g, s).index_select(0, inverse)
+    out = out.view(n_kv, b, g, s, d).transpose(0, 1).reshape(b, n_heads, s, d)
+    lse = lse.view(n_kv, b, g, s).transpose(0, 1).reshape(b, n_heads, s)
+    if g > 1:
+        key, value = key.repeat_interleave(g, 1), value.repeat_interleave(g, 1)
+    out_s, lse_s = _attention_with_lse(query, key, value, scaling, causal=True)
+    return _merge(out, lse, out_s, lse_s).to(query.dtype).transpose(1, 2)
 
 
 def image_ablation_attention(
@@ -143,6 +310,8 @@ def image_ablation_attention(
             "set the model back to 'eager'"
         )
     prefix, layer = state.prefix, module.layer_idx
+    if state.routing is not None:
+        return _fused_attention(query, key, value, scaling, prefix, layer, state.routing), None
     k2, v2 = prefix.k[layer], prefix.v[layer]  # [n_kv, prefix, 2 * d]
     image = prefix.image
     b, n_heads, s, d = query.shape
@@ -187,6 +356,47 @@ def image_ablation_attention(
         out += torch.matmul(ablated, delta).view(n_kv, b, g, s, d)
     out = out + torch.matmul(probs[..., n_prefix:], value_s)
     return out.permute(1, 3, 0, 2, 4).reshape(b, s, n_heads, d), None
+
+
+#: glibc's ``mallopt`` parameters (malloc.h) and the values the engine sets.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_MMAP_THRESHOLD = 32 * 2**20  # glibc's largest allowed value on 64-bit
+_TRIM_THRESHOLD = 1 * 2**30
+
+
+@functools.cache
+def steady_allocator() -> bool:
+    """Fix glibc malloc's thresholds so the engine's speed does not depend on the process's past.
+
+    Why. glibc serves a request of at least ``M_MMAP_THRESHOLD`` bytes with a fresh
+    ``mmap`` and unmaps it on free; the threshold starts at 128 KiB and only rises
+    (up to 32 MiB) when such a chunk is freed, and the top of the heap is given back
+    to the OS above ``M_TRIM_THRESHOLD``. So whether a forward's multi-MB activations
+    are recycled from the heap or re-faulted page by page (measured: about 1,050 minor
+    page faults and 2x slower per mask) depends on what the process allocated and
+    freed before. Setting both thresholds fixes the fast state for the whole process,
+    without an environment variable: chunks up to 32 MiB come from the heap, and up to
+    1 GiB of freed heap is kept for reuse instead of being returned to the OS.
+
+    Linux with glibc only (a no-op elsewhere, e.g. macOS or musl); returns whether
+    the thresholds were set. Done once per process, when the first engine is built.
+    """
+    import ctypes
+
+    if sys.platform != "linux":
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    if not hasattr(libc, "gnu_get_libc_version"):  # another libc under glibc's name
+        return False
+    mallopt = libc.mallopt
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    # mallopt returns 1 on success; setting M_MMAP_THRESHOLD also turns off its dynamic rise.
+    return bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)) and bool(
+        mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD)
+    )
 
 
 @functools.cache
@@ -236,6 +446,15 @@ def hf_modules(model: HookedLVLM, attn_implementation: str | None = None) -> Ite
             setattr(module, name, child)
 
 
+@functools.cache
+def _compiled(module: torch.nn.Module, backend: str) -> torch.nn.Module:
+    """``torch.compile(module)``, once per module and backend (reused across engines).
+
+    ``dynamic=True``: the suffix's row count changes with the batch size.
+    """
+    return torch.compile(module, backend=backend, dynamic=True)
+
+
 class AblationEngine:
     """Target logits of one sample under many image-K/V head-ablation masks.
 
@@ -246,6 +465,13 @@ class AblationEngine:
             :func:`~tl_lvlm.ablation.image_kv_baseline`): its ``for_inputs`` fits the sample.
         target: token id whose logit is reported; None = the clean greedy answer's first token.
         scope: ``"text"`` (shared prefix, fast) or ``"all"`` (batched hooked forwards).
+        attention: scope "text" with bool per-head masks: ``"fused"`` (fused attention
+            kernels merged by log-sum-exp, :func:`_fused_attention`) or ``"eager"`` (the
+            ``[q * keep, q * ~keep]`` matmuls). Per-position masks and
+            :meth:`gate_gradients` always take the eager path.
+        compile_layers: ``torch.compile`` each decoder layer's MLP for the suffix runs
+            (the attention stays uncompiled: its row counts change with every batch);
+            True = the default backend ("inductor"), or a backend's name.
 
     Attributes:
         target: the target token id.
@@ -262,8 +488,13 @@ class AblationEngine:
         *,
         target: int | None = None,
         scope: Scope = "text",
+        attention: Literal["fused", "eager"] = "fused",
+        compile_layers: bool | str = False,
     ):
         check_scope(scope)
+        if attention not in ("fused", "eager"):
+            raise ValueError(f"attention must be 'fused' or 'eager', got {attention!r}")
+        steady_allocator()
         if not isinstance(sample, LVLMInputs) or sample.batch_size != 1:
             got = sample.batch_size if isinstance(sample, LVLMInputs) else type(sample).__name__
             raise ValueError(
@@ -276,6 +507,8 @@ class AblationEngine:
         baseline = baseline.for_inputs(model, sample)
         self.model = model
         self.scope = scope
+        self.attention = attention
+        self.compile_layers = "inductor" if compile_layers is True else compile_layers or None
         self.dtype = model.hf_model.dtype
         self.device = model.device
         self.sample = sample.to(self.device)
@@ -289,6 +522,7 @@ class AblationEngine:
             raise ValueError(f"target must be a token id in [0, {vocab}), got {target}")
         self.target = int(target)
         self.clean_logit = float(self.clean_logits[self.target])
+        self._target_ids = torch.tensor([self.target], device=self.device)
 
         self._pad = self.sample.padding(0)
         self._ids = self.sample.input_ids[:, self._pad :]  # [1, seq]
@@ -384,7 +618,7 @@ class AblationEngine:
         """
         masks = self.check_masks(masks)
         n = masks.shape[0]
-        batch_size = batch_size or self.auto_batch_size()
+        batch_size = batch_size or self.auto_batch_size(per_position=masks.ndim == 4)
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         starts = range(0, n, batch_size)
@@ -393,19 +627,22 @@ class AblationEngine:
         else:
             disable = not progress
         if self.scope == "text":
-            run_batch, swapped = self._run_text, hf_modules(self.model, ATTENTION_NAME)
+            run_batch, swapped = self._run_text, self._suffix_modules()
         else:
             run_batch, swapped = self._run_all, contextlib.nullcontext()
+        vocab = None if return_logits else self._target_ids
+        # Batches stay on the device until the end: one host transfer (and sync) per call.
         logits = []
-        with torch.no_grad(), swapped, tqdm(total=n, unit="mask", disable=disable) as bar:
+        with torch.inference_mode(), swapped, tqdm(total=n, unit="mask", disable=disable) as bar:
             for start in starts:
-                keep = masks[start : start + batch_size].to(self.device)
-                logits.append(run_batch(keep).float().cpu())
+                keep = masks[start : start + batch_size]
+                logits.append(run_batch(keep, vocab))
                 bar.update(keep.shape[0])
-        logits = torch.cat(logits)
+            logits = torch.cat(logits).cpu()
+        # clone() outside inference mode: the caller gets ordinary tensors.
         if return_logits:
-            return logits[:, self.target].clone(), logits
-        return logits[:, self.target].clone()
+            return logits[:, self.target].clone(), logits.clone()
+        return logits[:, 0].clone()
 
     @functools.cached_property
     def normalization(self) -> LogitNormalization:
@@ -484,11 +721,11 @@ class AblationEngine:
         starts = range(0, n, batch_size)
         disable = (len(starts) == 1 or None) if progress is None else not progress
         ys, grads = [], []
-        swapped = hf_modules(self.model, ATTENTION_NAME)
+        swapped = self._suffix_modules()
         with torch.enable_grad(), swapped, tqdm(total=n, unit="mask", disable=disable) as bar:
             for start in starts:
                 g = gates[start : start + batch_size].to(self.device).requires_grad_()
-                logit = self._run_text(g)[:, self.target].float()
+                logit = self._run_text(g, self._target_ids)[:, 0]
                 y = (logit - norm.ablated) / norm.gap
                 # Rows are independent, so d(sum y)/dg is each row's own gradient; autograd.grad
                 # leaves the parameters' .grad untouched.
@@ -498,17 +735,22 @@ class AblationEngine:
                 bar.update(g.shape[0])
         return torch.cat(ys), torch.cat(grads)
 
-    def auto_batch_size(self, max_batch: int | None = None, *, backward: bool = False) -> int:
+    def auto_batch_size(
+        self, max_batch: int | None = None, *, backward: bool = False, per_position: bool = False
+    ) -> int:
         """Masks per forward pass that fit in free memory, at most ``max_batch``.
 
         Budget: half the free accelerator memory on CUDA, a quarter of the
         available RAM on CPU (2 GiB when ``psutil`` is missing), divided by an
         estimate of the activations one mask needs (:meth:`_bytes_per_mask`).
-        ``max_batch`` defaults to 512 on CUDA and 32 on CPU, where larger batches
-        are slower once a layer's attention scores no longer fit in cache.
+        ``max_batch`` defaults to 512 on CUDA and on CPU to :data:`CPU_MAX_BATCH` (fused
+        path) or :data:`CPU_MAX_BATCH_EAGER` (eager paths), the fastest batches measured
+        there (``benchmarks/ablation_throughput.py`` sweeps them).
         ``backward=True`` sizes a batch of :meth:`gate_gradients`, which keeps every
-        layer's activations for the backward pass.
+        layer's activations for the backward pass; ``per_position`` one of
+        per-image-position masks (eager attention, scores materialised).
         """
+        eager = backward or per_position or self.attention == "eager"
         if self.device.type == "cuda":
             budget = torch.cuda.mem_get_info(self.device)[0] // 2
             max_batch = max_batch or 512
@@ -519,34 +761,68 @@ class AblationEngine:
                 budget = psutil.virtual_memory().available // 4
             except ImportError:
                 budget = 2 * 2**30
-            max_batch = max_batch or 32
-        per_mask = self._bytes_per_mask() * (self.model.n_layers + 1 if backward else 1)
+            max_batch = max_batch or (CPU_MAX_BATCH_EAGER if eager else CPU_MAX_BATCH)
+        per_mask = self._bytes_per_mask(eager=eager) * (self.model.n_layers + 1 if backward else 1)
         return int(max(1, min(max_batch, budget // per_mask)))
 
-    def _bytes_per_mask(self) -> int:
+    def _bytes_per_mask(self, *, eager: bool = True) -> int:
         """Rough upper estimate of the activation bytes one mask needs in a forward pass.
 
-        Dominated by attention scores ``[n_heads, queries, keys]`` (several copies,
-        the softmax in fp32) and the MLP's ``[queries, d_mlp]``; doubled for slack.
+        Eager attention (scope "all", gates, per-position masks, ``attention="eager"``)
+        is dominated by the scores ``[n_heads, queries, keys]`` (several copies, the
+        softmax in fp32); the fused path keeps only ``[n_heads, queries, d_head]``
+        queries and outputs (a few copies, the merge in fp32). Plus the MLP's
+        ``[queries, d_mlp]`` and the logits; doubled for slack.
         """
         cfg = self.model.family.decoder_config
         item = torch.finfo(self.dtype).bits // 8
         n_heads, n_image = self.model.n_heads, self.n_image
         seq = self._ids.shape[1]
         queries = self.suffix_len if self.scope == "text" else seq
-        scores = n_heads * queries * (seq + n_image) * (8 + 3 * item)
+        if eager or self.scope == "all":
+            scores = n_heads * queries * (seq + n_image) * (8 + 3 * item)
+        else:
+            scores = n_heads * queries * (self.model.d_head * (6 * item + 12) + 16)
         if self.scope == "all":  # the hook reference's [head, query, n_image] gathers
             scores += n_heads * queries * n_image * (4 * item + 1)
         hidden = queries * (3 * cfg.intermediate_size + 8 * cfg.hidden_size) * item
         return 2 * (scores + hidden + cfg.vocab_size * (item + 4))
 
-    def _run_text(self, keep: Masks) -> Float[Tensor, "batch d_vocab"]:
-        """Final-position logits of the suffix run for one batch of masks (HF modules in place)."""
+    @contextlib.contextmanager
+    def _suffix_modules(self) -> Iterator[None]:
+        """HF modules and the engine's attention in place; MLPs compiled with ``compile_layers``."""
+        with hf_modules(self.model, ATTENTION_NAME):
+            if not self.compile_layers:
+                yield
+                return
+            layers = list(self.model.family.decoder.layers)  # the HF layers while swapped
+            mlps = [layer.mlp for layer in layers]
+            try:
+                for layer, mlp in zip(layers, mlps, strict=True):
+                    layer.mlp = _compiled(mlp, self.compile_layers)
+                yield
+            finally:
+                for layer, mlp in zip(layers, mlps, strict=True):
+                    layer.mlp = mlp
+
+    def _run_text(
+        self, keep: Masks | Gates, vocab: Int[Tensor, " n_vocab"] | None = None
+    ) -> Float[Tensor, "batch n_vocab"]:
+        """Final-position fp32 logits of the suffix run for one batch (HF modules in place).
+
+        ``keep``: bool masks on the host or the device, or float gates; ``vocab``: the
+        token ids whose logits are computed (None = all).
+        """
         b, n_layers, n_heads = keep.shape[:3]
         n_kv = self.model.n_kv_heads
         per_position = keep.shape[3] if keep.ndim == 4 else 1
         layout = keep.reshape(b, n_layers, n_kv, n_heads // n_kv, 1, per_position)
-        state = SuffixState(self.prefix, layout.permute(1, 2, 0, 3, 4, 5))
+        layout = layout.permute(1, 2, 0, 3, 4, 5)
+        routing = None
+        if self.attention == "fused" and keep.dtype == torch.bool and per_position == 1:
+            # From the host copy of the masks: no device sync for the row counts.
+            routing = Routing.of(layout.cpu().reshape(n_layers, n_kv, -1), self.device)
+        state = SuffixState(self.prefix, layout.to(self.device, non_blocking=True), routing)
         family = self.model.family
         hidden = family.decoder(
             input_ids=self._ids[:, self.prefix_len :].expand(b, -1),
@@ -554,10 +830,13 @@ class AblationEngine:
             use_cache=False,
             **{STATE_KWARG: state},
         ).last_hidden_state
-        return family.final_logits(hidden[:, -1])
+        return family.final_logits(hidden[:, -1], vocab)
 
-    def _run_all(self, keep: Masks) -> Float[Tensor, "batch d_vocab"]:
+    def _run_all(
+        self, keep: Masks, vocab: Int[Tensor, " n_vocab"] | None = None
+    ) -> Float[Tensor, "batch n_vocab"]:
         """Final-position logits of whole hooked forwards, the sample repeated per mask."""
         rows = self.sample[[0] * keep.shape[0]]
+        keep = keep.to(self.device)
         hooks = image_kv_ablation_hooks(self.model, rows, self.baseline, keep, scope="all")
-        return self.model.final_logits(rows, hooks)
+        return self.model.final_logits(rows, hooks, vocab)

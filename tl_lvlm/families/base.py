@@ -355,18 +355,31 @@ class LVLMFamily:
         return float(self.attention(layer).scaling)
 
     # ------------------------------------------------------------------ logits
-    def final_logits(self, hidden: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_vocab"]:
+    def final_logits(
+        self, hidden: Float[Tensor, "... d_model"], vocab: Int[Tensor, " n_vocab"] | None = None
+    ) -> Float[Tensor, "... n_vocab"]:
         """Logits in fp32 from the final hidden state (after the final norm).
 
         ``hidden @ lm_head.weight.T`` computed in fp32 whatever the model's dtype, so
         that a bf16 model's target logits are not rounded to bf16's grid (a step of
         0.125 for logits of 16-32); with the text config's
         ``final_logit_softcapping``, the same ``tanh`` capping HF applies.
+        ``vocab``: only these token ids' logits (``[..., len(vocab)]``); only their rows
+        of the unembedding are cast to fp32, not the whole ``[d_vocab, d_model]`` matrix.
         """
         head = self.unembedding
-        logits = hidden.float() @ head.weight.float().T
-        if getattr(head, "bias", None) is not None:
-            logits = logits + head.bias.float()
+        weight, bias = head.weight, getattr(head, "bias", None)
+        if vocab is None:
+            logits = hidden.float() @ weight.float().T
+        else:
+            weight = weight[vocab].float()
+            bias = None if bias is None else bias[vocab]
+            # A product and a sum per row, not a matrix-vector product: BLAS blocks the
+            # latter by the number of rows, so a row's logit would round differently
+            # (about 1e-7) with the batch it is in.
+            logits = (hidden.float()[..., None, :] * weight).sum(-1)
+        if bias is not None:
+            logits = logits + bias.float()
         cap = getattr(self.decoder_config, "final_logit_softcapping", None)
         if cap is not None:
             logits = torch.tanh(logits / cap) * cap

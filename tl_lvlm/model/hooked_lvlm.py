@@ -458,13 +458,16 @@ class HookedLVLM:
             )
 
     def final_logits(
-        self, inputs: LVLMInputs, fwd_hooks: Sequence[tuple[str | Callable, Callable]] = ()
-    ) -> Float[Tensor, "batch d_vocab"]:
+        self,
+        inputs: LVLMInputs,
+        fwd_hooks: Sequence[tuple[str | Callable, Callable]] = (),
+        vocab: Int[Tensor, " n_vocab"] | None = None,
+    ) -> Float[Tensor, "batch n_vocab"]:
         """Final-position logits in fp32 of a run with ``fwd_hooks``.
 
         Computed from the final hidden state (the unembedding's input) by the family's
         :meth:`~tl_lvlm.families.LVLMFamily.final_logits`, so a bf16 model's logits
-        are not rounded to bf16.
+        are not rounded to bf16. ``vocab``: only these token ids' logits (None = all).
         """
         final: list[Tensor] = []
 
@@ -472,7 +475,7 @@ class HookedLVLM:
             final.append(hidden[:, -1])
 
         self.run_with_hooks(inputs, fwd_hooks=[*fwd_hooks, ("unembed.hook_in", keep_final)])
-        return self.family.final_logits(final[-1])
+        return self.family.final_logits(final[-1], vocab)
 
     @torch.no_grad()
     def answer(self, inputs: LVLMInputs) -> tuple[Int[Tensor, " batch"], list[str]]:

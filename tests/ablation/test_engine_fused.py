@@ -1,0 +1,91 @@
+"""The engine's fused attention path: its log-sum-exp merge and its row routing edge cases.
+
+The contract test (``tests/families/test_contract.py``) checks both attention paths
+against the hook reference for every family; these tests pin the pieces: the merge
+equals one softmax over the union of the key sets, and the routing handles KV heads
+whose rows are all kept or all ablated (no rows for one of the two kernel calls).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tl_lvlm.ablation.engine import (
+    AblationEngine,
+    Routing,
+    _attention_with_lse,
+    _merge,
+    steady_allocator,
+)
+
+
+def test_merge_equals_one_softmax_over_both_key_sets():
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 3, n, 16, generator=g) for n in (5, 40, 40))
+    scale = 16**-0.5
+    out_a, lse_a = _attention_with_lse(q, k[:, :, :25], v[:, :, :25], scale, causal=False)
+    out_b, lse_b = _attention_with_lse(q, k[:, :, 25:], v[:, :, 25:], scale, causal=False)
+    probs = torch.softmax(q @ k.transpose(-1, -2) * scale, -1)
+    assert (_merge(out_a, lse_a, out_b, lse_b) - probs @ v).abs().max() < 1e-5
+    assert (
+        lse_a - torch.logsumexp(q @ k[:, :, :25].transpose(-1, -2) * scale, -1)
+    ).abs().max() < 1e-5
+
+
+def test_causal_attention_sees_keys_up_to_its_own_position():
+    g = torch.Generator().manual_seed(1)
+    q, k, v = (torch.randn(1, 2, 6, 8, generator=g) for _ in range(3))
+    out, _ = _attention_with_lse(q, k, v, 0.5, causal=True)
+    scores = (q @ k.transpose(-1, -2) * 0.5).masked_fill(
+        torch.ones(6, 6).triu(1).bool(), -torch.inf
+    )
+    assert (out - torch.softmax(scores, -1) @ v).abs().max() < 1e-5
+
+
+def test_routing_sorts_kept_rows_first_per_kv_head():
+    keep = torch.tensor([[[True, False, True, False], [False, False, False, False]]])
+    routing = Routing.of(keep, torch.device("cpu"))
+    assert routing.n_keep == [[2, 0]]
+    assert routing.order.tolist() == [[0, 2, 1, 3, 4, 5, 6, 7]]
+    assert (routing.order[0][routing.inverse[0]] == torch.arange(8)).all()
+
+
+@pytest.mark.parametrize("fill", [True, False], ids=["all-kept", "all-ablated"])
+def test_single_uniform_mask_equals_eager(tiny_gqa, make_setup, fill):
+    """One mask, every head kept (or ablated): every KV head's other kernel call has no rows."""
+    setup = make_setup(tiny_gqa)
+    sample = setup.inputs[0]
+    fused = AblationEngine(tiny_gqa, sample, setup.baseline)
+    eager = AblationEngine(tiny_gqa, sample, setup.baseline, attention="eager")
+    mask = torch.full((1, tiny_gqa.n_layers, tiny_gqa.n_heads), fill)
+    got = fused.run(mask)
+    assert (got - eager.run(mask)).abs().max() <= 1e-5
+    if fill:
+        assert abs(float(got[0]) - fused.clean_logit) <= 1e-4
+
+
+def test_bad_attention_argument_is_refused(tiny_gqa, make_setup):
+    setup = make_setup(tiny_gqa)
+    with pytest.raises(ValueError, match="'fused' or 'eager'"):
+        AblationEngine(tiny_gqa, setup.inputs[0], setup.baseline, attention="flash")
+
+
+def test_engine_fixes_the_allocator_where_glibc_has_it():
+    # Linux CI runs glibc; elsewhere steady_allocator is a documented no-op (False).
+    import sys
+
+    if sys.platform == "linux":
+        assert steady_allocator() is True
+
+
+@pytest.mark.parametrize("attention", ["fused", "eager"])
+def test_a_masks_logit_does_not_depend_on_its_batch(tiny_gqa, make_setup, attention):
+    """Bit for bit: head attribution's resumed and round-by-round runs rely on it."""
+    setup = make_setup(tiny_gqa)
+    engine = AblationEngine(tiny_gqa, setup.inputs[0], setup.baseline, attention=attention)
+    g = torch.Generator().manual_seed(3)
+    masks = torch.rand(96, tiny_gqa.n_layers, tiny_gqa.n_heads, generator=g) > 0.5
+    reference = engine.run(masks, batch_size=96)
+    for batch in (1, 2, 5, 8, 23, 40):
+        assert torch.equal(engine.run(masks, batch_size=batch), reference), batch
