@@ -4,14 +4,11 @@
 - :func:`register_family` / :func:`family_of` (``registry``): architecture -> family.
 - :class:`PatchGeometry`, :class:`TiledPatchGeometry` (``geometry``): where image tokens lie
   on the image.
-- Built-in families: LLaVA-1.5 (``llava``), LLaVA-NeXT (``llava_next``), Gemma 3
-  (``gemma3``), LLaVA-OneVision (``llava_onevision``), Qwen2.5-VL (``qwen2_5_vl``),
-  InternVL (``internvl``).
-  Gemma 4 (``gemma4``).
-  (``gemma3``), LLaVA-OneVision (``llava_onevision``), Qwen2.5-VL (``qwen2_5_vl``), Qwen3-VL and
-  Qwen3-VL-MoE (``qwen3_vl``).
+- Built-in families, one module each: LLaVA-1.5 (``llava``), LLaVA-NeXT (``llava_next``),
+  LLaVA-OneVision (``llava_onevision``), Gemma 3 (``gemma3``), Gemma 4 (``gemma4``), Qwen2-VL
+  (``qwen2_vl``), Qwen2.5-VL (``qwen2_5_vl``), Qwen3-VL and Qwen3-VL-MoE (``qwen3_vl``),
+  Qwen3.5 (``qwen3_5``; hybrid decoder, head ablation refused), InternVL (``internvl``),
   Idefics3 (``idefics3``), SmolVLM (``smolvlm``), Mistral 3 (``mistral3``).
-  Qwen2-VL (``qwen2_vl``), Qwen3.5 (``qwen3_5``; hybrid decoder, head ablation refused).
 
 Add a family without touching tl-lvlm::
 

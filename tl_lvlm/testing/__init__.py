@@ -2,15 +2,13 @@
 of every registered family, saved in Hugging Face format, and test images.
 
 - :func:`save_tiny_family` / :data:`BUILDERS`: a tiny ``(hf_model, processor)`` per family
-  (``sorted(BUILDERS)``: ``"llava"``, ``"llava_next"``, ``"gemma3"``, ``"qwen2_5_vl"``, ...),
-  (``"llava"``, ``"llava_next"``, ``"gemma3"``, ``"llava_onevision"``, ``"qwen2_5_vl"``,
-  ``"qwen3_vl"``, ``"qwen3_vl_moe"``, ...),
-  (``"llava"``, ``"llava_next"``, ``"gemma3"``, ``"llava_onevision"``, ``"qwen2_5_vl"``,
-  ``"idefics3"``, ``"smolvlm"``, ``"mistral3"``, ...),
-  (``"llava"``, ``"llava_next"``, ``"gemma3"``, ``"llava_onevision"``, ``"qwen2_5_vl"``,
-  ``"qwen2_vl"``, ``"qwen3_5"``, ...),
-  written with ``save_pretrained`` so ``HookedLVLM.from_pretrained(path)`` loads it as it
-  loads a hub checkpoint. Forward passes take milliseconds on a CPU; no torchvision needed.
+  (``sorted(BUILDERS)``: ``"gemma3"``, ``"gemma4"``, ``"idefics3"``, ``"internvl"``, ``"llava"``,
+  ``"llava_next"``, ``"mistral3"``, ``"qwen2_5_vl"``, ``"qwen3_vl"``, ...), written with
+  ``save_pretrained`` so ``HookedLVLM.from_pretrained(path)`` loads it as it loads a hub
+  checkpoint. Forward passes take milliseconds on a CPU; no torchvision needed.
+- :func:`write_digit_coco` / :func:`write_digit_styles` (``coco``): the bundled digits as a
+  COCO data set (one main digit per image, distractors, multi-object images, polygon and RLE
+  segmentations) and as style folders, for image-source tests.
 - :func:`build_tiny_llava` / :func:`save_tiny_llava` (:class:`TinyLlavaConfig`): a tiny
   LLaVA-1.5 of any shape (the zoo's builder).
 - :func:`random_images`, :data:`TEST_QUESTIONS`.
@@ -21,6 +19,7 @@ Production code never imports this package; tests, benchmarks and examples may.
 from tl_lvlm.inputs.templates import LLAVA_15_TEMPLATE
 from tl_lvlm.testing._tiny import TinyFamilyConfig, family_tokenizer
 from tl_lvlm.testing.builders import BUILDERS, save_tiny_family
+from tl_lvlm.testing.coco import write_digit_coco, write_digit_styles
 from tl_lvlm.testing.gemma3 import (
     GEMMA3_IMAGE,
     GEMMA3_IMAGE_TOKENS,
@@ -144,5 +143,7 @@ __all__ = [
     "save_atomic",
     "save_tiny_family",
     "save_tiny_llava",
+    "write_digit_coco",
+    "write_digit_styles",
     "scale_init",
 ]
