@@ -34,6 +34,31 @@ QWEN_VL_CHAT = (
 )
 
 
+def qwen_tokenizer(cfg: TinyFamilyConfig, prompt: str):
+    """The Qwen-VLs' tiny tokenizer: ChatML and vision markers as special tokens, no BOS,
+    merges learned on ``prompt`` (the family's rendered chat template)."""
+    return family_tokenizer(
+        cfg,
+        specials=[*QWEN_SPECIALS, *QWEN_IMAGE_TOKENS.values()],
+        named=QWEN_IMAGE_TOKENS,
+        bos=False,
+        corpus=[prompt],
+    )
+
+
+def qwen_image_processor():
+    """The Qwen-VLs' PIL image processor at :data:`QWEN_PATCH` / :data:`QWEN_MERGE`."""
+    from transformers import Qwen2VLImageProcessorPil
+
+    return Qwen2VLImageProcessorPil(
+        patch_size=QWEN_PATCH,
+        merge_size=QWEN_MERGE,
+        temporal_patch_size=2,
+        min_pixels=(QWEN_PATCH * QWEN_MERGE) ** 2 * 4,
+        max_pixels=64 * 64,
+    )
+
+
 def build_tiny_qwen_vl(
     cfg: TinyFamilyConfig,
     *,
@@ -47,25 +72,12 @@ def build_tiny_qwen_vl(
     tokenizer and template, the PIL image processor with :data:`QWEN_PATCH` /
     :data:`QWEN_MERGE`, an M-RoPE decoder); ``vision_config`` is the family's vision
     config, ``processor_fn(image_processor, tokenizer, chat_template)`` its processor."""
-    from transformers import Qwen2VLImageProcessorPil
-
-    tokenizer = family_tokenizer(
+    tokenizer = qwen_tokenizer(
         cfg,
-        specials=[*QWEN_SPECIALS, *QWEN_IMAGE_TOKENS.values()],
-        named=QWEN_IMAGE_TOKENS,
-        bos=False,
-        corpus=[
-            "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
-            "<|vision_start|><|image_pad|><|vision_end|><|im_end|>\n<|im_start|>assistant\n"
-        ],
+        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
+        "<|vision_start|><|image_pad|><|vision_end|><|im_end|>\n<|im_start|>assistant\n",
     )
-    image_processor = Qwen2VLImageProcessorPil(
-        patch_size=QWEN_PATCH,
-        merge_size=QWEN_MERGE,
-        temporal_patch_size=2,
-        min_pixels=(QWEN_PATCH * QWEN_MERGE) ** 2 * 4,
-        max_pixels=64 * 64,
-    )
+    image_processor = qwen_image_processor()
     processor = processor_fn(image_processor, tokenizer, QWEN_VL_CHAT)
     d_head = cfg.d_model // cfg.n_heads
     # M-RoPE splits the d_head / 2 rotary frequencies into (temporal, height, width).

@@ -3,13 +3,13 @@ interleaved M-RoPE decoder with q/k norms, ChatML."""
 
 from __future__ import annotations
 
-from tl_lvlm.testing._tiny import TinyFamilyConfig, family_tokenizer, finish, text_config
+from tl_lvlm.testing._tiny import TinyFamilyConfig, finish, text_config
 from tl_lvlm.testing.qwen2_5_vl import (
-    QWEN_IMAGE_TOKENS,
     QWEN_MERGE,
     QWEN_PATCH,
-    QWEN_SPECIALS,
     QWEN_VL_CHAT,
+    qwen_image_processor,
+    qwen_tokenizer,
 )
 
 #: The tiny Qwen3-VL's vision blocks whose features DeepStack adds to the residual stream
@@ -27,28 +27,14 @@ _QWEN3_VL_CHAT = QWEN_VL_CHAT.replace(
 
 
 def _processor(cfg: TinyFamilyConfig):
-    from transformers import Qwen2VLImageProcessorPil
-
     from tl_lvlm.families.processors import qwen3_vl_processor
 
-    tokenizer = family_tokenizer(
+    tokenizer = qwen_tokenizer(
         cfg,
-        specials=[*QWEN_SPECIALS, *QWEN_IMAGE_TOKENS.values()],
-        named=QWEN_IMAGE_TOKENS,
-        bos=False,
-        corpus=[
-            "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|><|im_end|>\n"
-            "<|im_start|>assistant\n"
-        ],
+        "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|><|im_end|>\n"
+        "<|im_start|>assistant\n",
     )
-    image_processor = Qwen2VLImageProcessorPil(
-        patch_size=QWEN_PATCH,
-        merge_size=QWEN_MERGE,
-        temporal_patch_size=2,
-        min_pixels=(QWEN_PATCH * QWEN_MERGE) ** 2 * 4,
-        max_pixels=64 * 64,
-    )
-    return tokenizer, qwen3_vl_processor(image_processor, tokenizer, _QWEN3_VL_CHAT)
+    return tokenizer, qwen3_vl_processor(qwen_image_processor(), tokenizer, _QWEN3_VL_CHAT)
 
 
 def _config(config_cls, text_cls, vision_cls, cfg: TinyFamilyConfig, tokenizer, **text_kwargs):
