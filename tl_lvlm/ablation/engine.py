@@ -578,7 +578,7 @@ class AblationEngine:
         k_alt[:, :, image], v_alt[:, :, image] = k_base, self.baseline.v
         return SharedPrefix(torch.cat([k, k_alt], -1), torch.cat([v, v_alt], -1), image)
 
-    def check_masks(self, masks: Masks | np.ndarray) -> Masks:
+    def check_masks(self, masks: Tensor | np.ndarray) -> Masks:
         """Validate ``masks`` (as :func:`~tl_lvlm.ablation.check_keep`); return a bool tensor."""
         return check_keep(
             masks,
@@ -591,7 +591,7 @@ class AblationEngine:
 
     def run(
         self,
-        masks: Masks | np.ndarray,
+        masks: Tensor | np.ndarray,  # validated by check_masks, with the fix
         batch_size: int | None = None,
         *,
         return_logits: bool = False,
@@ -655,7 +655,9 @@ class AblationEngine:
 
         return LogitNormalization.measure(self.clean_logit, logits, n_components)
 
-    def check_gates(self, gates: Gates | np.ndarray) -> Gates:
+    def check_gates(
+        self, gates: Gates | Bool[Tensor, "n_masks n_layers n_heads"] | np.ndarray
+    ) -> Gates:
         """Validate gates ``[n, n_layers, n_heads]`` in [0, 1] (bool allowed); return fp32."""
         if isinstance(gates, np.ndarray):
             gates = torch.from_numpy(gates)
@@ -677,7 +679,7 @@ class AblationEngine:
 
     def gate_gradients(
         self,
-        gates: Gates | np.ndarray,
+        gates: Tensor | np.ndarray,  # validated by check_gates, with the fix
         batch_size: int | None = None,
         *,
         normalization: LogitNormalization | None = None,

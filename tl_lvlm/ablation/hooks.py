@@ -120,7 +120,9 @@ def image_kv_ablation_hooks(
     model: HookedLVLM,
     inputs: LVLMInputs,
     baseline: ImageKVBaseline | GeometryMeanBaseline,
-    keep: Bool[Tensor, "batch n_layers n_heads"] | Bool[Tensor, "batch n_layers n_heads n_image"],
+    # Any tensor or array: check_keep refuses the wrong dtype or shape with the fix, where
+    # a type checker would only say it does not match.
+    keep: Tensor | np.ndarray,
     *,
     scope: Scope = "text",
 ) -> HookList:
@@ -201,7 +203,9 @@ def image_kv_ablation(
     model: HookedLVLM,
     inputs: LVLMInputs,
     baseline: ImageKVBaseline,
-    keep: Bool[Tensor, "batch n_layers n_heads"] | Bool[Tensor, "batch n_layers n_heads n_image"],
+    # Any tensor or array: check_keep refuses the wrong dtype or shape with the fix, where
+    # a type checker would only say it does not match.
+    keep: Tensor | np.ndarray,
     *,
     scope: Scope = "text",
 ) -> Iterator[HookedLVLM]:
@@ -231,8 +235,12 @@ class _LayerAblation:
     #: First query row edited; rows before it see no baseline in any batch row.
     first: int
     #: True where query row ``first + i`` of (batch row, head) sees the baseline at an
-    #: image column.
-    swap: Bool[Tensor, "batch n_heads q_edited n_image"]
+    #: image column; a float is how much of it (``1 - g``, the gated interpolation the
+    #: gradient tests check the engine against).
+    swap: (
+        Bool[Tensor, "batch n_heads q_edited n_image"]
+        | Float[Tensor, "batch n_heads q_edited n_image"]
+    )
     k_base: Float[Tensor, "n_kv_heads n_image d_head"]
     v_base: Float[Tensor, "n_kv_heads n_image d_head"]
     scaling: float

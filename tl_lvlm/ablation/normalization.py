@@ -10,11 +10,12 @@ division to mean anything (it multiplies logit noise by ``1 / gap``).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from jaxtyping import Bool, Float
+from torch import Tensor
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,8 @@ class LogitNormalization:
         """True when ``gap < min_gap`` (or NaN): ``y`` would divide by (almost) nothing."""
         return not self.gap >= min_gap
 
-    def __call__(self, logits: Float[np.ndarray, "*b"]) -> Float[np.ndarray, "*b"]:
-        """``y`` of raw target logits."""
+    def __call__(
+        self, logits: Float[np.ndarray, "*b"] | Float[Tensor, "*b"] | Sequence[float]
+    ) -> Float[np.ndarray, "*b"]:
+        """``y`` of raw target logits (an array, a tensor or a list of floats)."""
         return (np.asarray(logits, dtype=np.float64) - self.ablated) / self.gap

@@ -51,7 +51,7 @@ class LVLMInputs:
     """
 
     input_ids: Int[Tensor, "batch pos"]
-    pixel_values: Float[Tensor, "batch channel height width"]
+    pixel_values: Float[Tensor, "batch ..."]
     attention_mask: Int[Tensor, "batch pos"]
     prefix: Int[Tensor, "batch n_prefix"]
     image: Int[Tensor, "batch n_image"]
