@@ -18,7 +18,13 @@ import numpy as np
 import pytest
 import torch
 from test_contract import _BLOCKED, _reference
-from tiny_families import family_model, family_path, greedy_image_attribution, sized_images
+from tiny_families import (
+    check_own_keys_reproduce_the_clean_run,
+    family_model,
+    family_path,
+    greedy_image_attribution,
+    sized_images,
+)
 from transformers import Gemma4ForConditionalGeneration
 
 from tl_lvlm import HookedLVLM
@@ -210,17 +216,9 @@ def test_score_edits_are_discarded_so_the_reference_recomputes_attention(model):
 def test_own_keys_as_baseline_reproduce_the_clean_run(model, scope):
     """Every head ablated with the sample's own normalized K/V changes nothing: the baseline
     keys are rotated with each layer type's RoPE, in the reference and in the engine."""
-    sample = model.prepare(sized_images((28, 44)), QUESTIONS[1])
-    baseline = image_kv_baseline(model, sample)
-    keep = torch.zeros(1, model.n_layers, model.n_heads, dtype=torch.bool)
-    with torch.no_grad():
-        clean = model(sample)
-        ablated = model.run_with_hooks(
-            sample, fwd_hooks=image_kv_ablation_hooks(model, sample, baseline, keep, scope=scope)
-        )
-    assert (ablated - clean).abs().max() <= 1e-4
-    engine = AblationEngine(model, sample, baseline, scope=scope)
-    assert abs(float(engine.run(keep)[0]) - engine.clean_logit) <= 1e-4
+    check_own_keys_reproduce_the_clean_run(
+        model, model.prepare(sized_images((28, 44)), QUESTIONS[1]), scope
+    )
 
 
 def test_sliding_and_full_layers_rotate_differently(model):

@@ -11,10 +11,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from tiny_families import family_model, family_path, greedy_image_attribution, sized_images
+from tiny_families import (
+    check_own_keys_reproduce_the_clean_run,
+    family_model,
+    family_path,
+    greedy_image_attribution,
+    sized_images,
+)
 from transformers import AutoConfig
 
-from tl_lvlm.ablation import image_kv_ablation_hooks, image_kv_baseline, key_hook
+from tl_lvlm.ablation import image_kv_baseline, key_hook
 from tl_lvlm.ablation.engine import AblationEngine
 from tl_lvlm.analysis.heads import head_attribution
 from tl_lvlm.families import PatchGeometry, Qwen3VLFamily, Qwen3VLMoeFamily, family_of
@@ -254,20 +260,9 @@ def test_baseline_keys_are_taken_after_the_k_norm(model):
 def test_own_keys_as_baseline_reproduce_the_clean_run(model, scope):
     """Every head ablated with the sample's own normed K/V changes nothing: baseline keys are
     rotated to the image tokens' 3-D positions, in the reference and in the engine."""
-    sample = model.prepare(sized_images((28, 40)), QUESTIONS[1])
-    baseline = image_kv_baseline(model, sample)
-    keep = torch.zeros(1, model.n_layers, model.n_heads, dtype=torch.bool)
-    with torch.no_grad():
-        clean = model(sample)
-        ablated = model.run_with_hooks(
-            sample, fwd_hooks=image_kv_ablation_hooks(model, sample, baseline, keep, scope=scope)
-        )
-    assert (ablated - clean).abs().max() <= 1e-4
-    engine = AblationEngine(model, sample, baseline, scope=scope)
-    assert abs(float(engine.run(keep)[0]) - engine.clean_logit) <= 1e-4
-    # Not vacuous: the zero baseline moves the logit.
-    zero = AblationEngine(model, sample, image_kv_baseline(model, sample, "zero"), scope=scope)
-    assert abs(float(zero.run(keep)[0]) - zero.clean_logit) > 1e-3
+    check_own_keys_reproduce_the_clean_run(
+        model, model.prepare(sized_images((28, 40)), QUESTIONS[1]), scope
+    )
 
 
 def test_engine_prefix_includes_deepstack(model):

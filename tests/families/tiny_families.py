@@ -169,3 +169,22 @@ def check_exactly_the_image_tokens_are_ablated(
             _ZEROED.clear()
     assert (ours - results[0]).abs().max() <= 1e-4
     assert (ours - results[1]).abs().max() > 1e-3
+
+
+def check_own_keys_reproduce_the_clean_run(model: HookedLVLM, sample, scope: str) -> None:
+    """Every head ablated with ``sample``'s own image K/V changes nothing, in the hook
+    reference and in the engine: the baseline keys are taken where the family's RoPE takes
+    them (after any k-norm) and rotated as its layers rotate keys. Not vacuous: the zero
+    baseline moves the engine's logit."""
+    baseline = image_kv_baseline(model, sample)
+    keep = torch.zeros(1, model.n_layers, model.n_heads, dtype=torch.bool)
+    with torch.no_grad():
+        clean = model(sample)
+        ablated = model.run_with_hooks(
+            sample, fwd_hooks=image_kv_ablation_hooks(model, sample, baseline, keep, scope=scope)
+        )
+    assert (ablated - clean).abs().max() <= 1e-4
+    engine = AblationEngine(model, sample, baseline, scope=scope)
+    assert abs(float(engine.run(keep)[0]) - engine.clean_logit) <= 1e-4
+    zero = AblationEngine(model, sample, image_kv_baseline(model, sample, "zero"), scope=scope)
+    assert abs(float(zero.run(keep)[0]) - zero.clean_logit) > 1e-3
