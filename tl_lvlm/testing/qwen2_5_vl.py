@@ -34,6 +34,21 @@ QWEN_VL_CHAT = (
 )
 
 
+def qwen_vision_kwargs(cfg: TinyFamilyConfig) -> dict:
+    """The vision-config settings the tiny Qwen-VL towers share (two blocks, the
+    :data:`QWEN_PATCH` / :data:`QWEN_MERGE` geometry, output width ``d_model``)."""
+    return dict(
+        depth=2,
+        hidden_size=cfg.vision_d_model,
+        intermediate_size=cfg.vision_d_model * 2,
+        num_heads=cfg.vision_heads,
+        patch_size=QWEN_PATCH,
+        spatial_merge_size=QWEN_MERGE,
+        temporal_patch_size=2,
+        out_hidden_size=cfg.d_model,
+    )
+
+
 def qwen_tokenizer(cfg: TinyFamilyConfig, prompt: str):
     """The Qwen-VLs' tiny tokenizer: ChatML and vision markers as special tokens, no BOS,
     merges learned on ``prompt`` (the family's rendered chat template)."""
@@ -122,17 +137,10 @@ def build_tiny_qwen2_5_vl(cfg: TinyFamilyConfig | None = None):
     # (clean above all-ablated), so head attribution keeps samples to fit.
     cfg = cfg or TinyFamilyConfig(seed=1)
     vision = Qwen2_5_VLVisionConfig(
-        depth=2,
-        hidden_size=cfg.vision_d_model,
-        intermediate_size=cfg.vision_d_model * 2,
-        num_heads=cfg.vision_heads,
-        patch_size=QWEN_PATCH,
-        spatial_merge_size=QWEN_MERGE,
-        temporal_patch_size=2,
+        **qwen_vision_kwargs(cfg),
         # Windows of 2 x 2 merged tokens in block 0; block 1 attends globally.
         window_size=2 * QWEN_PATCH * QWEN_MERGE,
         fullatt_block_indexes=[1],
-        out_hidden_size=cfg.d_model,
     )
     return build_tiny_qwen_vl(
         cfg,

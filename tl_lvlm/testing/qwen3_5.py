@@ -4,7 +4,10 @@ softmax layer), Qwen3-VL's vision tower, ChatML."""
 from __future__ import annotations
 
 from tl_lvlm.testing._tiny import TinyFamilyConfig
-from tl_lvlm.testing.qwen2_5_vl import QWEN_MERGE, QWEN_PATCH, build_tiny_qwen_vl
+from tl_lvlm.testing.qwen2_5_vl import (
+    build_tiny_qwen_vl,
+    qwen_vision_kwargs,
+)
 
 #: The tiny Qwen3.5's decoder layer types: layer 0 is linear attention.
 QWEN3_5_LAYER_TYPES = ["linear_attention", "full_attention"]
@@ -31,14 +34,7 @@ def build_tiny_qwen3_5(cfg: TinyFamilyConfig | None = None):
         raise ValueError(f"the tiny Qwen3.5 has {len(QWEN3_5_LAYER_TYPES)} layers")
     d_head = cfg.d_model // cfg.n_heads
     vision = Qwen3_5VisionConfig(
-        depth=2,
-        hidden_size=cfg.vision_d_model,
-        intermediate_size=cfg.vision_d_model * 2,
-        num_heads=cfg.vision_heads,
-        patch_size=QWEN_PATCH,
-        spatial_merge_size=QWEN_MERGE,
-        temporal_patch_size=2,
-        out_hidden_size=cfg.d_model,
+        **qwen_vision_kwargs(cfg),
         num_position_embeddings=64,  # an 8 x 8 grid, interpolated to each image's
     )
 

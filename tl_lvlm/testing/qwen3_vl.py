@@ -5,11 +5,10 @@ from __future__ import annotations
 
 from tl_lvlm.testing._tiny import TinyFamilyConfig, finish, text_config
 from tl_lvlm.testing.qwen2_5_vl import (
-    QWEN_MERGE,
-    QWEN_PATCH,
     QWEN_VL_CHAT,
     qwen_image_processor,
     qwen_tokenizer,
+    qwen_vision_kwargs,
 )
 
 #: The tiny Qwen3-VL's vision blocks whose features DeepStack adds to the residual stream
@@ -56,14 +55,7 @@ def _config(config_cls, text_cls, vision_cls, cfg: TinyFamilyConfig, tokenizer, 
         **text_kwargs,
     )
     vision = vision_cls(
-        depth=2,
-        hidden_size=cfg.vision_d_model,
-        intermediate_size=cfg.vision_d_model * 2,
-        num_heads=cfg.vision_heads,
-        patch_size=QWEN_PATCH,
-        spatial_merge_size=QWEN_MERGE,
-        temporal_patch_size=2,
-        out_hidden_size=cfg.d_model,
+        **qwen_vision_kwargs(cfg),
         num_position_embeddings=64,
         deepstack_visual_indexes=QWEN3_DEEPSTACK,
     )
