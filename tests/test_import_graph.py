@@ -31,8 +31,10 @@ LAYERS = {
     "patching": 6,
     "zoo.train_digits": 7,
     "zoo.evaluate_digits": 7,
-    "cli": 8,
-    "testing": 8,
+    "report": 7,
+    "study": 8,
+    "cli": 9,
+    "testing": 9,
 }
 
 
