@@ -238,10 +238,18 @@ def write_report(
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    # The run's record names the model and reference images as the user gave them.
+    record = read_record(out)
+    settings = {} if record is None else record.settings
     if question is None:
-        record = read_record(out)
         question = NO_QUESTION if record is None else record.question
-    context = head_context(result, question)
+    context = head_context(
+        result,
+        question,
+        model=settings.get("model"),
+        # Without --reference-images the mean is over the attributed images themselves.
+        reference=settings.get("reference_images") or (record and "the attributed images"),
+    )
     summary = summarize(result, tokenizer=tokenizer, names=names)
     write_json(out / SUMMARY_NAME, summary)
     save_figures(result, out, caption=context.caption())
