@@ -138,7 +138,7 @@ def test_sections_without_data_are_left_out():
     only_flow = ReportData("flows", flows=data.flows)
     page = render_html(only_flow)
     assert page.count('class="plotly-graph-div"') == 1
-    for heading in ("Findings", "Head attribution", "Image-token attribution"):
+    for heading in ("Findings", "Question", "Image-token attribution"):
         assert f"<h2>{heading}" not in page
     assert "<h2>Token flow" in page
     assert 'class="plotly-graph-div"' not in render_html(ReportData("empty"))
