@@ -240,15 +240,14 @@ def write_report(
     out.mkdir(parents=True, exist_ok=True)
     # The run's record names the model and reference images as the user gave them.
     record = read_record(out)
-    settings = {} if record is None else record.settings
-    if question is None:
-        question = NO_QUESTION if record is None else record.question
-    context = head_context(
-        result,
-        question,
-        model=settings.get("model"),
+    model = reference = None
+    if record is not None:
+        model = record.settings.get("model")
         # Without --reference-images the mean is over the attributed images themselves.
-        reference=settings.get("reference_images") or (record and "the attributed images"),
+        reference = record.settings.get("reference_images") or "the attributed images"
+        question = record.question if question is None else question
+    context = head_context(
+        result, NO_QUESTION if question is None else question, model=model, reference=reference
     )
     summary = summarize(result, tokenizer=tokenizer, names=names)
     write_json(out / SUMMARY_NAME, summary)
