@@ -128,7 +128,7 @@ def test_every_bad_label_at_once_before_anything_is_written(tmp_path, capsys):
     for name, value in (("a.png", 7), ("b.png", 4), ("c.png", 7)):
         digit(value).save(folder / name)
     # A one-word label must be one token ("seven seven", two words, would be attributed through
-    # ' seven' and checked whole, see tests/analysis/heads/test_multi_word_labels.py).
+    # ' seven' and checked whole, see tests/analysis/heads/test_head_attribution_labels.py).
     labels = {"a.png": "sevens", "b.png": "Fourr", "c.png": "seven"}
     (folder / "labels.json").write_text(json.dumps(labels))
     out = tmp_path / "run"

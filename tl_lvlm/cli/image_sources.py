@@ -119,17 +119,18 @@ SAVED_DATASET_FILES = ("state.json", "dataset_info.json")
 
 
 def load_image_set(
-    source: str | os.PathLike | ImageFolder,
+    source: str | os.PathLike | ImageFolder | SavedDataset,
     *,
     n: int | None = None,
     image_size: int = 224,
     seed: int = 0,
 ) -> ImageSet:
-    """Load a directory of images or a builtin set (see the module doc).
+    """Load a directory of images, a saved dataset or a builtin set (see the module doc).
 
     Args:
         source: a directory (listed by :func:`check_image_source` when it is not an
-            :class:`ImageFolder` already), or one of :data:`BUILTIN_IMAGE_SETS`.
+            :class:`ImageFolder` or :class:`SavedDataset` already), or one of
+            :data:`BUILTIN_IMAGE_SETS`.
         n: keep the first ``n`` images (``random``: how many to draw, default 8).
         image_size: side of the ``random`` images; use the model's ``image_size``.
         seed: seed of the ``random`` images.

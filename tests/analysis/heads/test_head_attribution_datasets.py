@@ -77,6 +77,7 @@ def test_dataset_needs_a_question_and_one_source_of_labels(digits_model, digit_d
         head_attribution(digits_model, [(Image.new("RGB", (8, 8)), Q)], label_column=None)
 
 
+@pytest.mark.filterwarnings("ignore:the mean baseline is computed over only 3 images")
 def test_image_size_resizes_samples_and_reference(digits_model, digits):
     images, _, reference = digits
     size = (30, 20)  # wide: the centre crop of the processor then differs from the square's

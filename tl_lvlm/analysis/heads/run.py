@@ -152,8 +152,8 @@ def head_attribution(
     )  # fmt: skip
     # Resolved up front, so that a bad label or target fails before any model run.
     template = prepared.template
-    label_names = [None if a is None else label_tokens(model, a, template) for a in prepared.labels]
-    label_ids = [None if a is None else a[0] for a in label_names]
+    wholes = [None if a is None else label_tokens(model, a, template) for a in prepared.labels]
+    label_ids = [None if a is None else a[0] for a in wholes]
     target_ids = [
         None if a is None else answer_token_id(model, a, template)
         for a in per_sample(target, len(prepared), "target")
@@ -206,7 +206,7 @@ def head_attribution(
         norm = run.norm
         reason = None
         # A multi-word label must be the whole answer, not its first token alone.
-        whole = label_names[sample_id]
+        whole = wholes[sample_id]
         if label is not None and (
             label != answer or (len(whole) > 1 and not answers_label(model, inputs, whole))
         ):

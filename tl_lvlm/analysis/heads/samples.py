@@ -96,7 +96,9 @@ class Samples:
             n = samples.batch_size
             return cls(model, None, samples, per_sample(labels, n, "labels", list_only=True))
         if isinstance(samples, (str, bytes)) or not isinstance(samples, Sequence):
-            raise TypeError(f"samples must be {SAMPLE_FORMS}, got {type(samples).__name__}")
+            kind = type(samples).__name__
+            split = "; pick one split, e.g. samples['train']" if kind == "DatasetDict" else ""
+            raise TypeError(f"samples must be {SAMPLE_FORMS}, got {kind}{split}")
         if len(samples) == 0:
             raise ValueError("samples is empty: pass at least one (image, question) pair")
         pairs, tuple_labels = [], []
