@@ -72,7 +72,8 @@ def test_attribute_reads_a_saved_dataset(saved, tmp_path, capsys):
 def test_flow_checks_a_string_columns_multi_word_label_whole(saved, tmp_path, capsys):
     out = tmp_path / "flow"
     argv = ["flow", *COMMON, "--images", str(saved), "--label-column", "name", "--out",
-            str(out), "--experiments", "text_flow", "--window", "12"]  # fmt: skip
+            str(out), "--experiments", "text_flow", "--window", "12",
+            "--image-size", "30x20"]  # fmt: skip
     assert main(argv) == 0, capsys.readouterr().err
     report = json.loads((out / "flow.json").read_text())
     assert report["images"] == ["row-0", "row-1", "row-3"]
