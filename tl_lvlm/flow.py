@@ -48,6 +48,8 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from tl_lvlm.ablation.recomputed import recomputed_knockout_hooks
+from tl_lvlm.analysis.heads.labels import answers_label, label_tokens
+from tl_lvlm.analysis.heads.samples import Samples
 from tl_lvlm.inputs import GROUPS, LVLMInputs
 from tl_lvlm.model import HookedLVLM
 
@@ -387,13 +389,18 @@ def _target_logits(
 
 def flow_sweep(
     model: HookedLVLM,
-    samples: LVLMInputs,
+    samples: LVLMInputs | Sequence[tuple] | Any,
     edges: Mapping[str, Sequence[Edge]],
     window: int | None = None,
     *,
     targets: Int[Tensor, " batch"] | Sequence[int | None] | None = None,
     batch_size: int = 8,
     progress: bool = True,
+    labels: Sequence[int | str | None] | None = None,
+    question: str | None = None,
+    image_column: str = "image",
+    label_column: str | None = "label",
+    image_size: int | tuple[int, int] | None = None,
 ) -> FlowSweep:
     """Slide a knockout window over the layers for several edge sets.
 
@@ -403,7 +410,10 @@ def flow_sweep(
 
     Args:
         model: the model.
-        samples: one sample per batch row.
+        samples: the sample forms of :func:`~tl_lvlm.head_attribution`: an
+            :class:`~tl_lvlm.LVLMInputs` batch (one sample per row),
+            ``[(image, question[, label]), ...]``, or a ``datasets.Dataset`` with
+            ``question=``; unprepared samples are prepared in one batch.
         edges: edge-set name -> edges, e.g. ``PAPER_EDGE_SETS["text_flow"]``.
         window: layers per window; default ``max(1, n_layers // 8)``.
         targets: ``[batch]`` target token per sample; default (or a None entry, for that
@@ -411,6 +421,13 @@ def flow_sweep(
             given target are excluded.
         batch_size: samples per forward pass.
         progress: show a progress bar.
+        labels: expected answer per sample (a token id or word; None = unknown), or in the
+            tuples or a dataset's label column: the target, and a sample the model answers
+            otherwise is excluded; a label of several words is attributed through its first
+            token and checked whole (:func:`~tl_lvlm.analysis.heads.label_tokens`). Not
+            together with ``targets``.
+        question, image_column, label_column, image_size: as for
+            :func:`~tl_lvlm.head_attribution`.
 
     Returns:
         A :class:`FlowSweep`; ``.curves()`` gives the normalized curves and
@@ -420,6 +437,20 @@ def flow_sweep(
         raise ValueError("edges is empty: give at least one named edge set")
     window, starts = _windows(model.n_layers, window)
     edge_lists = {name: _as_edge_list(e) for name, e in edges.items()}
+    prepared = Samples.parse(
+        model, samples, labels, question=question, image_column=image_column,
+        label_column=label_column, image_size=image_size,
+    )  # fmt: skip
+    template = prepared.template
+    wholes = [None if a is None else label_tokens(model, a, template) for a in prepared.labels]
+    if any(whole is not None for whole in wholes):
+        if targets is not None:
+            raise ValueError(
+                "labels (labels=, the tuples' or a dataset's) and targets= were both given; "
+                "pass one: a label is the target and is checked against the model's answer"
+            )
+        targets = [None if whole is None else whole[0] for whole in wholes]
+    samples = prepared.all_inputs()
     n = samples.batch_size
     if targets is None:
         targets = [None] * n
@@ -455,6 +486,14 @@ def flow_sweep(
     for i in range(n):
         if given[i] and predicted[i] != final_targets[i]:
             excluded[i] = f"wrong answer: predicts token {int(predicted[i])}"
+        elif (
+            wholes[i] is not None
+            and len(wholes[i]) > 1
+            and not answers_label(model, samples[i], wholes[i])
+        ):
+            # The first token is right, the rest of a multi-word label is not.
+            written = model.generate(samples[i], max_new_tokens=len(wholes[i]))[0]
+            excluded[i] = f"wrong answer: writes {written!r}, not {prepared.labels[i]!r}"
         elif clean[i] <= 0:
             excluded[i] = f"clean target logit {float(clean[i]):.4g} <= 0: ratio undefined"
     return FlowSweep(

@@ -56,3 +56,29 @@ def test_six_sizes_run_on_dynamic_resolution(folder, tmp_path, capsys, family, b
     assert {e["reason"] for e in summary["excluded"]} <= {"small_gap"}
     expected = "mean-per-geometry:" if not baseline else "zero"
     assert str(summary["config"]["baseline"]).startswith(expected), summary["config"]
+
+
+def test_image_size_gives_the_folder_one_geometry(folder, tmp_path, capsys):
+    """``--image-size`` / ``image_size=``, the alternative to the per-geometry mean: every
+    image (and so every prompt's image span) at one size."""
+    from tl_lvlm import HookedLVLM
+    from tl_lvlm.cli.image_sources import load_image_set
+
+    path = family_path("qwen2_5_vl")
+    images = load_image_set(folder).images
+    model = HookedLVLM.from_pretrained(path, device="cpu")
+    as_given = model.prepare(images, "What is it?")
+    resized = model.prepare(images, "What is it?", image_size=(56, 42))
+    assert len({len(as_given.positions("image", r)) for r in range(len(images))}) > 1
+    assert len({len(resized.positions("image", r)) for r in range(len(images))}) == 1
+    assert {image.size for image in resized.images} == {(56, 42)}
+
+    out = tmp_path / "run"
+    argv = ["attribute", "--model", path, "--images", str(folder), "--out", str(out),
+            "--n-masks", "40", "--min-logit-gap", "0", "--no-evaluate", "--quiet",
+            "--threads", "1", "--image-size", "56x42"]  # fmt: skip
+    assert main(argv) == 0, capsys.readouterr().err
+    record = json.loads((out / "samples.json").read_text())
+    assert record["settings"]["image_size"] == [56, 42]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n_kept"] + summary["n_excluded"] == len(SHAPES)

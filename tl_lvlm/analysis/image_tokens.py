@@ -39,7 +39,7 @@ from tl_lvlm.ablation.baseline import REFERENCE_HINT, resolve_baseline
 from tl_lvlm.ablation.engine import AblationEngine
 from tl_lvlm.ablation.normalization import LogitNormalization
 from tl_lvlm.analysis.heads.config import RegressionConfig
-from tl_lvlm.analysis.heads.labels import Answer, answer_token_id
+from tl_lvlm.analysis.heads.labels import Answer, answer_token_id, answers_label, label_tokens
 from tl_lvlm.analysis.heads.samples import Samples
 from tl_lvlm.families.geometry import PatchGeometry
 from tl_lvlm.inputs import LVLMInputs
@@ -95,7 +95,7 @@ IMAGE_TOKEN_DEFAULTS = RegressionConfig(min_logit_gap=0.1)
 
 def image_token_attribution(
     model: HookedLVLM,
-    samples: LVLMInputs | Sequence[tuple],
+    samples: LVLMInputs | Sequence[tuple] | Any,
     config: RegressionConfig | None = None,
     *,
     baseline: ImageKVBaseline | Literal["mean", "zero"] = "mean",
@@ -104,14 +104,19 @@ def image_token_attribution(
     labels: Sequence[Answer | None] | None = None,
     store: str | os.PathLike | None = None,
     progress: bool = True,
+    question: str | None = None,
+    image_column: str = "image",
+    label_column: str | None = "label",
+    image_size: int | tuple[int, int] | None = None,
     **settings: Any,
 ) -> ImageAttribution | list[ImageAttribution]:
     """Attribute each sample's target logit to its image positions.
 
     Takes the sample forms :func:`~tl_lvlm.head_attribution` takes. One prompt (a
     single-row :class:`~tl_lvlm.LVLMInputs`, e.g. ``inputs[i]``) gives one
-    :class:`ImageAttribution`; ``[(image, question[, label]), ...]`` or a batch of
-    several rows gives a list, one per sample, over one baseline. The regression's
+    :class:`ImageAttribution`; ``[(image, question[, label]), ...]``, a ``datasets.Dataset``
+    (with ``question=``) or a batch of several rows gives a list, one per sample, over one
+    baseline. The regression's
     settings are a :class:`~tl_lvlm.analysis.heads.RegressionConfig` (``config``,
     default :data:`IMAGE_TOKEN_DEFAULTS`), any field of which may be given as a keyword
     (``n_masks=``, ``p_ablate=``, ``min_logit_gap=``, ``seed=``, ``batch_size=``, ...).
@@ -129,11 +134,16 @@ def image_token_attribution(
             refuses it).
         target: token id or one-token word to attribute; default the label, else the
             clean greedy answer.
-        labels: expected answer per sample (or in the tuples); a sample answered otherwise
-            is refused, naming it.
+        labels: expected answer per sample (or in the tuples, or a dataset's label column;
+            several words are attributed through the first token and checked whole, see
+            :func:`~tl_lvlm.analysis.heads.label_tokens`); a sample answered otherwise is
+            refused, naming it.
         store: resumable :func:`attribution.collect` store for the raw target logits
             (``store/sample-{i}`` per sample for several samples).
         progress: show a progress bar.
+        question, image_column, label_column, image_size: as for
+            :func:`~tl_lvlm.head_attribution` (a dataset's question and columns; one image
+            size for samples and reference images).
 
     Returns:
         :class:`ImageAttribution` with a ``[rows, cols]`` map (a list of them for several
@@ -149,32 +159,37 @@ def image_token_attribution(
     cfg = (config or IMAGE_TOKEN_DEFAULTS).updated(**settings)
     if cfg.n_masks == "auto":
         raise ValueError("image_token_attribution takes a fixed n_masks, not 'auto'")
-    if isinstance(samples, LVLMInputs) and samples.batch_size == 1 and labels is None:
+    one_prompt = isinstance(samples, LVLMInputs) and samples.batch_size == 1
+    if one_prompt and labels is None and question is None and image_size is None:
         target_id = None if target is None else answer_token_id(model, target, samples.template)
         baseline = resolve_baseline(model, baseline, reference, samples)
         return _attribute_one(model, samples, baseline, target_id, cfg, store, progress)
-    prepared = Samples.parse(model, samples, labels)
+    prepared = Samples.parse(
+        model, samples, labels, question=question, image_column=image_column,
+        label_column=label_column, image_size=image_size,
+    )  # fmt: skip
     mean_over_samples = isinstance(baseline, str) and baseline == "mean" and reference is None
     kv = resolve_baseline(
         model,
         baseline,
-        reference,
+        prepared.reference(reference),
         prepared.all_images() if mean_over_samples else prepared.inputs(0),
     )
     results = []
     for i in range(len(prepared)):
         inputs = prepared.inputs(i)
-        given = target if target is not None else prepared.labels[i]
-        target_id = None if given is None else answer_token_id(model, given, prepared.template)
-        if prepared.labels[i] is not None:
-            with torch.no_grad():
-                answer = int(model.final_logits(inputs).argmax())
-            if answer != target_id and target is None:
-                raise ValueError(
-                    f"sample {i} is labelled {prepared.labels[i]!r} but the model answers "
-                    f"{model.tokenizer.decode([answer])!r}: attribute its own answer "
-                    "(no label) or leave it out"
-                )
+        label = prepared.labels[i]
+        whole = None if label is None else label_tokens(model, label, prepared.template)
+        if target is not None:
+            target_id = answer_token_id(model, target, prepared.template)
+        else:
+            target_id = None if whole is None else whole[0]
+        if whole is not None and target is None and not answers_label(model, inputs, whole):
+            written = model.generate(inputs, max_new_tokens=len(whole))[0]
+            raise ValueError(
+                f"sample {i} is labelled {label!r} but the model answers {written!r}: "
+                "attribute its own answer (no label) or leave it out"
+            )
         sample_store = None if store is None else os.path.join(store, f"sample-{i}")
         results.append(_attribute_one(model, inputs, kv, target_id, cfg, sample_store, progress))
     return results

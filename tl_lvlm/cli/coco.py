@@ -19,11 +19,14 @@ the reason; the run writes both lists to ``selection.json``:
 ``{"kept": [{"image": ..., "label": ...}], "excluded": [{"image": ..., "reason": ...}]}``.
 
 :data:`SYNONYMS` maps the COCO category names that models write otherwise to the word they
-write (``"tv"`` -> ``"television"``, ``"dining table"`` -> ``"table"``). A multi-word name
-not in the map is attributed through its first word (``"teddy bear"`` -> ``"teddy"``,
-``"traffic light"`` -> ``"traffic"``), the first token of the answer the model writes. Like
-every label, it must be one token for the model: labels are checked before the run writes
-anything, and a name that is not is reported then, with its file name.
+write (``"tv"`` -> ``"television"``, ``"dining table"`` -> ``"table"``). Any other name is the
+label as it is. A multi-word name (``"traffic light"``, ``"hot dog"``, ``"teddy bear"``) is
+attributed through the first token of the answer as the tokenizer writes it after the prompt
+(``' traffic'`` for most tokenizers), and an image counts as answered correctly only when the
+model's greedy answer writes the whole name (``"traffic cone"`` does not pass;
+:func:`~tl_lvlm.analysis.heads.label_tokens`, :func:`~tl_lvlm.analysis.heads.answers_label`).
+A one-word label must be one token for the model: labels are checked before the run writes
+anything, and one that is not is reported then, with its file name.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ import numpy as np
 if TYPE_CHECKING:  # the CLI's parser imports this module, and --help stays light
     from jaxtyping import Bool
 
-#: COCO category name -> the word models answer with, where it is not the name's first word.
+#: COCO category name -> the word models answer with, where they do not write the name.
 SYNONYMS: dict[str, str] = {
     "tv": "television",
     "dining table": "table",
@@ -143,7 +146,7 @@ def select_coco(
             continue
         main = _main_instance(by_image[image["id"]])
         category = categories[main["category_id"]]
-        labels[name] = synonyms.get(category, category).split()[0]
+        labels[name] = synonyms.get(category, category)
         masks[name] = _decode(mask_utils, main, image["height"], image["width"])
         kept.append(directory / name)
     if not kept:

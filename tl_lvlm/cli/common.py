@@ -25,6 +25,7 @@ from tl_lvlm.cli.coco import SelectionRule
 from tl_lvlm.cli.image_sources import (
     BUILTIN_IMAGE_SETS,
     ImageFolder,
+    SavedDataset,
     check_image_source,
     coco_rule,
 )
@@ -97,6 +98,19 @@ def probability(text: str) -> float:
 def auto_or_positive_int(text: str) -> int | str:
     """``"auto"`` or an integer >= 1."""
     return "auto" if text == "auto" else positive_int(text)
+
+
+def image_size(text: str) -> tuple[int, int]:
+    """``W`` (a square) or ``WxH``, in pixels, each >= 1: ``(width, height)``."""
+    parts = text.lower().split("x")
+    if len(parts) not in (1, 2) or not all(p.strip().isdigit() for p in parts):
+        raise argparse.ArgumentTypeError(
+            f"must be W or WxH in pixels (e.g. 336 or 640x480), got {text!r}"
+        )
+    width, height = (int(parts[0]),) * 2 if len(parts) == 1 else map(int, parts)
+    if min(width, height) < 1:
+        raise argparse.ArgumentTypeError(f"sides must be >= 1 pixel, got {text}")
+    return width, height
 
 
 def _parse(kind, text: str, what: str):
@@ -178,7 +192,19 @@ def add_images_option(p: argparse.ArgumentParser) -> None:
         "--images",
         default=None,
         help="directory of png/jpg/webp/bmp/tiff/gif images (optional labels.json: file name "
-        f"-> expected answer), or a builtin set: {', '.join(BUILTIN_IMAGE_SETS)}",
+        "-> expected answer), a Hugging Face dataset saved with save_to_disk, or a builtin "
+        f"set: {', '.join(BUILTIN_IMAGE_SETS)}",
+    )
+    p.add_argument(
+        "--image-column",
+        default=None,
+        help="with --images of a saved dataset: its column of images (None = image)",
+    )
+    p.add_argument(
+        "--label-column",
+        default=None,
+        help="with --images of a saved dataset: its column of labels, a ClassLabel or strings "
+        "(None = label; none = unlabelled, each image's target is the model's own answer)",
     )
     p.add_argument(
         "--styles",
@@ -219,19 +245,31 @@ def add_images_option(p: argparse.ArgumentParser) -> None:
     )
 
 
-def images_from_args(args) -> tuple[ImageFolder | str, str]:
-    """The image set of ``--images`` (with ``--coco-annotations``) or ``--styles``, listed
-    by :func:`check_image_source` / :func:`~tl_lvlm.cli.styles.check_styles`, and its id
-    as the run records it.
+def images_from_args(args) -> tuple[ImageFolder | SavedDataset | str, str]:
+    """The image set of ``--images`` (with ``--coco-annotations``; a saved dataset with its
+    ``--image-column`` / ``--label-column``) or ``--styles``, listed by
+    :func:`check_image_source` / :func:`~tl_lvlm.cli.styles.check_styles`, and its id as the
+    run records it.
 
     Raises:
         ValueError: neither or both of ``--images`` and ``--styles``; ``--coco-annotations``
-            with ``--styles``; what the listing refuses.
+            with ``--styles``; a column option without a saved dataset; what the listing
+            refuses.
     """
     if (args.images is None) == (args.styles is None):
         raise ValueError(
             "pass --images DIR (or a builtin set) or --styles STYLE=DIR ..., one of the two"
         )
+    columns_given = [
+        flag
+        for flag, value in (
+            ("--image-column", args.image_column),
+            ("--label-column", args.label_column),
+        )
+        if value is not None
+    ]
+    if args.styles is not None and columns_given:
+        raise ValueError(f"{columns_given[0]} goes with --images of a saved dataset, not --styles")
     if args.styles is not None:
         if args.coco_annotations is not None:
             raise ValueError("--coco-annotations goes with --images DIR, not with --styles")
@@ -239,9 +277,39 @@ def images_from_args(args) -> tuple[ImageFolder | str, str]:
         ids = ",".join(f"{style}={source_id(str(d))}" for style, d in args.styles)
         return folder, f"styles:{ids}"
     source = check_image_source(
-        args.images, strict=args.strict, coco=args.coco_annotations, rule=coco_rule(args)
+        args.images,
+        strict=args.strict,
+        coco=args.coco_annotations,
+        rule=coco_rule(args),
+        columns=dataset_columns(args),
     )
+    if columns_given and not isinstance(source, SavedDataset):
+        raise ValueError(
+            f"{columns_given[0]} chooses a column of a dataset saved with save_to_disk, but "
+            f"--images {args.images} is not one; leave it out"
+        )
     return source, source_id(args.images)
+
+
+def dataset_columns(args, *, labels: bool = True) -> tuple[str | None, str | None]:
+    """``(--image-column, --label-column)`` as given (None = not given); ``--label-column
+    none`` (or ``labels=False``, for reference images) is ``""``: no label column."""
+    label = args.label_column
+    if not labels or (label is not None and label.lower() == "none"):
+        label = ""
+    return args.image_column, label
+
+
+def add_image_size_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--image-size",
+        type=image_size,
+        default=None,
+        metavar="W|WxH",
+        help="resize every image (and reference image) to W x H pixels first, so that a set "
+        "of mixed sizes has one image geometry; None = keep each image's size (the mean "
+        "baseline is then computed per image geometry)",
+    )
 
 
 def add_samples_option(p: argparse.ArgumentParser, *, default: int | None, what: str) -> None:

@@ -27,6 +27,7 @@ from tl_lvlm.cli.common import (
     DeprecatedAlias,
     add_baseline_options,
     add_global_options,
+    add_image_size_option,
     add_images_option,
     add_samples_option,
     non_negative_int,
@@ -87,6 +88,7 @@ def add_flow_parser(subparsers) -> argparse.ArgumentParser:
         "--n-masks", type=positive_int, default=10_000, help="masks per image-token attribution"
     )
     add_baseline_options(p)
+    add_image_size_option(p)
     p.add_argument(
         "--object-masks",
         type=Path,
@@ -129,22 +131,21 @@ def flow_command(args: argparse.Namespace) -> int:
 
 def _run_flow(args, model, image_set, masks, reference) -> int:
     from tl_lvlm.ablation import resolve_baseline
-    from tl_lvlm.analysis.heads import answer_token_id
+    from tl_lvlm.analysis.heads import answers_label, label_tokens
     from tl_lvlm.analysis.image_tokens import (
         NoImageEffectError,
         image_token_attribution,
         plot_image_attribution,
     )
     from tl_lvlm.flow import PAPER_EDGE_SETS, flow_sweep, plot_flow_sweep, window_words
+    from tl_lvlm.inputs.images import to_rgb_images
     from tl_lvlm.report.data import FigureContext
 
-    samples = model.prepare(image_set.images, args.question)
-    targets = None
-    if image_set.labels is not None:
-        # An unlabelled image's target is the model's own answer, as in attribute.
-        targets = [
-            None if label is None else answer_token_id(model, label) for label in image_set.labels
-        ]
+    samples = model.prepare(image_set.images, args.question, image_size=args.image_size)
+    # An unlabelled image's target is the model's own answer, as in attribute; a label of
+    # several words is attributed through its first token and checked whole.
+    labels = image_set.labels or [None] * len(image_set)
+    wholes = [None if label is None else label_tokens(model, label) for label in labels]
     args.out.mkdir(parents=True, exist_ok=True)
     report = {"model": str(args.model), "question": args.question, "images": image_set.names}
 
@@ -155,7 +156,7 @@ def _run_flow(args, model, image_set, masks, reference) -> int:
             samples,
             PAPER_EDGE_SETS[experiment],
             args.window,
-            targets=targets,
+            labels=labels,
             batch_size=args.batch_size,
             progress=not args.quiet,
         )
@@ -173,6 +174,8 @@ def _run_flow(args, model, image_set, masks, reference) -> int:
     report["image_attribution"] = {}
     baseline = None
     if masks:
+        if reference is not None and args.image_size is not None:
+            reference = to_rgb_images(reference, args.image_size)
         baseline = resolve_baseline(model, args.baseline, reference, samples)
     context = FigureContext(
         str(args.model),
@@ -181,9 +184,9 @@ def _run_flow(args, model, image_set, masks, reference) -> int:
     )
     for i, mask in enumerate(masks):
         name = image_set.names[i]
-        answer = int(model.answer(samples[i])[0][0])
-        if targets is not None and targets[i] is not None and answer != targets[i]:
-            report["image_attribution"][name] = {"excluded": f"wrong answer: token {answer}"}
+        if wholes[i] is not None and not answers_label(model, samples[i], wholes[i]):
+            written = model.generate(samples[i], max_new_tokens=len(wholes[i]))[0]
+            report["image_attribution"][name] = {"excluded": f"wrong answer: {written!r}"}
             print(f"image attribution of {name}: excluded (wrong answer)")
             continue
         try:
@@ -191,7 +194,7 @@ def _run_flow(args, model, image_set, masks, reference) -> int:
                 model,
                 samples[i],
                 baseline=baseline,
-                target=None if targets is None else targets[i],
+                target=None if wholes[i] is None else wholes[i][0],
                 n_masks=args.n_masks,
                 seed=args.seed,
                 progress=not args.quiet,

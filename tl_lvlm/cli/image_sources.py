@@ -23,6 +23,14 @@ A directory may hold a ``labels.json`` mapping file names to expected answers
 (``{"cat.png": "cat"}``); images without an entry are unlabelled (their target is the
 model's own answer). :func:`check_labels` checks every label against the tokenizer at once,
 once the model is loaded and before the run writes anything.
+
+A directory written by ``datasets.Dataset.save_to_disk`` (its ``state.json`` and
+``dataset_info.json``) is read with ``datasets.load_from_disk`` as a :class:`SavedDataset`:
+the images of its ``--image-column`` (default ``image``), labelled by its ``--label-column``
+(default ``label``: a ``ClassLabel``'s names or strings; ``none``: unlabelled), through
+:mod:`tl_lvlm.inputs.hf_datasets` and the same :func:`~tl_lvlm.inputs.images.read_image`.
+Every row's image is decoded when the dataset is listed, an unreadable one skipped with a
+warning naming its row (``--strict``: refused); rows are named ``row-{i}``.
 """
 
 from __future__ import annotations
@@ -57,6 +65,8 @@ class ImageSet:
     images: list[Image.Image]
     names: list[str]
     labels: list[str | None] | None = None
+    #: where the labels come from, for messages.
+    label_source: str = LABELS_FILE
 
     def __len__(self) -> int:
         return len(self.images)
@@ -83,18 +93,44 @@ class ImageFolder:
     styles: dict[str, str] | None = None
 
 
+@dataclass(frozen=True)
+class SavedDataset:
+    """A listed ``save_to_disk`` directory: what :func:`check_image_source` found readable.
+
+    Attributes:
+        path: the directory.
+        rows: the rows whose image is readable.
+        data: its images and labels, a :class:`~tl_lvlm.inputs.hf_datasets.DatasetImages`.
+        label_source: where the labels come from, for messages.
+    """
+
+    path: Path
+    rows: tuple[int, ...]
+    data: object
+    label_source: str
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(f"row-{row}" for row in self.rows)
+
+
+#: The files ``Dataset.save_to_disk`` writes next to its arrow shards.
+SAVED_DATASET_FILES = ("state.json", "dataset_info.json")
+
+
 def load_image_set(
-    source: str | os.PathLike | ImageFolder,
+    source: str | os.PathLike | ImageFolder | SavedDataset,
     *,
     n: int | None = None,
     image_size: int = 224,
     seed: int = 0,
 ) -> ImageSet:
-    """Load a directory of images or a builtin set (see the module doc).
+    """Load a directory of images, a saved dataset or a builtin set (see the module doc).
 
     Args:
         source: a directory (listed by :func:`check_image_source` when it is not an
-            :class:`ImageFolder` already), or one of :data:`BUILTIN_IMAGE_SETS`.
+            :class:`ImageFolder` or :class:`SavedDataset` already), or one of
+            :data:`BUILTIN_IMAGE_SETS`.
         n: keep the first ``n`` images (``random``: how many to draw, default 8).
         image_size: side of the ``random`` images; use the model's ``image_size``.
         seed: seed of the ``random`` images.
@@ -105,10 +141,19 @@ def load_image_set(
     """
     if n is not None and n < 1:
         raise ValueError(f"n must be a positive number of images, got {n}")
-    if not isinstance(source, ImageFolder):
+    if not isinstance(source, (ImageFolder, SavedDataset)):
         source = check_image_source(source)
     if isinstance(source, ImageFolder):
         return _load_folder(source, n)
+    if isinstance(source, SavedDataset):
+        rows = source.rows[:n]
+        labels = source.data.labels
+        return ImageSet(
+            [source.data.image(row) for row in rows],  # decoded once already when listed
+            list(source.names[: len(rows)]),
+            None if labels is None else [labels[row] for row in rows],
+            source.label_source,
+        )
     name = os.fspath(source)
     if name == "random":
         from tl_lvlm.zoo.tiny_llava import random_images
@@ -132,18 +177,24 @@ def check_image_source(
     strict: bool = False,
     coco: str | os.PathLike | None = None,
     rule: SelectionRule | None = None,
-) -> ImageFolder | str:
+    columns: tuple[str | None, str | None] = (None, None),
+) -> ImageFolder | SavedDataset | str:
     """List and decode an image set before any model loads; warn about what is left out.
 
     Returns:
         The :class:`ImageFolder` of a directory (see the module doc for what is skipped,
-        each with a warning), or the name of a builtin set.
+        each with a warning), the :class:`SavedDataset` of a ``save_to_disk`` directory
+        (``columns``: its image and label columns, None = ``image`` / ``label``, a label
+        column ``""`` = unlabelled), or the name of a builtin set.
 
     Raises:
         ValueError: ``source`` is neither a directory nor a builtin set (with a "did you
             mean"), a directory without readable image files, a ``labels.json`` that is not
             a JSON object of file names to answers; with ``strict``, an unreadable image or a
-            label naming no image. ``flag`` names the argument in the message.
+            label naming no image. ``flag`` names the argument in the message. A saved
+            dataset without the columns, or with columns of another kind (the message names
+            its columns, ``--image-column`` and ``--label-column``); a saved ``DatasetDict``
+            (naming its splits).
 
     With ``coco`` (a COCO instances file, ``--coco-annotations``), the folder's images are
     those :func:`~tl_lvlm.cli.coco.select_coco` keeps under ``rule`` (default
@@ -170,6 +221,16 @@ def check_image_source(
             f"{flag} {name!r} is {what} a builtin image set{_did_you_mean(path)}; pass a "
             f"directory of {suffixes} files or one of {builtins}"
         )
+    if (
+        all((path / f).is_file() for f in SAVED_DATASET_FILES)
+        or (path / "dataset_dict.json").is_file()
+    ):
+        if coco is not None:
+            raise ValueError(
+                f"--coco-annotations needs {flag} to be the directory of its image files, not a "
+                "saved dataset"
+            )
+        return _check_saved_dataset(path, flag, strict, columns)
     labels = None if coco is not None else _read_labels(path / LABELS_FILE)
     entries = sorted(f for f in path.iterdir() if not f.name.startswith("."))
     candidates = [f for f in entries if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES]
@@ -226,6 +287,68 @@ def check_image_source(
     return ImageFolder(path, selection.files, dict(selection.labels), selection)
 
 
+def _check_saved_dataset(
+    path: Path, flag: str, strict: bool, columns: tuple[str | None, str | None]
+) -> SavedDataset:
+    """List a ``save_to_disk`` directory: check its columns, decode every row's image."""
+    from tl_lvlm.inputs.hf_datasets import (
+        IMAGE_COLUMN,
+        LABEL_COLUMN,
+        DatasetColumns,
+        DatasetImages,
+    )
+
+    where = f"{flag} {path}"
+    try:
+        import datasets
+    except ImportError:
+        raise ValueError(
+            f"{where} is a dataset saved with save_to_disk; reading it needs the datasets "
+            "package (pip install datasets)"
+        ) from None
+    if (path / "dataset_dict.json").is_file():
+        splits = sorted(p.name for p in path.iterdir() if p.is_dir())
+        raise ValueError(
+            f"{where} is a DatasetDict saved with save_to_disk (splits: {', '.join(splits)}); "
+            f"pass one split's directory, e.g. {flag} {path / (splits or ['train'])[0]}"
+        )
+    image_column, label_column = columns
+    chosen = DatasetColumns(
+        image_column or IMAGE_COLUMN,
+        LABEL_COLUMN if label_column is None else (label_column or None),
+        image_arg="--image-column",
+        label_arg="--label-column",
+    )
+    try:
+        dataset = datasets.load_from_disk(str(path))
+        data = DatasetImages.open(dataset, chosen)
+    except (OSError, ValueError) as err:
+        # The API's "None for no labels" is "none" on the command line.
+        message = str(err).replace("(None for no labels)", "(none for no labels)")
+        raise ValueError(f"{where}: {message}") from None
+    rows = []
+    for row in range(len(data)):
+        try:
+            data.image(row)
+        except ValueError as err:
+            cause = str(err).split(" is not a readable image file ", 1)[-1]
+            if strict:
+                raise ValueError(
+                    f"{where}: row {row} is not a readable image file {cause}; fix the dataset, "
+                    "or leave out --strict to skip it with a warning"
+                ) from None
+            warnings.warn(
+                f"{where}: skipped row {row}, not a readable image file {cause}; --strict "
+                "refuses such a dataset instead",
+                stacklevel=3,
+            )
+            continue
+        rows.append(row)
+    if not rows:
+        raise ValueError(f"{where}: no readable image in column {chosen.image!r}")
+    return SavedDataset(path, tuple(rows), data, f"the dataset's column {chosen.label!r}")
+
+
 def coco_rule(args) -> SelectionRule:
     """The selection rule of ``--coco-min-share`` / ``--coco-max-other``."""
     return SelectionRule(args.coco_min_share, args.coco_max_other)
@@ -246,10 +369,11 @@ def check_labels(model, image_set: ImageSet, flag: str = "--images") -> None:
     ``labels.json`` can be rerun on the same ``--out``.
 
     Raises:
-        ValueError: one message listing every image whose label is not one token (as
-            :func:`~tl_lvlm.analysis.heads.answer_token_id` requires), with its reason.
+        ValueError: one message listing every image whose label cannot be attributed (a
+            word that is not one token, :func:`~tl_lvlm.analysis.heads.label_tokens`), with
+            its reason.
     """
-    from tl_lvlm.analysis.heads import answer_token_id
+    from tl_lvlm.analysis.heads import label_tokens
 
     if image_set.labels is None:
         return
@@ -258,13 +382,13 @@ def check_labels(model, image_set: ImageSet, flag: str = "--images") -> None:
         if label is None:
             continue
         try:
-            answer_token_id(model, label)
+            label_tokens(model, label)
         except (TypeError, ValueError) as err:
             bad.append(f"{name}: {err}")
     if bad:
         raise ValueError(
-            f"{flag}: {len(bad)} of the labels in {LABELS_FILE} cannot be attributed; fix them "
-            f"and rerun: " + " | ".join(bad)
+            f"{flag}: {len(bad)} of the labels in {image_set.label_source} cannot be attributed; "
+            f"fix them and rerun: " + " | ".join(bad)
         )
 
 

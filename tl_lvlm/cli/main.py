@@ -41,6 +41,7 @@ from tl_lvlm.cli.common import (
     Parser,
     add_baseline_options,
     add_global_options,
+    add_image_size_option,
     add_images_option,
     add_samples_option,
     auto_or_positive_int,
@@ -88,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--p-ablate", type=probability, default=0.75, help="probability a head is ablated"
     )
     add_baseline_options(p)
+    add_image_size_option(p)
     p.add_argument("--seed", type=int, default=0, help="seed of masks, fits and random images")
     p.add_argument(
         "--batch-size",
@@ -213,6 +215,8 @@ def attribute_command(args: argparse.Namespace) -> int:
         else source_id(args.reference_images),
         "n_shards": n_shards,
         **config.result_settings(),
+        # Recorded when given, so that the runs of before --image-size existed still resume.
+        **({} if args.image_size is None else {"image_size": list(args.image_size)}),
     }
     check_settings(out, settings, args.question, sources.images_id)
 
@@ -248,6 +252,7 @@ def attribute_command(args: argparse.Namespace) -> int:
             labels=images.labels,
             baseline=args.baseline,
             reference=reference,
+            image_size=args.image_size,
             store_dir=store,
             shard=shard,
             n_shards=n_shards,

@@ -13,10 +13,11 @@ import argparse
 from dataclasses import dataclass
 from typing import Any
 
-from tl_lvlm.cli.common import check_out_dir, images_from_args, load_model
+from tl_lvlm.cli.common import check_out_dir, dataset_columns, images_from_args, load_model
 from tl_lvlm.cli.image_sources import (
     ImageFolder,
     ImageSet,
+    SavedDataset,
     check_image_source,
     check_labels,
     load_image_set,
@@ -34,9 +35,9 @@ class Sources:
         reference: the listed ``--reference-images``, or None.
     """
 
-    images: ImageFolder | str
+    images: ImageFolder | SavedDataset | str
     images_id: str
-    reference: ImageFolder | str | None
+    reference: ImageFolder | SavedDataset | str | None
 
 
 def check_sources(args: argparse.Namespace) -> Sources:
@@ -51,7 +52,10 @@ def check_sources(args: argparse.Namespace) -> Sources:
     reference = None
     if args.reference_images is not None:
         reference = check_image_source(
-            args.reference_images, "--reference-images", strict=args.strict
+            args.reference_images,
+            "--reference-images",
+            strict=args.strict,
+            columns=dataset_columns(args, labels=False),
         )
     check_out_dir(args.out)
     return Sources(images, images_id, reference)

@@ -12,8 +12,13 @@ accepted form of one picture gives the same ``pixel_values``:
 - a ``str`` or ``pathlib.Path`` to an image file of one of :data:`IMAGE_SUFFIXES`
   (png, jpg, webp, bmp, tiff; a gif's first frame), read by :func:`read_image`.
 
-The CLI reads image folders with the same :func:`read_image`, so a file gives the same
-picture through ``tl-lvlm --images DIR`` as through ``model.prepare(path)``.
+The CLI reads image folders (and the image bytes of a saved Hugging Face dataset) with the
+same :func:`read_image`, so a file gives the same picture through ``tl-lvlm --images DIR``
+as through ``model.prepare(path)``.
+
+``image_size`` (``prepare(..., image_size=)``, :func:`check_image_size`) resizes every
+converted image to one ``W x H`` (bicubic, as the image processors resize), the alternative to
+the per-geometry mean baseline of mixed sizes (:mod:`tl_lvlm.ablation.baseline`).
 
 Anything else raises before the processor sees it, with a message naming the
 accepted forms (never the array's values).
@@ -24,6 +29,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -37,18 +43,50 @@ ACCEPTED_IMAGES = (
 )
 
 
-def to_rgb_images(images) -> list[Image.Image]:
+def to_rgb_images(images, image_size: int | tuple[int, int] | None = None) -> list[Image.Image]:
     """One image or a list/tuple of images, each in an accepted form, as RGB PIL images.
 
+    ``image_size``: resize each to ``W x H`` (an int: a square), see :func:`check_image_size`.
+
     Raises:
-        TypeError: an object of another type, or an array of another dtype.
+        TypeError: an object of another type, or an array of another dtype; an
+            ``image_size`` that is not an int or a ``(width, height)`` pair.
         ValueError: an array of another shape, a float array outside ``[0, 1]`` (or
-            with NaN), a path that is not a readable image file, an empty list.
+            with NaN), a path that is not a readable image file, an empty list, an
+            ``image_size`` below 1.
     """
+    size = check_image_size(image_size)
     items = list(images) if isinstance(images, (list, tuple)) else [images]
     if not items:
         raise ValueError(f"prepare needs at least one image: {ACCEPTED_IMAGES}")
-    return [_to_rgb(image, i) for i, image in enumerate(items)]
+    rgb = [_to_rgb(image, i) for i, image in enumerate(items)]
+    if size is None:
+        return rgb
+    return [image if image.size == size else image.resize(size, Image.BICUBIC) for image in rgb]
+
+
+def check_image_size(image_size: int | tuple[int, int] | None) -> tuple[int, int] | None:
+    """``image_size`` as a ``(width, height)`` pair: an int ``S`` is ``(S, S)``; None stays None.
+
+    Raises:
+        TypeError: neither None, an int nor a pair of ints.
+        ValueError: a side below 1.
+    """
+    if image_size is None:
+        return None
+    pair = (image_size, image_size) if _is_int(image_size) else image_size
+    if not isinstance(pair, (tuple, list)) or len(pair) != 2 or not all(map(_is_int, pair)):
+        raise TypeError(
+            f"image_size must be an int (a square) or a (width, height) pair of ints, "
+            f"got {image_size!r}"
+        )
+    if min(pair) < 1:
+        raise ValueError(f"image_size sides must be positive pixel counts, got {image_size!r}")
+    return int(pair[0]), int(pair[1])
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
 def _to_rgb(image, index: int) -> Image.Image:
@@ -65,8 +103,8 @@ def _to_rgb(image, index: int) -> Image.Image:
     raise TypeError(f"{which} is of type {type(image).__name__}; pass {ACCEPTED_IMAGES}")
 
 
-def read_image(path: str | os.PathLike, which: str | None = None) -> Image.Image:
-    """The image file at ``path`` as an RGB PIL image, decoded in full.
+def read_image(path: str | os.PathLike | BinaryIO, which: str | None = None) -> Image.Image:
+    """The image file at ``path`` (or an open binary file) as an RGB PIL image, decoded in full.
 
     A gif or multi-page tiff gives its first frame; EXIF orientation is applied and
     transparency composited onto white (see the module doc).
@@ -75,14 +113,17 @@ def read_image(path: str | os.PathLike, which: str | None = None) -> Image.Image
         ValueError: the file cannot be opened or decoded (unknown format, truncated or
             corrupt data); the message names ``which`` (default: the path) and the cause.
     """
-    path = Path(path)
+    path = Path(path) if isinstance(path, (str, os.PathLike)) else path
     try:
         with Image.open(path) as img:
             img.seek(0)
             img.load()  # decode now: a truncated file fails here, not in the processor
             return _rgb(img.copy())  # a copy outlives the closed file
     except (UnidentifiedImageError, OSError, ValueError, EOFError) as e:
-        where = f"{which}: {str(path)!r}" if which else repr(str(path))
+        if isinstance(path, Path):
+            where = f"{which}: {str(path)!r}" if which else repr(str(path))
+        else:
+            where = which or "the image data"
         raise ValueError(f"{where} is not a readable image file ({e})") from None
 
 

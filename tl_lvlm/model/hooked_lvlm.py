@@ -272,6 +272,7 @@ class HookedLVLM:
         questions: str | Sequence[str],
         *,
         template: str | None = None,
+        image_size: int | tuple[int, int] | None = None,
     ) -> LVLMInputs:
         """Process images and questions into :class:`LVLMInputs` with token groups.
 
@@ -284,6 +285,10 @@ class HookedLVLM:
                 template places the image). A single image or question is broadcast
                 against a list of the other.
             template: overrides the model's template for this call.
+            image_size: resize every image to ``W x H`` first (an int: a square; a
+                ``(width, height)`` pair), so that images of mixed sizes share one image
+                geometry (one token count and layout on dynamic-resolution families);
+                None = keep each image's size.
 
         Rows are left-padded; every row's final token is at position ``-1``.
 
@@ -291,18 +296,23 @@ class HookedLVLM:
             TypeError: an image of another type or array dtype (the message names
                 the accepted forms).
             ValueError: an array of another shape, a float array outside ``[0, 1]``,
-                a path that is not an image file, or a question containing the image
-                placeholder.
+                a path that is not an image file, a question containing the image
+                placeholder, or an ``image_size`` below 1 or with a ``pixel_values`` tensor.
         """
         template = template or self.template
         before, between, after = split_template(template)
         pixel_values = None
         given_pixels = isinstance(images, Tensor)
         if given_pixels:
+            if image_size is not None:
+                raise ValueError(
+                    "image_size resizes images before the processor, but pixel_values were "
+                    "passed (processed already); pass the images, or image_size=None"
+                )
             pixel_values = self._check_pixel_values(images)
             images = [self._blank_image()] * pixel_values.shape[0]
         else:
-            images = to_rgb_images(images)
+            images = to_rgb_images(images, image_size)
         questions = [questions] if isinstance(questions, str) else list(questions)
         if not questions:
             raise ValueError("prepare needs at least one question")

@@ -6,8 +6,9 @@ The package is ``tl_lvlm.analysis.heads``; its driver :func:`head_attribution` i
 For each sample (image, question[, label]) the driver (:func:`head_attribution`)
 
 1. picks the target token: ``target`` if given, else the label (exactly one token,
-   :func:`answer_token_id`), else the model's greedy answer; a sample whose greedy
-   answer differs from its label is excluded (``"wrong_answer"``);
+   :func:`answer_token_id`; a label of several words, such as ``"traffic light"``, by its
+   first token, :func:`label_tokens`), else the model's greedy answer; a sample whose greedy
+   answer differs from its label (the whole name) is excluded (``"wrong_answer"``);
 2. builds an :class:`~tl_lvlm.ablation.engine.AblationEngine` (image K/V of ablated heads
    replaced by the baseline of :func:`resolve_baseline`, as seen by text queries) and
    records the target logit with every head kept (clean) and every head ablated; a
@@ -45,7 +46,7 @@ from tl_lvlm.analysis.heads.config import (
     RegressionConfig,
 )
 from tl_lvlm.analysis.heads.convergence import AUTO_MAX_MASKS
-from tl_lvlm.analysis.heads.labels import Answer, answer_token_id
+from tl_lvlm.analysis.heads.labels import Answer, answer_token_id, answers_label, label_tokens
 from tl_lvlm.analysis.heads.rankings import HEAD_ATTRIBUTION
 from tl_lvlm.analysis.heads.result import STATUS, ExcludedSample, HeadAttributionResult
 from tl_lvlm.analysis.heads.run import head_attribution
@@ -63,6 +64,8 @@ __all__ = [
     "HeadAttributionResult",
     "RegressionConfig",
     "answer_token_id",
+    "answers_label",
     "head_attribution",
+    "label_tokens",
     "stored_samples",
 ]

@@ -1,8 +1,18 @@
-"""Labels and targets as token ids: a word must be exactly the one token the model writes."""
+"""Labels and targets as token ids: a word must be exactly the one token the model writes.
+
+A label of several words (a COCO name such as ``"traffic light"`` or ``"hot dog"``) is the
+exception (:func:`label_tokens`): it is attributed through the first token of the answer as
+the tokenizer writes it after the prompt (``' traffic'``), and a sample counts as answered
+correctly only when the model's greedy answer writes the whole name (:func:`answers_label`),
+not its first word alone.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
+import torch
 
 from tl_lvlm.inputs.templates import split_template
 
@@ -65,6 +75,39 @@ def answer_token_id(model, answer: Answer, template: str | None = None) -> int:
     else:
         message += "; pass a single-token word or a token id (e.g. of its first token)"
     raise ValueError(message)
+
+
+def label_tokens(model, label: Answer, template: str | None = None) -> tuple[int, ...]:
+    """Token ids of an expected answer (a label) as the model writes it after the prompt.
+
+    A token id or a one-word label gives its one token (:func:`answer_token_id`: a word
+    must be one token, so that a misspelt or wrongly cased label is refused with a
+    suggestion). A label of several words gives every token the tokenizer writes for it
+    after the template's text (``"traffic light"`` -> ``' traffic'``, ``' light'`` where
+    those are tokens); the first is the one attributed, and :func:`answers_label` checks
+    the whole name against the model's answer.
+
+    Raises:
+        TypeError, ValueError: as :func:`answer_token_id`, for a one-word label.
+    """
+    if isinstance(label, str) and len(label.split()) > 1:
+        context = split_template(template or model.template)[2]
+        return tuple(_continuation(model.tokenizer, context, label))
+    return (answer_token_id(model, label, template),)
+
+
+@torch.no_grad()
+def answers_label(model, inputs, tokens: Sequence[int]) -> bool:
+    """Whether the model's greedy answer to ``inputs`` (one row) begins with ``tokens``.
+
+    One token: the argmax of the final-position logits. Several (a multi-word label, see
+    :func:`label_tokens`): the first ``len(tokens)`` tokens of ``model.generate``, so that
+    ``"traffic cone"`` does not pass for ``"traffic light"``.
+    """
+    if len(tokens) == 1:
+        return int(model.final_logits(inputs).argmax(-1)[0]) == int(tokens[0])
+    written = model.generate(inputs, max_new_tokens=len(tokens), return_type="tokens")[0]
+    return written.tolist() == [int(t) for t in tokens]
 
 
 def _continuation(tokenizer, context: str, answer: str) -> list[int]:

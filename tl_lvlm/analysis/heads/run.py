@@ -30,7 +30,7 @@ from tl_lvlm.analysis.heads.config import (
 )
 from tl_lvlm.analysis.heads.convergence import auto_rounds, converged
 from tl_lvlm.analysis.heads.gradient import PASSES_PER_MASK, gradient_attribution
-from tl_lvlm.analysis.heads.labels import Answer, answer_token_id
+from tl_lvlm.analysis.heads.labels import Answer, answer_token_id, answers_label, label_tokens
 from tl_lvlm.analysis.heads.rankings import HEAD_ATTRIBUTION, evaluate_sample, sample_seed
 from tl_lvlm.analysis.heads.result import ExcludedSample, HeadAttributionResult, _no_label
 from tl_lvlm.analysis.heads.samples import Samples, per_sample
@@ -40,7 +40,7 @@ from tl_lvlm.inputs import LVLMInputs
 
 def head_attribution(
     model,
-    samples: Sequence[tuple] | LVLMInputs,
+    samples: Sequence[tuple] | LVLMInputs | Any,
     config: HeadAttributionConfig | None = None,
     *,
     baseline: Literal["mean", "zero"] | ImageKVBaseline = "mean",
@@ -52,6 +52,10 @@ def head_attribution(
     n_shards: int | None = None,
     progress: bool = True,
     on_sample_done: Callable[[int, int], None] | None = None,
+    question: str | None = None,
+    image_column: str = "image",
+    label_column: str | None = "label",
+    image_size: int | tuple[int, int] | None = None,
     **settings: Any,
 ) -> HeadAttributionResult:
     """Attribute each sample's target logit to the attention heads reading the image.
@@ -63,7 +67,8 @@ def head_attribution(
     Args:
         model: a :class:`~tl_lvlm.HookedLVLM`.
         samples: ``[(image, question), ...]`` or ``[(image, question, label), ...]``
-            (PIL images or ``HxWx3`` arrays), or an :class:`~tl_lvlm.LVLMInputs` batch
+            (PIL images or ``HxWx3`` arrays), a ``datasets.Dataset`` with an image and a
+            label column (asked ``question``), or an :class:`~tl_lvlm.LVLMInputs` batch
             from ``model.prepare``. Sample ids are the positions in this sequence.
         config: the settings; default :class:`HeadAttributionConfig`'s defaults (the paper's).
         n_masks: random masks per sample (the paper: 10,000); at least
@@ -78,8 +83,10 @@ def head_attribution(
             word, see :func:`answer_token_id`) or one per sample (None = default).
             Default: the label, else the model's greedy answer.
         labels: expected answer per sample (id or one-token word; None = unknown); with
-            tuple samples, give labels in the tuples instead. Samples answered otherwise
-            are excluded as ``"wrong_answer"``.
+            tuple samples, give labels in the tuples instead. A label of several words
+            (``"traffic light"``) is attributed through its first token and must be the
+            model's whole greedy answer (:func:`~tl_lvlm.analysis.heads.label_tokens`).
+            Samples answered otherwise are excluded as ``"wrong_answer"``.
         reference: images (or an LVLMInputs batch) whose mean image K/V is the
             ``"mean"`` baseline, prompted with the first sample's question. Default: all
             the samples' images (all shards', so that every shard uses one baseline);
@@ -105,6 +112,12 @@ def head_attribution(
         progress: show progress bars.
         on_sample_done: called as ``on_sample_done(n_done, n_total)`` after each of this
             shard's samples is finished (kept or excluded).
+        question: the question asked about every image of a ``datasets.Dataset``.
+        image_column, label_column: a dataset's columns of images (a ``datasets.Image``
+            feature) and labels (a ``ClassLabel``, or strings; None = unlabelled).
+        image_size: resize every image (samples and reference images) to ``W x H`` (an
+            int: a square) before it is prepared: one image geometry for a set of mixed
+            sizes, instead of the default per-geometry mean baseline. None = as given.
         method: ``"regression"`` (ElasticNet over ``n_masks`` masks, the paper's method) or
             ``"gradient"``: each head's coefficient is the gradient of ``y`` with respect to
             a continuous image-K/V gate of that head, averaged over ``n_gradient_masks``
@@ -133,15 +146,18 @@ def head_attribution(
         )
     gradient = cfg.method == "gradient"
     n_components = model.n_layers * model.n_heads
-    prepared = Samples.parse(model, samples, labels)
+    prepared = Samples.parse(
+        model, samples, labels, question=question, image_column=image_column,
+        label_column=label_column, image_size=image_size,
+    )  # fmt: skip
     # Resolved up front, so that a bad label or target fails before any model run.
     template = prepared.template
-
-    def token_ids(answers: list) -> list[int | None]:
-        return [None if a is None else answer_token_id(model, a, template) for a in answers]
-
-    label_ids = token_ids(prepared.labels)
-    target_ids = token_ids(per_sample(target, len(prepared), "target"))
+    wholes = [None if a is None else label_tokens(model, a, template) for a in prepared.labels]
+    label_ids = [None if a is None else a[0] for a in wholes]
+    target_ids = [
+        None if a is None else answer_token_id(model, a, template)
+        for a in per_sample(target, len(prepared), "target")
+    ]
     ks = np.asarray(cfg.ks if cfg.ks is not None else default_ks(n_components), dtype=np.int64)
 
     ids = shard_indices(len(prepared), shard, n_shards)
@@ -149,7 +165,7 @@ def head_attribution(
     kv_baseline, baseline_id = resolve_baseline_with_id(
         model,
         baseline,
-        reference,
+        prepared.reference(reference),
         prepared.all_images() if mean_over_samples else prepared.inputs(0),
     )
     config = {
@@ -189,7 +205,11 @@ def head_attribution(
         run = _SampleRun(engine, model.n_layers, model.n_heads, cfg.batch_size)
         norm = run.norm
         reason = None
-        if label is not None and label != answer:
+        # A multi-word label must be the whole answer, not its first token alone.
+        whole = wholes[sample_id]
+        if label is not None and (
+            label != answer or (len(whole) > 1 and not answers_label(model, inputs, whole))
+        ):
             reason = "wrong_answer"
         elif norm.too_small(cfg.min_logit_gap):
             reason = "small_gap"
