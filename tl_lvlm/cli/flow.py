@@ -28,7 +28,9 @@ from tl_lvlm.cli.common import (
     add_baseline_options,
     add_global_options,
     add_images_option,
+    add_metric_options,
     add_samples_option,
+    check_metric_options,
     non_negative_int,
     positive_int,
     resolve_device,
@@ -87,6 +89,7 @@ def add_flow_parser(subparsers) -> argparse.ArgumentParser:
         "--n-masks", type=positive_int, default=10_000, help="masks per image-token attribution"
     )
     add_baseline_options(p)
+    add_metric_options(p)
     p.add_argument(
         "--object-masks",
         type=Path,
@@ -106,6 +109,7 @@ def flow_command(args: argparse.Namespace) -> int:
 
     # Everything that can be checked without the model, first.
     sources = check_sources(args)
+    check_metric_options(args)
     if args.object_masks is not None and not args.object_masks.is_dir():
         raise CliError(f"--object-masks {args.object_masks} is not a directory")
     device = resolve_device(args.device)
@@ -144,6 +148,7 @@ def _run_flow(args, model, image_set, masks, reference) -> int:
         targets = [
             None if label is None else answer_token_id(model, label) for label in image_set.labels
         ]
+    foil = None if args.foil is None else answer_token_id(model, args.foil)
     args.out.mkdir(parents=True, exist_ok=True)
     report = {"model": str(args.model), "question": args.question, "images": image_set.names}
 
@@ -155,6 +160,8 @@ def _run_flow(args, model, image_set, masks, reference) -> int:
             PAPER_EDGE_SETS[experiment],
             args.window,
             targets=targets,
+            metric=args.metric,
+            foil=foil,
             batch_size=args.batch_size,
             progress=not args.quiet,
         )
@@ -174,6 +181,10 @@ def _run_flow(args, model, image_set, masks, reference) -> int:
             report["image_attribution"][name] = {"excluded": f"wrong answer: token {answer}"}
             print(f"image attribution of {name}: excluded (wrong answer)")
             continue
+        if foil == answer:  # the target here (a labelled image answered otherwise is out)
+            report["image_attribution"][name] = {"excluded": f"the foil is the target {foil}"}
+            print(f"image attribution of {name}: excluded (the foil is the target)")
+            continue
         try:
             result = image_token_attribution(
                 model,
@@ -181,6 +192,8 @@ def _run_flow(args, model, image_set, masks, reference) -> int:
                 baseline=baseline,
                 target=None if targets is None else targets[i],
                 n_masks=args.n_masks,
+                metric=args.metric,
+                foil=foil,
                 seed=args.seed,
                 progress=not args.quiet,
             )
@@ -190,6 +203,7 @@ def _run_flow(args, model, image_set, masks, reference) -> int:
             continue
         entry = {
             "target": result.target,
+            "metric": result.metric,
             "clean_logit": result.clean_logit,
             "ablated_logit": result.ablated_logit,
             "r2": result.fit.r2,

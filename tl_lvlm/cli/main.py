@@ -41,8 +41,10 @@ from tl_lvlm.cli.common import (
     add_baseline_options,
     add_global_options,
     add_images_option,
+    add_metric_options,
     add_samples_option,
     auto_or_positive_int,
+    check_metric_options,
     non_negative_float,
     non_negative_int,
     one_line,
@@ -87,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--p-ablate", type=probability, default=0.75, help="probability a head is ablated"
     )
     add_baseline_options(p)
+    add_metric_options(p)
     p.add_argument("--seed", type=int, default=0, help="seed of masks, fits and random images")
     p.add_argument(
         "--batch-size",
@@ -176,6 +179,7 @@ def attribute_command(args: argparse.Namespace) -> int:
 
     # Everything that can be checked without the model, first, and before the slow imports.
     sources = check_sources(args)
+    check_metric_options(args)
     out: Path = args.out
 
     from attribution import resolve_shard, shard_indices
@@ -200,6 +204,7 @@ def attribute_command(args: argparse.Namespace) -> int:
         seed=args.seed,
         evaluate=not args.no_evaluate,
         batch_size=None if args.batch_size == "auto" else args.batch_size,
+        metric=args.metric,
     )
     # What the results depend on: the run's sources and its HeadAttributionConfig.
     settings = {
@@ -210,6 +215,7 @@ def attribute_command(args: argparse.Namespace) -> int:
         if args.reference_images is None
         else source_id(args.reference_images),
         "n_shards": n_shards,
+        "foil": args.foil,
         **config.result_settings(),
     }
     check_settings(out, settings, args.question, sources.images_id)
@@ -244,6 +250,7 @@ def attribute_command(args: argparse.Namespace) -> int:
             [(image, args.question) for image in images.images],
             config,
             labels=images.labels,
+            foil=args.foil,
             baseline=args.baseline,
             reference=reference,
             store_dir=store,

@@ -197,8 +197,21 @@ def head_attribution(
         inputs = prepared.inputs(sample_id)
         label = label_ids[sample_id]
         given = target_ids[sample_id] if target_ids[sample_id] is not None else label
+        foil_id = foil_ids[sample_id]
+        if given is None and foil_id is not None:
+            # The greedy answer is the target: a sample that answers its foil has nothing to
+            # attribute (target - foil = 0), found before its engine is built.
+            with torch.no_grad():
+                answer = int(model.final_logits(inputs).argmax())
+            if answer == foil_id:
+                excluded.append(
+                    ExcludedSample(sample_id, "foil_is_target", answer, answer, label, 0.0, 0.0)
+                )
+                if on_sample_done is not None:
+                    on_sample_done(done, len(ids))
+                continue
         engine = AblationEngine(
-            model, inputs, kv_baseline, target=given, metric=metric, foil=foil_ids[sample_id],
+            model, inputs, kv_baseline, target=given, metric=metric, foil=foil_id,
             scope=cfg.scope,
         )  # fmt: skip
         answer = int(engine.clean_logits.argmax())
