@@ -13,7 +13,7 @@ import torch
 
 from attribution import rank_by
 from tl_lvlm.ablation import image_kv_ablation_hooks, resolve_baseline
-from tl_lvlm.analysis.heads import answer_token_id, head_attribution
+from tl_lvlm.analysis.heads import HeadAttributionResult, answer_token_id, head_attribution
 from tl_lvlm.testing import random_images
 
 QUESTION = "What is the main object in this image?"
@@ -138,3 +138,18 @@ def test_foil_errors_name_the_sample_and_the_fix(tiny_mha, samples, foils):
         head_attribution(tiny_mha, samples, metric="logit_diff", target=7, foil=[7, 8], **run)
     with pytest.raises(ValueError, match="unknown metric 'diff'; choose from"):
         head_attribution(tiny_mha, samples, metric="diff", **run)
+
+
+def test_a_greedy_answer_equal_to_its_foil_is_excluded(tiny_mha, samples, foils, tmp_path):
+    inputs = tiny_mha.prepare([s[0] for s in samples], QUESTION)
+    answer = int(tiny_mha.answer(inputs)[0][0])
+    settings = dict(SETTINGS, evaluate=False, min_logit_gap=0.0)
+    result = head_attribution(
+        tiny_mha, samples, metric="logit_diff", foil=[answer, foils[1]], **settings
+    )
+    assert result.sample_ids.tolist() == [1]
+    (excluded,) = result.excluded
+    assert (excluded.sample_id, excluded.reason, excluded.answer) == (0, "foil_is_target", answer)
+    assert "which is the sample's foil, so target - foil is 0" in excluded.describe()
+    loaded = HeadAttributionResult.load(result.save(tmp_path / "r.safetensors"))
+    assert loaded.excluded[0].reason == "foil_is_target"
