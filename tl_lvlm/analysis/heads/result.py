@@ -96,8 +96,9 @@ class HeadAttributionResult:
         answers: int64 ``[n_kept]`` token id of the model's greedy answer.
         labels: int64 ``[n_kept]`` token id of the expected answer (-1 = no label).
         targets: int64 ``[n_kept]`` token id whose logit was attributed.
-        clean_logit: ``[n_kept]`` target logit with every head kept.
-        ablated_logit: ``[n_kept]`` target logit with every head ablated.
+        clean_logit: ``[n_kept]`` target logit with every head kept (the value of the run's
+            metric, ``config["metric"]``; the target logit by default).
+        ablated_logit: ``[n_kept]`` target logit (metric) with every head ablated.
         n_masks_used: int64 ``[n_kept]`` masks each sample's fit used: ``n_masks``, or
             fewer with ``n_masks="auto"`` (the first ``n_masks_used`` rows of ``masks``).
         y: ``[n_kept, n_masks]`` normalized target logit of every mask (NaN after a
