@@ -54,6 +54,10 @@ def test_the_api_tour_runs_as_written(tour_namespace):
     assert ns["effect"].shape == (model.n_layers, model.n_heads)
     assert set(ns["sweep"].curves()) == set(ns["PAPER_EDGE_SETS"]["image_flow"])
     assert not torch.allclose(ns["knocked"], ns["logits"])
+    lead = ns["lead"]
+    assert lead.config["metric"] == "logit_diff" and not lead.excluded
+    assert lead.config["foils"] == [model.to_single_token(" seven")]
+    assert ns["margin"].config["metric"].endswith("top2_margin") and not ns["margin"].excluded
 
 
 def test_the_api_tour_hook_names_exist_on_the_bundled_model(tour_namespace):

@@ -21,7 +21,11 @@ depth an edge carries the information the answer needs (the paper's token-flow
 analysis; :data:`PAPER_EDGE_SETS` holds its two experiments). The measure is the
 relative target logit ``logit(knocked) / logit(clean)``, as the paper reports the
 relative change of the answer's logit; the ``(knocked - ref) / (clean - ref)``
-normalization of head attribution would need a reference run per edge set.
+normalization of head attribution would need a reference run per edge set. With another
+``metric=`` (:mod:`tl_lvlm.ablation.metric`) it is ``metric(knocked) / metric(clean)``,
+except for ``"logprob"``, always negative, whose relative value is the probability ratio
+``exp(logprob(knocked) - logprob(clean)) = p(knocked) / p(clean)`` (also 1 = unchanged,
+0 = removed).
 
 The hooks follow the family's :attr:`~tl_lvlm.families.LVLMFamily.attention_edits`:
 ``"scores"`` edits the scores, which needs an attention component that computes them
@@ -47,6 +51,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from tl_lvlm.ablation.metric import Metric, MetricSpec
 from tl_lvlm.ablation.recomputed import recomputed_knockout_hooks
 from tl_lvlm.analysis.heads.labels import answers_label, label_tokens
 from tl_lvlm.analysis.heads.samples import Samples
@@ -306,12 +311,14 @@ def knockout(
 # ---------------------------------------------------------------- window sweep
 @dataclass
 class FlowSweep:
-    """Target logits as a knockout window slides over the layers, per edge set.
+    """Target logits (the metric) as a knockout window slides over the layers, per edge set.
 
     The normalized logit is ``logit(knocked) / logit(clean)`` of the target token at
     the final position: 1 = the knockout leaves the answer's logit unchanged, 0 = it
     removes it. This is the paper's relative-logit measure; it needs a positive
     clean logit, so samples without one are excluded (and listed in ``excluded``).
+    Other metrics: ``metric(knocked) / metric(clean)`` likewise, and for ``"logprob"``
+    ``exp(knocked - clean)``, the probability ratio (no sample excluded for its sign).
 
     Attributes:
         window: layers per knockout window.
@@ -321,6 +328,8 @@ class FlowSweep:
         knocked: edge-set name -> ``[n_windows, n_samples]`` knocked-out target logits.
         excluded: sample index -> why it is left out of :meth:`normalized`.
         edges: edge-set name -> its edges, as group-name lists (JSON-friendly).
+        metric: the metric's name (``clean`` and ``knocked`` are its values).
+        foils: ``[n_samples]`` foil token ids of ``"logit_diff"``, else None.
     """
 
     window: int
@@ -330,6 +339,8 @@ class FlowSweep:
     knocked: dict[str, np.ndarray]
     excluded: dict[int, str]
     edges: dict[str, list[list[list[str]]]]
+    metric: str = "logit"
+    foils: np.ndarray | None = None
 
     @property
     def kept(self) -> np.ndarray:
@@ -339,7 +350,16 @@ class FlowSweep:
     def normalized(self, name: str) -> np.ndarray:
         """``[n_windows, n_kept]`` normalized logits of edge set ``name``."""
         kept = self.kept
+        if self.metric == "logprob":
+            return np.exp(self.knocked[name][:, kept] - self.clean[kept])
         return self.knocked[name][:, kept] / self.clean[kept]
+
+    @property
+    def normalization(self) -> str:
+        """What :meth:`normalized` is, as a formula."""
+        if self.metric == "logprob":
+            return "p(knocked) / p(clean)"
+        return f"{self.metric}(knocked) / {self.metric}(clean)"
 
     def curves(self) -> dict[str, np.ndarray]:
         """Edge-set name -> ``[n_windows]`` normalized logit averaged over kept samples."""
@@ -350,7 +370,9 @@ class FlowSweep:
     def to_dict(self) -> dict[str, Any]:
         """Everything as JSON-serializable Python values."""
         return {
-            "normalization": "logit(knocked) / logit(clean)",
+            "normalization": self.normalization,
+            "metric": self.metric,
+            "foils": None if self.foils is None else self.foils.tolist(),
             "window": self.window,
             "starts": self.starts,
             "edges": self.edges,
@@ -379,12 +401,29 @@ def _edge_json(edges: Sequence[Edge]) -> list[list[list[str]]]:
 
 
 @torch.no_grad()
-def _target_logits(
-    model: HookedLVLM, inputs: LVLMInputs, targets: Int[Tensor, " batch"], fwd_hooks=()
+def _metric_values(
+    model: HookedLVLM,
+    inputs: LVLMInputs,
+    metric: Metric,
+    targets: Int[Tensor, " batch"],
+    foils: Int[Tensor, " batch"] | None,
+    fwd_hooks=(),
 ) -> Float[Tensor, " batch"]:
-    """fp32 final-position logits of ``targets`` in a run with ``fwd_hooks``."""
-    logits = model.final_logits(inputs, fwd_hooks)
-    return logits.gather(-1, targets.to(logits.device)[:, None])[:, 0]
+    """The metric of the fp32 final-position logits of a run with ``fwd_hooks``."""
+    return metric.of_logits(model.final_logits(inputs, fwd_hooks), targets, foils)
+
+
+def _per_sample_ids(
+    ids: Int[Tensor, " batch"] | Sequence[int | None] | int | None, n: int, name: str
+) -> list[int | None]:
+    """``targets=`` / ``foil=`` as one entry (a token id or None) per sample."""
+    if ids is None or isinstance(ids, (int, np.integer)):
+        return [ids] * n
+    if isinstance(ids, Tensor):
+        ids = ids.reshape(-1).tolist()
+    if len(ids) != n:
+        raise ValueError(f"{len(ids)} {name} for {n} samples")
+    return list(ids)
 
 
 def flow_sweep(
@@ -394,6 +433,8 @@ def flow_sweep(
     window: int | None = None,
     *,
     targets: Int[Tensor, " batch"] | Sequence[int | None] | None = None,
+    metric: MetricSpec | Metric = "logit",
+    foil: int | Int[Tensor, " batch"] | Sequence[int] | None = None,
     batch_size: int = 8,
     progress: bool = True,
     labels: Sequence[int | str | None] | None = None,
@@ -406,7 +447,7 @@ def flow_sweep(
 
     For every window start ``s`` (``0 .. n_layers - window``) and edge set, the
     edges are knocked out in layers ``s .. s + window - 1`` and the target's logit
-    at the final position is recorded.
+    at the final position is recorded (the metric's value).
 
     Args:
         model: the model.
@@ -419,6 +460,12 @@ def flow_sweep(
         targets: ``[batch]`` target token per sample; default (or a None entry, for that
             sample) the clean greedy answer. Samples whose clean greedy answer is not their
             given target are excluded.
+        metric: what is recorded of the fp32 final-position logits
+            (:mod:`tl_lvlm.ablation.metric`): ``"logit"`` (the target's), ``"logit_diff"``
+            (target minus ``foil``), ``"logprob"``, or a callable ``[batch, vocab] ->
+            [batch]``.
+        foil: with ``"logit_diff"``, the token id subtracted, for every sample or one per
+            sample; a sample whose greedy answer (its target) is its foil is excluded.
         batch_size: samples per forward pass.
         progress: show a progress bar.
         labels: expected answer per sample (a token id or word; None = unknown), or in the
@@ -452,12 +499,15 @@ def flow_sweep(
         targets = [None if whole is None else whole[0] for whole in wholes]
     samples = prepared.all_inputs()
     n = samples.batch_size
-    if targets is None:
-        targets = [None] * n
-    elif isinstance(targets, Tensor):
-        targets = targets.reshape(-1).tolist()
-    if len(targets) != n:
-        raise ValueError(f"{len(targets)} targets for {n} samples")
+    targets = _per_sample_ids(targets, n, "targets")
+    metric = Metric.resolve(metric)
+    foils = _per_sample_ids(foil, n, "foils")
+    for i, (f, t) in enumerate(zip(foils, targets, strict=True)):
+        try:
+            metric.check_foil(f, t)
+        except ValueError as e:
+            raise ValueError(f"sample {i}: {e}") from None
+    foils = torch.tensor(foils) if metric.needs_foil else None
     # given[i]: sample i has a target; -1 marks the others until their greedy answer is known.
     given = torch.tensor([t is not None for t in targets])
     targets = torch.tensor([-1 if t is None else int(t) for t in targets], dtype=torch.long)
@@ -472,12 +522,13 @@ def flow_sweep(
             logits = model.final_logits(batch)
         predicted[rows] = logits.argmax(-1).cpu()
         batch_targets = torch.where(given[rows], targets[rows], predicted[rows]).to(logits.device)
-        clean[rows] = logits.gather(-1, batch_targets[:, None])[:, 0].cpu()
+        batch_foils = None if foils is None else foils[rows].to(logits.device)
+        clean[rows] = metric.of_logits(logits, batch_targets, batch_foils).cpu()
         for name, edge_list in edge_lists.items():
             for i, start in enumerate(starts):
                 ko = knockout(model, batch, edge_list, range(start, start + window))
-                knocked[name][i, rows] = _target_logits(
-                    model, batch, batch_targets, ko.fwd_hooks
+                knocked[name][i, rows] = _metric_values(
+                    model, batch, metric, batch_targets, batch_foils, ko.fwd_hooks
                 ).cpu()
                 bar.update(len(rows))
     bar.close()
@@ -494,8 +545,10 @@ def flow_sweep(
             # The first token is right, the rest of a multi-word label is not.
             written = model.generate(samples[i], max_new_tokens=len(wholes[i]))[0]
             excluded[i] = f"wrong answer: writes {written!r}, not {prepared.labels[i]!r}"
-        elif clean[i] <= 0:
-            excluded[i] = f"clean target logit {float(clean[i]):.4g} <= 0: ratio undefined"
+        elif foils is not None and foils[i] == final_targets[i]:
+            excluded[i] = f"the foil is the target (the greedy answer, token {int(foils[i])})"
+        elif metric.name != "logprob" and clean[i] <= 0:
+            excluded[i] = f"clean {metric.description} {float(clean[i]):.4g} <= 0: ratio undefined"
     return FlowSweep(
         window=window,
         starts=starts,
@@ -504,6 +557,8 @@ def flow_sweep(
         knocked={k: v.double().numpy() for k, v in knocked.items()},
         excluded=excluded,
         edges={name: _edge_json(e) for name, e in edge_lists.items()},
+        metric=metric.name,
+        foils=None if foils is None else foils.numpy(),
     )
 
 
@@ -545,7 +600,7 @@ def plot_flow_sweep(
     ax.set(
         title=title,
         xlabel=f"first layer of the knockout window ({window_words(sweep.window)})",
-        ylabel="logit(knocked) / logit(clean)",
+        ylabel=sweep.normalization,
     )
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.legend()

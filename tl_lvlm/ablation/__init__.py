@@ -9,6 +9,7 @@
   attention native (``LVLMFamily.attention_edits == "recompute"``).
 - ``engine``: :class:`AblationEngine`, the same ablation for thousands of masks, fast.
 - ``normalization``: the normalized logit ``y`` of head attribution.
+- ``metric``: what is measured of the final-position logits (:class:`Metric`, ``metric=``).
 """
 
 from tl_lvlm.ablation.baseline import (
@@ -29,11 +30,13 @@ from tl_lvlm.ablation.hooks import (
     image_kv_ablation_hooks,
     score_edit_hooks,
 )
+from tl_lvlm.ablation.metric import METRICS, Metric
 from tl_lvlm.ablation.normalization import LogitNormalization
 from tl_lvlm.ablation.scope import SCOPES, Scope, ablated_queries, check_scope
 
 __all__ = [
     "BASELINE_KINDS",
+    "METRICS",
     "MIN_MEAN_IMAGES",
     "REFERENCE_HINT",
     "SCOPES",
@@ -41,6 +44,7 @@ __all__ = [
     "GeometryMeanBaseline",
     "ImageKVBaseline",
     "LogitNormalization",
+    "Metric",
     "Scope",
     "ablated_queries",
     "check_keep",

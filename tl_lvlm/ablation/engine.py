@@ -71,6 +71,7 @@ from tqdm.auto import tqdm
 
 from tl_lvlm.ablation.baseline import GeometryMeanBaseline, ImageKVBaseline, unpadded_image_span
 from tl_lvlm.ablation.hooks import check_keep, image_kv_ablation_hooks
+from tl_lvlm.ablation.metric import Metric, MetricSpec
 from tl_lvlm.ablation.normalization import LogitNormalization
 from tl_lvlm.ablation.scope import Scope, check_scope
 from tl_lvlm.inputs import LVLMInputs
@@ -456,7 +457,7 @@ def _compiled(module: torch.nn.Module, backend: str) -> torch.nn.Module:
 
 
 class AblationEngine:
-    """Target logits of one sample under many image-K/V head-ablation masks.
+    """The metric (target logits) of one sample under many image-K/V head-ablation masks.
 
     Args:
         model: the model.
@@ -464,6 +465,11 @@ class AblationEngine:
         baseline: from :func:`~tl_lvlm.ablation.resolve_baseline` (or
             :func:`~tl_lvlm.ablation.image_kv_baseline`): its ``for_inputs`` fits the sample.
         target: token id whose logit is reported; None = the clean greedy answer's first token.
+        metric: what is reported of the final-position logits
+            (:mod:`tl_lvlm.ablation.metric`): ``"logit"`` (the target's), ``"logit_diff"``
+            (target minus ``foil``), ``"logprob"``, or a callable ``[batch, vocab] ->
+            [batch]`` on the fp32 logits.
+        foil: token id subtracted by ``metric="logit_diff"`` (only then).
         scope: ``"text"`` (shared prefix, fast) or ``"all"`` (batched hooked forwards).
         attention: scope "text" with bool per-head masks: ``"fused"`` (fused attention
             kernels merged by log-sum-exp, :func:`_fused_attention`) or ``"eager"`` (the
@@ -478,6 +484,9 @@ class AblationEngine:
         clean_logit: the target's logit at the final position of the clean run
             (``model(sample)``); ``run`` on the all-kept mask reproduces it.
         clean_logits: ``[d_vocab]`` final-position logits of the clean run.
+        metric: the resolved :class:`~tl_lvlm.ablation.metric.Metric`.
+        foil: the foil token id, or None.
+        clean_value: the metric of the clean run (``clean_logit`` for ``"logit"``).
     """
 
     def __init__(
@@ -487,11 +496,15 @@ class AblationEngine:
         baseline: ImageKVBaseline | GeometryMeanBaseline,
         *,
         target: int | None = None,
+        metric: MetricSpec | Metric = "logit",
+        foil: int | None = None,
         scope: Scope = "text",
         attention: Literal["fused", "eager"] = "fused",
         compile_layers: bool | str = False,
     ):
         check_scope(scope)
+        metric = Metric.resolve(metric)
+        metric.check_foil(foil)
         if attention not in ("fused", "eager"):
             raise ValueError(f"attention must be 'fused' or 'eager', got {attention!r}")
         steady_allocator()
@@ -521,8 +534,16 @@ class AblationEngine:
         elif not 0 <= int(target) < vocab:
             raise ValueError(f"target must be a token id in [0, {vocab}), got {target}")
         self.target = int(target)
+        if foil is not None and not 0 <= int(foil) < vocab:
+            raise ValueError(f"foil must be a token id in [0, {vocab}), got {foil}")
+        metric.check_foil(foil, self.target)
+        self.metric = metric
+        self.foil = None if foil is None else int(foil)
         self.clean_logit = float(self.clean_logits[self.target])
-        self._target_ids = torch.tensor([self.target], device=self.device)
+        self.clean_value = float(self._measure(self.clean_logits[None], None)[0])
+        ids = metric.vocab(self.target, self.foil)
+        #: Token ids whose logits the runs compute (None = all, reduced on the device).
+        self._vocab = None if ids is None else torch.tensor(ids, device=self.device)
 
         self._pad = self.sample.padding(0)
         self._ids = self.sample.input_ids[:, self._pad :]  # [1, seq]
@@ -600,7 +621,7 @@ class AblationEngine:
         Float[Tensor, " n_masks"]
         | tuple[Float[Tensor, " n_masks"], Float[Tensor, "n_masks d_vocab"]]
     ):
-        """Target logit at the final position for every mask.
+        """The metric (by default the target logit) at the final position for every mask.
 
         Args:
             masks: ``[n_masks, n_layers, n_heads]`` bool, True = head kept; or
@@ -613,8 +634,9 @@ class AblationEngine:
                 more than one batch.
 
         Returns:
-            fp32 CPU ``[n_masks]`` target logits, and ``[n_masks, d_vocab]`` logits
-            with ``return_logits``.
+            fp32 CPU ``[n_masks]`` metric values, and ``[n_masks, d_vocab]`` logits
+            with ``return_logits``. The metric is reduced per batch on the device: a
+            full-vocabulary metric (``"logprob"``, callables) moves only its values.
         """
         masks = self.check_masks(masks)
         n = masks.shape[0]
@@ -630,30 +652,43 @@ class AblationEngine:
             run_batch, swapped = self._run_text, self._suffix_modules()
         else:
             run_batch, swapped = self._run_all, contextlib.nullcontext()
-        vocab = None if return_logits else self._target_ids
+        vocab = None if return_logits else self._vocab
         # Batches stay on the device until the end: one host transfer (and sync) per call.
-        logits = []
+        values, logits = [], []
         with torch.inference_mode(), swapped, tqdm(total=n, unit="mask", disable=disable) as bar:
             for start in starts:
                 keep = masks[start : start + batch_size]
-                logits.append(run_batch(keep, vocab))
+                batch = run_batch(keep, vocab)
+                values.append(self._measure(batch, vocab))
+                if return_logits:
+                    logits.append(batch)
                 bar.update(keep.shape[0])
-            logits = torch.cat(logits).cpu()
+            values = torch.cat(values).cpu()
+            if return_logits:
+                logits = torch.cat(logits).cpu()
         # clone() outside inference mode: the caller gets ordinary tensors.
         if return_logits:
-            return logits[:, self.target].clone(), logits.clone()
-        return logits[:, 0].clone()
+            return values.clone(), logits.clone()
+        return values.clone()
+
+    def _measure(
+        self, logits: Float[Tensor, "batch n_vocab"], vocab: Int[Tensor, " n_vocab"] | None
+    ) -> Float[Tensor, " batch"]:
+        """The metric of logits over ``vocab`` (None = full-vocabulary logits)."""
+        if vocab is None:
+            return self.metric.of_logits(logits, self.target, self.foil)
+        return self.metric.reduce(logits, self.target, self.foil)
 
     @functools.cached_property
     def normalization(self) -> LogitNormalization:
-        """Clean and all-ablated target logits (one run of the all-ablated mask, cached)."""
+        """Clean and all-ablated metric values (one run of the all-ablated mask, cached)."""
         n_components = self.model.n_layers * self.model.n_heads
 
         def logits(masks: np.ndarray) -> np.ndarray:
             keep = torch.from_numpy(masks).reshape(-1, self.model.n_layers, self.model.n_heads)
             return self.run(keep, 1, progress=False).double().numpy()
 
-        return LogitNormalization.measure(self.clean_logit, logits, n_components)
+        return LogitNormalization.measure(self.clean_value, logits, n_components)
 
     def check_gates(
         self, gates: Gates | Bool[Tensor, "n_masks n_layers n_heads"] | np.ndarray
@@ -685,7 +720,7 @@ class AblationEngine:
         normalization: LogitNormalization | None = None,
         progress: bool | None = None,
     ) -> tuple[Float[Tensor, " n_masks"], Float[Tensor, "n_masks n_layers n_heads"]]:
-        """Normalized target logit and its gradient with respect to continuous head gates.
+        """Normalized metric (target logit) and its gradient with respect to continuous head gates.
 
         Gate ``g`` of head (l, h) interpolates what that query head sees at the image
         positions (scope ``"text"``: text queries only):
@@ -727,8 +762,13 @@ class AblationEngine:
         with torch.enable_grad(), swapped, tqdm(total=n, unit="mask", disable=disable) as bar:
             for start in starts:
                 g = gates[start : start + batch_size].to(self.device).requires_grad_()
-                logit = self._run_text(g, self._target_ids)[:, 0]
-                y = (logit - norm.ablated) / norm.gap
+                value = self._measure(self._run_text(g, self._vocab), self._vocab)
+                if not value.requires_grad:
+                    raise ValueError(
+                        f"metric {self.metric.name} is not differentiable in the logits (its "
+                        "values carry no gradient); gate gradients need a torch function of them"
+                    )
+                y = (value - norm.ablated) / norm.gap
                 # Rows are independent, so d(sum y)/dg is each row's own gradient; autograd.grad
                 # leaves the parameters' .grad untouched.
                 (grad,) = torch.autograd.grad(y.sum(), g)

@@ -5,7 +5,9 @@ Head attribution and image-token attribution regress the same quantity,
     y = (logit(mask) - logit(all ablated)) / (logit(clean) - logit(all ablated)),
 
 and both leave out samples whose clean and all-ablated logits are too close for the
-division to mean anything (it multiplies logit noise by ``1 / gap``).
+division to mean anything (it multiplies logit noise by ``1 / gap``). "logit" is the run's
+metric (:mod:`tl_lvlm.ablation.metric`; the target logit by default): the clean, ablated
+and masked values are all of that one metric, and the gap is in its units.
 """
 
 from __future__ import annotations
@@ -47,8 +49,10 @@ class LogitNormalization:
         return self.clean - self.ablated
 
     def too_small(self, min_gap: float) -> bool:
-        """True when ``gap < min_gap`` (or NaN): ``y`` would divide by (almost) nothing."""
-        return not self.gap >= min_gap
+        """True when ``gap < min_gap``, ``gap == 0`` or NaN: ``y`` would divide by (almost)
+        nothing (a gap of exactly 0, e.g. a metric the image cannot move, is refused even
+        with ``min_gap <= 0``)."""
+        return not self.gap >= min_gap or self.gap == 0
 
     def __call__(
         self, logits: Float[np.ndarray, "*b"] | Float[Tensor, "*b"] | Sequence[float]

@@ -37,10 +37,11 @@ from tl_lvlm._utils.fingerprint import tensor_sha256
 from tl_lvlm.ablation import ImageKVBaseline
 from tl_lvlm.ablation.baseline import REFERENCE_HINT, resolve_baseline
 from tl_lvlm.ablation.engine import AblationEngine
+from tl_lvlm.ablation.metric import Metric
 from tl_lvlm.ablation.normalization import LogitNormalization
 from tl_lvlm.analysis.heads.config import RegressionConfig
 from tl_lvlm.analysis.heads.labels import Answer, answer_token_id, answers_label, label_tokens
-from tl_lvlm.analysis.heads.samples import Samples
+from tl_lvlm.analysis.heads.samples import Samples, per_sample
 from tl_lvlm.families.geometry import PatchGeometry
 from tl_lvlm.inputs import LVLMInputs
 from tl_lvlm.model import HookedLVLM
@@ -62,12 +63,14 @@ class ImageAttribution:
         coef: ``[rows, cols]`` attribution per patch of the family's patch grid.
         fit: the ElasticNet fit (flat ``coef`` over image positions, held-out R², ρ).
         target: token id whose logit is attributed.
-        clean_logit: target logit with every image position kept.
-        ablated_logit: target logit with every image position ablated.
+        clean_logit: target logit (the metric) with every image position kept.
+        ablated_logit: target logit (the metric) with every image position ablated.
         masks: bool ``[n_masks, n_image]`` (True = position kept).
-        y: ``[n_masks]`` normalized target logit of every mask.
+        y: ``[n_masks]`` normalized target logit (metric) of every mask.
         geometry: where the map's patches lie on the image (None: a square map over
             the image's central square).
+        metric: the metric's name (:attr:`~tl_lvlm.ablation.metric.Metric.name`).
+        foil: the ``"logit_diff"`` foil token id, or None.
     """
 
     coef: Float[np.ndarray, "rows cols"]
@@ -78,6 +81,8 @@ class ImageAttribution:
     masks: Bool[np.ndarray, "n_masks n_image"]
     y: Float[np.ndarray, " n_masks"]
     geometry: PatchGeometry | None = field(default=None)
+    metric: str = "logit"
+    foil: int | None = None
 
     @property
     def grid(self) -> int:
@@ -102,6 +107,7 @@ def image_token_attribution(
     reference: Sequence | LVLMInputs | None = None,
     target: Answer | None = None,
     labels: Sequence[Answer | None] | None = None,
+    foil: Answer | Sequence[Answer] | None = None,
     store: str | os.PathLike | None = None,
     progress: bool = True,
     question: str | None = None,
@@ -119,7 +125,9 @@ def image_token_attribution(
     baseline. The regression's
     settings are a :class:`~tl_lvlm.analysis.heads.RegressionConfig` (``config``,
     default :data:`IMAGE_TOKEN_DEFAULTS`), any field of which may be given as a keyword
-    (``n_masks=``, ``p_ablate=``, ``min_logit_gap=``, ``seed=``, ``batch_size=``, ...).
+    (``n_masks=``, ``p_ablate=``, ``min_logit_gap=``, ``seed=``, ``batch_size=``, ``metric=``,
+    ...). ``metric=`` (:mod:`tl_lvlm.ablation.metric`) says what is attributed: the target
+    logit (default), ``"logit_diff"`` against ``foil``, ``"logprob"`` or a callable.
 
     Args:
         model: the model.
@@ -138,6 +146,8 @@ def image_token_attribution(
             several words are attributed through the first token and checked whole, see
             :func:`~tl_lvlm.analysis.heads.label_tokens`); a sample answered otherwise is
             refused, naming it.
+        foil: with ``metric="logit_diff"``, the token whose logit is subtracted: one for
+            every sample or one per sample (id or one-token word, as ``target``).
         store: resumable :func:`attribution.collect` store for the raw target logits
             (``store/sample-{i}`` per sample for several samples).
         progress: show a progress bar.
@@ -159,15 +169,18 @@ def image_token_attribution(
     cfg = (config or IMAGE_TOKEN_DEFAULTS).updated(**settings)
     if cfg.n_masks == "auto":
         raise ValueError("image_token_attribution takes a fixed n_masks, not 'auto'")
+    metric = cfg.resolved_metric
     one_prompt = isinstance(samples, LVLMInputs) and samples.batch_size == 1
     if one_prompt and labels is None and question is None and image_size is None:
         target_id = None if target is None else answer_token_id(model, target, samples.template)
+        foil_id = _foil_id(model, metric, foil, target_id, samples.template)
         baseline = resolve_baseline(model, baseline, reference, samples)
-        return _attribute_one(model, samples, baseline, target_id, cfg, store, progress)
+        return _attribute_one(model, samples, baseline, target_id, foil_id, cfg, store, progress)
     prepared = Samples.parse(
         model, samples, labels, question=question, image_column=image_column,
         label_column=label_column, image_size=image_size,
     )  # fmt: skip
+    foils = per_sample(foil, len(prepared), "foil")
     mean_over_samples = isinstance(baseline, str) and baseline == "mean" and reference is None
     kv = resolve_baseline(
         model,
@@ -190,9 +203,24 @@ def image_token_attribution(
                 f"sample {i} is labelled {label!r} but the model answers {written!r}: "
                 "attribute its own answer (no label) or leave it out"
             )
+        try:
+            foil_id = _foil_id(model, metric, foils[i], target_id, prepared.template)
+        except ValueError as e:
+            raise ValueError(f"sample {i}: {e}") from None
         sample_store = None if store is None else os.path.join(store, f"sample-{i}")
-        results.append(_attribute_one(model, inputs, kv, target_id, cfg, sample_store, progress))
+        results.append(
+            _attribute_one(model, inputs, kv, target_id, foil_id, cfg, sample_store, progress)
+        )
     return results
+
+
+def _foil_id(
+    model: HookedLVLM, metric: Metric, foil: Answer | None, target: int | None, template: str
+) -> int | None:
+    """``foil`` as a token id, checked against the metric and the given target."""
+    foil_id = None if foil is None else answer_token_id(model, foil, template)
+    metric.check_foil(foil_id, target)
+    return foil_id
 
 
 def _attribute_one(
@@ -200,6 +228,7 @@ def _attribute_one(
     sample: LVLMInputs,
     baseline: ImageKVBaseline,
     target: int | None,
+    foil: int | None,
     cfg: RegressionConfig,
     store: str | os.PathLike | None,
     progress: bool,
@@ -207,7 +236,10 @@ def _attribute_one(
     """One prompt's attribution map under a resolved baseline (see the public function)."""
     geometry = model.family.patch_geometry(model.processor, sample)
     baseline = baseline.for_inputs(model, sample)
-    engine = AblationEngine(model, sample, baseline, target=target, scope=cfg.scope)
+    engine = AblationEngine(
+        model, sample, baseline, target=target, metric=cfg.resolved_metric, foil=foil,
+        scope=cfg.scope,
+    )  # fmt: skip
     n_layers, n_heads, n_image = model.n_layers, model.n_heads, engine.n_image
     cfg.check_components(n_image, "image positions")
     batch_size = cfg.batch_size or engine.auto_batch_size()
@@ -217,11 +249,12 @@ def _attribute_one(
         per_head = torch.from_numpy(keep)[:, None, None].expand(-1, n_layers, n_heads, -1)
         return engine.run(per_head, batch_size, progress=False).double().numpy()
 
-    norm = LogitNormalization.measure(engine.clean_logit, logits, n_image)
+    norm = LogitNormalization.measure(engine.clean_value, logits, n_image)
     min_logit_gap = cfg.min_logit_gap
     if norm.too_small(min_logit_gap):
         raise NoImageEffectError(
-            f"ablating every image position moves the target logit by only {norm.gap:.4g} "
+            f"ablating every image position moves the {engine.metric.description} by only "
+            f"{norm.gap:.4g} "
             f"(clean {norm.clean:.4g}, ablated {norm.ablated:.4g}) < min_logit_gap="
             f"{min_logit_gap}: the answer does not depend on the image here under this "
             f"baseline, so there is nothing to attribute; with a mean over few images, "
@@ -232,6 +265,8 @@ def _attribute_one(
         "kind": "tl_lvlm.image_token_attribution/1",
         "inputs_sha256": tensor_sha256(sample.input_ids, sample.pixel_values),
         "target": engine.target,
+        "metric": engine.metric.name,
+        "foil": engine.foil,
         "baseline_sha256": tensor_sha256(baseline.k, baseline.v),
     }
     raw = collect(
@@ -254,6 +289,8 @@ def _attribute_one(
         masks=masks,
         y=y,
         geometry=geometry,
+        metric=engine.metric.name,
+        foil=engine.foil,
     )
 
 

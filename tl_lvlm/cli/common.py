@@ -337,6 +337,36 @@ def add_baseline_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+#: ``--metric`` choices: the named metrics of :mod:`tl_lvlm.ablation.metric` (a test checks
+#: that the two agree; named here so that building the parser does not import torch).
+METRIC_CHOICES = ("logit", "logit_diff", "logprob")
+
+
+def add_metric_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--metric",
+        choices=METRIC_CHOICES,
+        default="logit",
+        help="what is measured of the final-position logits: the target's logit, its lead "
+        "over the --foil token (logit_diff), or its log-probability (logprob)",
+    )
+    p.add_argument(
+        "--foil",
+        default=None,
+        metavar="WORD",
+        help="with --metric logit_diff: the one-token word whose logit is subtracted from the "
+        "target's, for every image (spelled as labels are)",
+    )
+
+
+def check_metric_options(args: argparse.Namespace) -> None:
+    """Refuse ``--foil`` without ``--metric logit_diff`` and the reverse, before the model loads."""
+    if args.metric == "logit_diff" and args.foil is None:
+        raise CliError("--metric logit_diff needs --foil WORD (the token subtracted)")
+    if args.metric != "logit_diff" and args.foil is not None:
+        raise CliError(f"--foil goes with --metric logit_diff, not --metric {args.metric}")
+
+
 def setup_runtime(args: argparse.Namespace) -> None:
     """Apply the global options and silence what does not concern the user."""
     logging.getLogger("transformers.utils.import_utils").addFilter(_torchvision_fallback_filter)

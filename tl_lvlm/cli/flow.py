@@ -29,7 +29,9 @@ from tl_lvlm.cli.common import (
     add_global_options,
     add_image_size_option,
     add_images_option,
+    add_metric_options,
     add_samples_option,
+    check_metric_options,
     non_negative_int,
     positive_int,
     resolve_device,
@@ -89,6 +91,7 @@ def add_flow_parser(subparsers) -> argparse.ArgumentParser:
     )
     add_baseline_options(p)
     add_image_size_option(p)
+    add_metric_options(p)
     p.add_argument(
         "--object-masks",
         type=Path,
@@ -108,6 +111,7 @@ def flow_command(args: argparse.Namespace) -> int:
 
     # Everything that can be checked without the model, first.
     sources = check_sources(args)
+    check_metric_options(args)
     if args.object_masks is not None and not args.object_masks.is_dir():
         raise CliError(f"--object-masks {args.object_masks} is not a directory")
     device = resolve_device(args.device)
@@ -131,7 +135,7 @@ def flow_command(args: argparse.Namespace) -> int:
 
 def _run_flow(args, model, image_set, masks, reference) -> int:
     from tl_lvlm.ablation import resolve_baseline
-    from tl_lvlm.analysis.heads import answers_label, label_tokens
+    from tl_lvlm.analysis.heads import answer_token_id, answers_label, label_tokens
     from tl_lvlm.analysis.image_tokens import (
         NoImageEffectError,
         image_token_attribution,
@@ -146,6 +150,7 @@ def _run_flow(args, model, image_set, masks, reference) -> int:
     # several words is attributed through its first token and checked whole.
     labels = image_set.labels or [None] * len(image_set)
     wholes = [None if label is None else label_tokens(model, label) for label in labels]
+    foil = None if args.foil is None else answer_token_id(model, args.foil)
     args.out.mkdir(parents=True, exist_ok=True)
     report = {"model": str(args.model), "question": args.question, "images": image_set.names}
 
@@ -157,6 +162,8 @@ def _run_flow(args, model, image_set, masks, reference) -> int:
             PAPER_EDGE_SETS[experiment],
             args.window,
             labels=labels,
+            metric=args.metric,
+            foil=foil,
             batch_size=args.batch_size,
             progress=not args.quiet,
         )
@@ -189,13 +196,21 @@ def _run_flow(args, model, image_set, masks, reference) -> int:
             report["image_attribution"][name] = {"excluded": f"wrong answer: {written!r}"}
             print(f"image attribution of {name}: excluded (wrong answer)")
             continue
+        # The target: the label's first token (checked above), else the greedy answer.
+        target = wholes[i][0] if wholes[i] is not None else int(model.answer(samples[i])[0][0])
+        if foil == target:
+            report["image_attribution"][name] = {"excluded": f"the foil is the target {foil}"}
+            print(f"image attribution of {name}: excluded (the foil is the target)")
+            continue
         try:
             result = image_token_attribution(
                 model,
                 samples[i],
                 baseline=baseline,
-                target=None if wholes[i] is None else wholes[i][0],
+                target=target,
                 n_masks=args.n_masks,
+                metric=args.metric,
+                foil=foil,
                 seed=args.seed,
                 progress=not args.quiet,
             )
@@ -205,6 +220,7 @@ def _run_flow(args, model, image_set, masks, reference) -> int:
             continue
         entry = {
             "target": result.target,
+            "metric": result.metric,
             "clean_logit": result.clean_logit,
             "ablated_logit": result.ablated_logit,
             "r2": result.fit.r2,

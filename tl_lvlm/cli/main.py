@@ -43,8 +43,10 @@ from tl_lvlm.cli.common import (
     add_global_options,
     add_image_size_option,
     add_images_option,
+    add_metric_options,
     add_samples_option,
     auto_or_positive_int,
+    check_metric_options,
     non_negative_float,
     non_negative_int,
     one_line,
@@ -90,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_baseline_options(p)
     add_image_size_option(p)
+    add_metric_options(p)
     p.add_argument("--seed", type=int, default=0, help="seed of masks, fits and random images")
     p.add_argument(
         "--batch-size",
@@ -180,6 +183,7 @@ def attribute_command(args: argparse.Namespace) -> int:
 
     # Everything that can be checked without the model, first, and before the slow imports.
     sources = check_sources(args)
+    check_metric_options(args)
     out: Path = args.out
 
     from attribution import resolve_shard, shard_indices
@@ -204,6 +208,7 @@ def attribute_command(args: argparse.Namespace) -> int:
         seed=args.seed,
         evaluate=not args.no_evaluate,
         batch_size=None if args.batch_size == "auto" else args.batch_size,
+        metric=args.metric,
     )
     # What the results depend on: the run's sources and its HeadAttributionConfig.
     settings = {
@@ -214,6 +219,7 @@ def attribute_command(args: argparse.Namespace) -> int:
         if args.reference_images is None
         else source_id(args.reference_images),
         "n_shards": n_shards,
+        "foil": args.foil,
         **config.result_settings(),
         # Recorded when given, so that the runs of before --image-size existed still resume.
         **({} if args.image_size is None else {"image_size": list(args.image_size)}),
@@ -250,6 +256,7 @@ def attribute_command(args: argparse.Namespace) -> int:
             [(image, args.question) for image in images.images],
             config,
             labels=images.labels,
+            foil=args.foil,
             baseline=args.baseline,
             reference=reference,
             image_size=args.image_size,

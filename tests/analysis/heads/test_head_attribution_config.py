@@ -68,6 +68,7 @@ def test_store_and_result_keys_come_from_the_fields():
         "p_ablate",
         "scope",
         "seed",
+        "metric",
     }
     assert "batch_size" not in HeadAttributionConfig.result_keys()  # speed, not results
     assert {"n_masks", "compare_with", "method"} <= set(HeadAttributionConfig.result_keys())

@@ -27,6 +27,11 @@ For each sample (image, question[, label]) the driver (:func:`head_attribution`)
    faithfulness / completeness curves of every ranking (:mod:`tl_lvlm.analysis.evaluation`),
    each sample ranked by its own scores.
 
+"Logit" above is the run's metric (``metric=``, :mod:`tl_lvlm.ablation.metric`): the target
+logit by default, or target minus a ``foil`` token (``"logit_diff"``; a sample whose greedy
+answer is its foil is excluded as ``"foil_is_target"``), the target's log-probability, or a
+callable on the final-position logits.
+
 Excluded samples are returned with their reason, never silently dropped. The same
 masks (drawn from ``seed``) are used for every sample, so a sample's result does not
 depend on which other samples run with it: shards of a run merge into exactly the

@@ -19,6 +19,7 @@ from jaxtyping import Bool
 
 from attribution import sample_masks
 from tl_lvlm.ablation import check_scope
+from tl_lvlm.ablation.metric import Metric, MetricSpec
 from tl_lvlm.analysis.competing import BASELINES
 from tl_lvlm.analysis.heads.convergence import AUTO_MAX_MASKS, auto_rounds
 
@@ -50,6 +51,11 @@ class RegressionConfig:
         alpha, l1_ratio, holdout: the ElasticNet fit (:func:`attribution.fit`).
         seed: seeds the masks, the holdout and the random ranking.
         batch_size: masks per engine call; None = the engine's ``auto_batch_size``.
+        metric: what is attributed of the final-position logits
+            (:mod:`tl_lvlm.ablation.metric`): ``"logit"`` (the target's, the paper),
+            ``"logit_diff"`` (target minus a foil token), ``"logprob"``, or a callable
+            ``[batch, vocab] -> [batch]``. Recorded (stores, results, reruns) by
+            :attr:`~tl_lvlm.ablation.metric.Metric.name`; ``min_logit_gap`` is in its units.
     """
 
     n_masks: int | Literal["auto"] = 10_000
@@ -61,8 +67,10 @@ class RegressionConfig:
     holdout: float = 0.1
     seed: int = field(default=0, metadata=_STORE)
     batch_size: int | None = field(default=None, metadata=_SPEED)
+    metric: MetricSpec = field(default="logit", metadata=_STORE)
 
     def __post_init__(self) -> None:
+        Metric.resolve(self.metric)  # refuses an unknown name or a non-callable, with the fix
         n_masks = self.n_masks
         if not (n_masks == "auto" if isinstance(n_masks, str) else _is_int(n_masks)):
             raise ValueError(f"n_masks must be a positive integer or 'auto', got {n_masks!r}")
@@ -130,8 +138,14 @@ class RegressionConfig:
     def result_settings(self) -> dict[str, Any]:
         """``asdict`` of :meth:`result_keys` in plain JSON types (tuples as lists)."""
         data = asdict(self)
+        data["metric"] = self.resolved_metric.name  # a callable by its qualified name
         return {k: list(v) if isinstance(v, tuple) else v for k, v in data.items()
                 if k in self.result_keys()}  # fmt: skip
+
+    @property
+    def resolved_metric(self) -> Metric:
+        """:attr:`metric` as a :class:`~tl_lvlm.ablation.metric.Metric`."""
+        return Metric.resolve(self.metric)
 
     def updated(self, **settings: Any) -> RegressionConfig:
         """A copy with ``settings`` replaced, validated again; unknown names are refused."""

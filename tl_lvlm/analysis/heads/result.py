@@ -26,7 +26,7 @@ from tl_lvlm.analysis.evaluation import Evaluation
 from tl_lvlm.analysis.heads.config import RESULTS_KIND, n_drawn, run_masks
 
 #: Why a sample was left out; index = the ``status`` code stored in results files (0 = kept).
-STATUS = ("kept", "wrong_answer", "small_gap")
+STATUS = ("kept", "wrong_answer", "small_gap", "foil_is_target")
 
 
 @dataclass
@@ -35,8 +35,10 @@ class ExcludedSample:
 
     Attributes:
         sample_id: index of the sample in the input.
-        reason: ``"wrong_answer"`` (greedy answer is not the label) or ``"small_gap"``
-            (clean and all-ablated target logits closer than ``min_logit_gap``).
+        reason: ``"wrong_answer"`` (greedy answer is not the label), ``"small_gap"``
+            (clean and all-ablated target logits closer than ``min_logit_gap``) or
+            ``"foil_is_target"`` (``metric="logit_diff"``: the greedy answer, attributed for
+            want of a target, is the sample's foil, so the difference is 0).
         answer: token id of the model's greedy answer.
         target: token id whose logit would have been attributed.
         label: token id of the expected answer, or None.
@@ -45,7 +47,7 @@ class ExcludedSample:
     """
 
     sample_id: int
-    reason: Literal["wrong_answer", "small_gap"]
+    reason: Literal["wrong_answer", "small_gap", "foil_is_target"]
     answer: int
     target: int
     label: int | None
@@ -62,6 +64,12 @@ class ExcludedSample:
             return (
                 f"sample {self.sample_id} (wrong_answer): the model answers "
                 f"{tok(self.answer)}, the label is {tok(self.label)}"
+            )
+        if self.reason == "foil_is_target":
+            return (
+                f"sample {self.sample_id} (foil_is_target): the model answers {tok(self.answer)}, "
+                "which is the sample's foil, so target - foil is 0; give a target (or label) or "
+                "another foil"
             )
         gap = self.clean_logit - self.ablated_logit
         return (
@@ -88,8 +96,9 @@ class HeadAttributionResult:
         answers: int64 ``[n_kept]`` token id of the model's greedy answer.
         labels: int64 ``[n_kept]`` token id of the expected answer (-1 = no label).
         targets: int64 ``[n_kept]`` token id whose logit was attributed.
-        clean_logit: ``[n_kept]`` target logit with every head kept.
-        ablated_logit: ``[n_kept]`` target logit with every head ablated.
+        clean_logit: ``[n_kept]`` target logit with every head kept (the value of the run's
+            metric, ``config["metric"]``; the target logit by default).
+        ablated_logit: ``[n_kept]`` target logit (metric) with every head ablated.
         n_masks_used: int64 ``[n_kept]`` masks each sample's fit used: ``n_masks``, or
             fewer with ``n_masks="auto"`` (the first ``n_masks_used`` rows of ``masks``).
         y: ``[n_kept, n_masks]`` normalized target logit of every mask (NaN after a

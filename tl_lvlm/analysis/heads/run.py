@@ -19,6 +19,7 @@ from tl_lvlm._utils.fingerprint import tensor_sha256
 from tl_lvlm.ablation import ImageKVBaseline
 from tl_lvlm.ablation.baseline import resolve_baseline_with_id
 from tl_lvlm.ablation.engine import AblationEngine
+from tl_lvlm.ablation.metric import Metric
 from tl_lvlm.ablation.normalization import LogitNormalization
 from tl_lvlm.analysis.evaluation import Evaluation
 from tl_lvlm.analysis.heads.config import (
@@ -46,6 +47,7 @@ def head_attribution(
     baseline: Literal["mean", "zero"] | ImageKVBaseline = "mean",
     target: Answer | Sequence[Answer | None] | None = None,
     labels: Sequence[Answer | None] | None = None,
+    foil: Answer | Sequence[Answer | None] | None = None,
     reference: Sequence | LVLMInputs | None = None,
     store_dir: str | os.PathLike | None = None,
     shard: int | None = None,
@@ -87,6 +89,13 @@ def head_attribution(
             (``"traffic light"``) is attributed through its first token and must be the
             model's whole greedy answer (:func:`~tl_lvlm.analysis.heads.label_tokens`).
             Samples answered otherwise are excluded as ``"wrong_answer"``.
+        metric: what is attributed of the final-position logits: ``"logit"`` (the target's,
+            default), ``"logit_diff"`` (target minus ``foil``), ``"logprob"``, or a callable
+            ``[batch, vocab] -> [batch]`` on the fp32 logits (:mod:`tl_lvlm.ablation.metric`).
+            Every normalization uses it: clean and all-ablated values, ``min_logit_gap`` (in
+            its units), ``y`` and the curves.
+        foil: with ``metric="logit_diff"``, the token subtracted from the target: one for
+            every sample or one per sample, an id or a one-token word as ``target``.
         reference: images (or an LVLMInputs batch) whose mean image K/V is the
             ``"mean"`` baseline, prompted with the first sample's question. Default: all
             the samples' images (all shards', so that every shard uses one baseline);
@@ -154,10 +163,14 @@ def head_attribution(
     template = prepared.template
     wholes = [None if a is None else label_tokens(model, a, template) for a in prepared.labels]
     label_ids = [None if a is None else a[0] for a in wholes]
-    target_ids = [
-        None if a is None else answer_token_id(model, a, template)
-        for a in per_sample(target, len(prepared), "target")
-    ]
+
+    def token_ids(answers: list) -> list[int | None]:
+        return [None if a is None else answer_token_id(model, a, template) for a in answers]
+
+    target_ids = token_ids(per_sample(target, len(prepared), "target"))
+    metric = cfg.resolved_metric
+    given_ids = [t if t is not None else lab for t, lab in zip(target_ids, label_ids, strict=True)]
+    foil_ids = _foil_ids(metric, token_ids(per_sample(foil, len(prepared), "foil")), given_ids)
     ks = np.asarray(cfg.ks if cfg.ks is not None else default_ks(n_components), dtype=np.int64)
 
     ids = shard_indices(len(prepared), shard, n_shards)
@@ -181,6 +194,7 @@ def head_attribution(
         # A gradient run uses its n_gradient_masks and holds out nothing.
         "n_masks": cfg.n_gradient_masks if gradient else cfg.n_masks,
         "holdout": 0.0 if gradient else cfg.holdout,
+        "foils": foil_ids if metric.needs_foil else None,
         "rankings": [HEAD_ATTRIBUTION, *cfg.compare_with] if cfg.evaluate else [],
         "ks": ks.tolist() if cfg.evaluate else [],
     }
@@ -200,7 +214,23 @@ def head_attribution(
         inputs = prepared.inputs(sample_id)
         label = label_ids[sample_id]
         given = target_ids[sample_id] if target_ids[sample_id] is not None else label
-        engine = AblationEngine(model, inputs, kv_baseline, target=given, scope=cfg.scope)
+        foil_id = foil_ids[sample_id]
+        if given is None and foil_id is not None:
+            # The greedy answer is the target: a sample that answers its foil has nothing to
+            # attribute (target - foil = 0), found before its engine is built.
+            with torch.no_grad():
+                answer = int(model.final_logits(inputs).argmax())
+            if answer == foil_id:
+                excluded.append(
+                    ExcludedSample(sample_id, "foil_is_target", answer, answer, label, 0.0, 0.0)
+                )
+                if on_sample_done is not None:
+                    on_sample_done(done, len(ids))
+                continue
+        engine = AblationEngine(
+            model, inputs, kv_baseline, target=given, metric=metric, foil=foil_id,
+            scope=cfg.scope,
+        )  # fmt: skip
         answer = int(engine.clean_logits.argmax())
         run = _SampleRun(engine, model.n_layers, model.n_heads, cfg.batch_size)
         norm = run.norm
@@ -226,6 +256,7 @@ def head_attribution(
                 **run_config,
                 "sample": sample_id,
                 "target": engine.target,
+                "foil": engine.foil,
                 "inputs_sha256": tensor_sha256(inputs.input_ids, inputs.pixel_values),
             }
             if gradient:
@@ -293,6 +324,25 @@ def head_attribution(
     )
 
 
+def _foil_ids(
+    metric: Metric, foils: list[int | None], targets: list[int | None]
+) -> list[int | None]:
+    """Each sample's foil, checked against the metric and the sample's given target.
+
+    Raises:
+        ValueError: foils without ``metric="logit_diff"``, a sample without one with it, or
+            a foil equal to the sample's target or label (naming the sample).
+    """
+    if not metric.needs_foil or all(f is None for f in foils):
+        metric.check_foil(next((f for f in foils if f is not None), None))
+    for i, (foil, target) in enumerate(zip(foils, targets, strict=True)):
+        try:
+            metric.check_foil(foil, target)
+        except ValueError as e:
+            raise ValueError(f"sample {i}: {e}") from None
+    return foils
+
+
 def _collect_and_fit(
     run: _SampleRun,
     masks: Bool[np.ndarray, "n_masks n_components"],
@@ -334,7 +384,7 @@ class _SampleRun:
         self.engine = engine
         self.shape = (n_layers, n_heads)
         self.batch_size = int(batch_size or engine.auto_batch_size())
-        self.norm = LogitNormalization.measure(engine.clean_logit, self.logits, n_layers * n_heads)
+        self.norm = LogitNormalization.measure(engine.clean_value, self.logits, n_layers * n_heads)
 
     def logits(self, masks: Bool[np.ndarray, "b n_components"]) -> Float[np.ndarray, " b"]:
         keep = torch.from_numpy(np.ascontiguousarray(masks)).reshape(-1, *self.shape)
