@@ -23,7 +23,6 @@ without importing the package (an object cannot be a ``datasets.Dataset`` unless
 from __future__ import annotations
 
 import io
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -38,9 +37,12 @@ LABEL_COLUMN = "label"
 
 
 def is_dataset(obj: Any) -> bool:
-    """Whether ``obj`` is a ``datasets.Dataset`` (never imports ``datasets``)."""
-    module = sys.modules.get("datasets")
-    return module is not None and isinstance(obj, module.Dataset)
+    """Whether ``obj`` is a ``datasets.Dataset`` (imports ``datasets`` only for its objects)."""
+    if not type(obj).__module__.startswith("datasets."):
+        return False
+    import datasets
+
+    return isinstance(obj, datasets.Dataset)
 
 
 @dataclass(frozen=True)
