@@ -41,17 +41,13 @@ from tl_lvlm.cli.common import (
     add_baseline_options,
     add_global_options,
     add_images_option,
+    add_mask_options,
     add_samples_option,
+    add_shard_options,
     auto_or_positive_int,
-    non_negative_float,
-    non_negative_int,
     one_line,
-    positive_int,
-    probability,
     resolve_device,
-    resolve_dtype,
     setup_runtime,
-    source_id,
 )
 from tl_lvlm.cli.flow import DEFAULT_QUESTION, add_flow_parser
 
@@ -77,39 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--question", default=DEFAULT_QUESTION, help="question asked about each image")
     p.add_argument("--out", required=True, type=Path, help="output directory")
     add_samples_option(p, default=None, what="all images")
-    p.add_argument(
-        "--n-masks",
-        type=auto_or_positive_int,
-        default=10_000,
-        help="random masks per sample, or auto: in rounds until the fit has converged",
-    )
-    p.add_argument(
-        "--p-ablate", type=probability, default=0.75, help="probability a head is ablated"
-    )
+    add_mask_options(p)
     add_baseline_options(p)
-    p.add_argument("--seed", type=int, default=0, help="seed of masks, fits and random images")
-    p.add_argument(
-        "--batch-size",
-        type=auto_or_positive_int,
-        default="auto",
-        help="masks per engine call; auto = the most that fit in memory",
-    )
-    p.add_argument(
-        "--shard", type=non_negative_int, default=None, help="this process's shard index"
-    )
-    p.add_argument(
-        "--n-shards",
-        type=positive_int,
-        default=None,
-        help="number of shards; None = from RANK/WORLD_SIZE or a SLURM array, else 1",
-    )
-    p.add_argument("--scope", choices=("text", "all"), default="text", help="who sees ablations")
-    p.add_argument(
-        "--min-logit-gap",
-        type=non_negative_float,
-        default=0.5,
-        help="exclude samples whose clean and all-ablated target logits differ by less",
-    )
+    add_shard_options(p)
     p.add_argument(
         "--no-evaluate", action="store_true", help="skip baselines and faithfulness curves"
     )
@@ -172,105 +138,41 @@ def _one_line_warning(prog: str):
 
 def attribute_command(args: argparse.Namespace) -> int:
     """Run ``tl-lvlm attribute`` (see the module doc)."""
+    from tl_lvlm.cli.attribute import AttributionRun
     from tl_lvlm.cli.sources import check_sources, load_sources
 
     # Everything that can be checked without the model, first, and before the slow imports.
     sources = check_sources(args)
     out: Path = args.out
 
-    from attribution import resolve_shard, shard_indices
-    from tl_lvlm.analysis.heads import HeadAttributionConfig, head_attribution, stored_samples
-    from tl_lvlm.cli.image_sources import write_selection
-    from tl_lvlm.cli.run_dir import (
-        RESULTS_NAME,
-        RunRecord,
-        check_rerun,
-        check_settings,
-        shard_file_name,
-        write_record,
-    )
+    from attribution import resolve_shard
 
     shard, n_shards = resolve_shard(args.shard, args.n_shards)
     device = resolve_device(args.device)
-    config = HeadAttributionConfig(
-        n_masks=args.n_masks,
-        p_ablate=args.p_ablate,
-        scope=args.scope,
-        min_logit_gap=args.min_logit_gap,
-        seed=args.seed,
-        evaluate=not args.no_evaluate,
-        batch_size=None if args.batch_size == "auto" else args.batch_size,
-    )
-    # What the results depend on: the run's sources and its HeadAttributionConfig.
-    settings = {
-        "model": source_id(args.model),
-        "dtype": str(resolve_dtype(args.dtype, device)).removeprefix("torch."),
-        "baseline": args.baseline,
-        "reference_images": None
-        if args.reference_images is None
-        else source_id(args.reference_images),
-        "n_shards": n_shards,
-        **config.result_settings(),
-    }
-    check_settings(out, settings, args.question, sources.images_id)
+    run = AttributionRun.from_args(args, out, args.question, sources.images_id, n_shards, device)
+    run.check()
 
     model, images, reference = load_sources(args, device, sources)
-    record = RunRecord(sources.images_id, args.question, images.names, images.labels, settings)
-    state = check_rerun(out, record)
-
-    # From here on the run directory is written.
-    out.mkdir(parents=True, exist_ok=True)
-    write_record(out, record)
-    write_selection(out, sources.images)
-    store = None if args.no_store else out / "store"
-    ids = shard_indices(len(images), shard, n_shards)
-    n_total = len(ids)
-    if state != "new" and store is not None:
-        # The same count as the interrupt message's: this shard's samples stored in full.
-        n_stored = stored_samples(store, ids)
-        what = "extending" if state == "extend" else "resuming"
-        print(
-            f"{what} the run in {out}: {n_stored} of {n_total} samples already collected",
-            file=sys.stderr,
-        )
-    progress = {"done": 0}
-
-    def on_sample_done(n_done: int, total: int) -> None:
-        progress["done"] = n_done
-
     try:
-        result = head_attribution(
+        result = run.run(
             model,
-            [(image, args.question) for image in images.images],
-            config,
-            labels=images.labels,
+            images,
+            reference,
             baseline=args.baseline,
-            reference=reference,
-            store_dir=store,
             shard=shard,
             n_shards=n_shards,
-            progress=not args.quiet,
-            on_sample_done=on_sample_done,
+            quiet=args.quiet,
+            store=not args.no_store,
+            source=sources.images,
         )
     except KeyboardInterrupt:
-        if store is not None:
-            # Counted as the resumed run counts them: a sample done but excluded (wrong
-            # answer, small gap) has no stored logits and is checked again on resume.
-            done, then = stored_samples(store, ids), "rerun the same command to resume"
-        else:
-            done, then = progress["done"], "--no-store kept nothing: a rerun starts again"
-        print(
-            f"interrupted: {done} of {n_total} samples collected; {then}",
-            file=sys.stderr,
-        )
         return 130
     if n_shards > 1:
-        path = result.save(out / shard_file_name(shard, n_shards))
+        path = run.results_file(shard, n_shards)
         print(f"wrote {path}; once all {n_shards} shards are done run: tl-lvlm report {out}")
         return 0
     from tl_lvlm.cli.report import format_summary, write_report
 
-    result.save(out / RESULTS_NAME)
     summary = write_report(result, out, tokenizer=model.tokenizer, names=images.names)
     print(format_summary(summary))
     print(f"results, summary.json and figures in {out}")
