@@ -9,6 +9,7 @@ so they neither change the global backend nor accumulate in pyplot's figure list
 from __future__ import annotations
 
 import os
+import textwrap
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Literal
 
@@ -130,6 +131,31 @@ def plot_scatter(
     if stats:
         ax.text(0.03, 0.97, "\n".join(stats), transform=ax.transAxes, va="top")
     return save_figure(fig, path)
+
+
+def wrap_caption(caption: str, width: int) -> list[str]:
+    """``caption`` in lines of at most ``width`` characters, broken between its ``" · "``
+    parts where it can (a part longer than a line is wrapped between words)."""
+    lines: list[str] = []
+    for part in caption.split(" · "):
+        if lines and len(lines[-1]) + 3 + len(part) <= width:
+            lines[-1] += " · " + part
+        else:
+            lines += textwrap.wrap(part, width) or [""]
+    return lines or [""]
+
+
+def add_caption(fig: Figure, caption: str | None, *, fontsize: float = 7) -> Figure:
+    """Write ``caption`` (what the figure shows: e.g. model, question, settings) in small
+    gray type above the figure's panels, wrapped to the figure's width; None adds nothing.
+
+    It is the figure's ``suptitle``, so that constrained layout makes room for it.
+    """
+    if caption:
+        # Characters per line: the figure's width in points over an average glyph width.
+        width = max(20, int(fig.get_figwidth() * 72 / (0.55 * fontsize)))
+        fig.suptitle("\n".join(wrap_caption(caption, width)), fontsize=fontsize, color="0.3")
+    return fig
 
 
 def new_figure(ax: Axes | None, figsize: tuple[float, float]) -> tuple[Figure, Axes]:

@@ -486,28 +486,52 @@ def plot_flow_sweep(
     path: str | os.PathLike | None = None,
     *,
     title: str = "Attention knockout",
+    caption: str | None = None,
     ax: Axes | None = None,
 ) -> Figure:
     """One curve per edge set: normalized target logit vs. the window's first layer.
 
-    The band around each curve is ± one standard deviation over samples.
+    The band around each curve is ± one standard deviation over samples. Curves differ in
+    marker, line style and width (the first drawn widest), so that one lying on another
+    still shows. ``caption`` (e.g. model, question and settings) is written above the
+    figure (:func:`attribution.plots.add_caption`).
     """
     from matplotlib.ticker import MaxNLocator
 
-    from attribution.plots import new_figure, save_figure
+    from attribution.plots import add_caption, new_figure, save_figure
 
     fig, ax = new_figure(ax, figsize=(5, 3.5))
     x = np.asarray(sweep.starts)
-    for name, mean in sweep.curves().items():
+    for i, (name, mean) in enumerate(sweep.curves().items()):
         std = sweep.normalized(name).std(1)
-        (line,) = ax.plot(x, mean, marker=".", label=name)
+        (line,) = ax.plot(
+            x,
+            mean,
+            label=name,
+            marker=_MARKERS[i % len(_MARKERS)],
+            markersize=8 - 2 * (i % 3),
+            markerfacecolor="none" if i % 2 else None,
+            linestyle=_LINESTYLES[i % len(_LINESTYLES)],
+            linewidth=2.5 - 0.7 * (i % 3),
+        )
         ax.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.15)
     ax.axhline(1.0, color="gray", linestyle="--", linewidth=1)
     ax.set(
         title=title,
-        xlabel=f"first layer of the knockout window ({sweep.window} layers)",
+        xlabel=f"first layer of the knockout window ({window_words(sweep.window)})",
         ylabel="logit(knocked) / logit(clean)",
     )
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.legend()
+    add_caption(fig, caption)
     return save_figure(fig, path)
+
+
+def window_words(window: int) -> str:
+    """``"window of 1 layer"``, ``"window of 4 layers"``."""
+    return f"window of {window} layer{'' if window == 1 else 's'}"
+
+
+#: Markers and line styles cycled over a sweep's curves (see plot_flow_sweep).
+_MARKERS = ("o", "s", "^", "D", "v")
+_LINESTYLES = ("-", "--", ":", "-.")

@@ -337,6 +337,7 @@ def plot_image_attribution(
     object_mask: ArrayLike | None = None,
     geometry: PatchGeometry | None = None,
     title: str = "Image-token attribution",
+    caption: str | None = None,
     alpha: float = 0.6,
     ax: Axes | None = None,
 ) -> Figure:
@@ -347,9 +348,11 @@ def plot_image_attribution(
     image's central square.
 
     Diverging colors centered at 0 (red: keeping the patch raises the answer's logit);
-    with ``object_mask`` the object's patches are outlined.
+    with ``object_mask`` the object's patches are outlined. ``caption`` (e.g. model,
+    question and settings) is written above the figure
+    (:func:`attribution.plots.add_caption`).
     """
-    from attribution.plots import new_figure, save_figure
+    from attribution.plots import add_caption, new_figure, save_figure
 
     coef = np.asarray(coef, dtype=np.float64)
     # Grayscale underneath, so that the image's colors do not read as attribution.
@@ -380,4 +383,5 @@ def plot_image_attribution(
         ax.contour(xs, ys, fine, levels=[0.5], colors="k", linewidths=1.5)
     fig.colorbar(overlay, ax=ax, label="coefficient")
     ax.set(title=title, xticks=[], yticks=[])
+    add_caption(fig, caption)
     return save_figure(fig, path)

@@ -135,7 +135,8 @@ def _run_flow(args, model, image_set, masks, reference) -> int:
         image_token_attribution,
         plot_image_attribution,
     )
-    from tl_lvlm.flow import PAPER_EDGE_SETS, flow_sweep, plot_flow_sweep
+    from tl_lvlm.flow import PAPER_EDGE_SETS, flow_sweep, plot_flow_sweep, window_words
+    from tl_lvlm.report.data import FigureContext
 
     samples = model.prepare(image_set.images, args.question)
     targets = None
@@ -160,13 +161,24 @@ def _run_flow(args, model, image_set, masks, reference) -> int:
         )
         report["experiments"][experiment] = sweep.to_dict()
         if len(sweep.kept):
-            plot_flow_sweep(sweep, args.out / f"flow_{experiment}.png", title=experiment)
+            settings = f"{window_words(sweep.window)}, {len(sweep.kept)} samples"
+            plot_flow_sweep(
+                sweep,
+                args.out / f"flow_{experiment}.png",
+                title=experiment,
+                caption=FigureContext(str(args.model), args.question, settings).caption(),
+            )
         print(f"{experiment}: {len(sweep.kept)} samples, {len(sweep.excluded)} excluded")
 
     report["image_attribution"] = {}
     baseline = None
     if masks:
         baseline = resolve_baseline(model, args.baseline, reference, samples)
+    context = FigureContext(
+        str(args.model),
+        args.question,
+        f"{args.n_masks} masks, {args.baseline} baseline, seed {args.seed}",
+    )
     for i, mask in enumerate(masks):
         name = image_set.names[i]
         answer = int(model.answer(samples[i])[0][0])
@@ -204,7 +216,9 @@ def _run_flow(args, model, image_set, masks, reference) -> int:
             image_set.images[i],
             args.out / f"image_attribution_{Path(name).stem}.png",
             object_mask=mask,
+            geometry=result.geometry,
             title=f"{name}: R² {result.fit.r2:.2f}",
+            caption=context.caption(),
         )
 
     from tl_lvlm._utils.files import write_json

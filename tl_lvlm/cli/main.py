@@ -4,7 +4,7 @@
         [--question ...] [--n-masks 10000|auto] [--p-ablate 0.75] [--baseline mean|zero] \\
         [--reference-images DIR|random|digits] [--n-samples N] [--seed 0] \\
         [--batch-size auto|N] [--shard I --n-shards N]
-    tl-lvlm report out/coco        # merge shards, redraw summary.json and figures
+    tl-lvlm report out/coco        # merge shards, redraw summary.json, figures, report.html
     tl-lvlm demo [--out out/demo]  # small run on the bundled tiny-digits model
     tl-lvlm flow ...               # token-flow knockout (tl_lvlm.cli.flow)
 
@@ -21,7 +21,8 @@ loads wherever it can be; Ctrl-C exits with status 130 and says how far the run 
 - ``results.safetensors`` (``results-shard-{i}-of-{n}.safetensors`` per shard): every
   sample's attribution, fit, outputs, baseline scores and curves
   (:meth:`~tl_lvlm.analysis.heads.HeadAttributionResult.save`);
-- unsharded: ``summary.json`` and the figures of :mod:`tl_lvlm.cli.report`. Sharded runs
+- unsharded: ``summary.json``, the figures and ``report.html`` of :mod:`tl_lvlm.cli.report`
+  (the figures carry the model, question, settings and heads needed). Sharded runs
   leave them to ``tl-lvlm report DIR`` once every shard is done.
 
 No torch / transformers import at module level: ``--help`` answers at once.
@@ -85,8 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "report",
-        help="merge result shards and redraw summary.json and figures",
-        description="Merge the results files in DIR; write summary.json and figures there.",
+        help="merge result shards and redraw summary.json, figures and report.html",
+        description="Merge the results files in DIR; write summary.json, figures and the "
+        "interactive report.html there.",
     )
     p.add_argument("dir", type=Path, help="output directory of tl-lvlm attribute")
     add_global_options(p, top_level=False)
@@ -173,22 +175,27 @@ def attribute_command(args: argparse.Namespace) -> int:
         return 0
     from tl_lvlm.cli.report import format_summary, write_report
 
-    summary = write_report(result, out, tokenizer=model.tokenizer, names=images.names)
+    summary = write_report(
+        result, out, tokenizer=model.tokenizer, names=images.names, question=args.question
+    )
     print(format_summary(summary))
-    print(f"results, summary.json and figures in {out}")
+    print(f"results, summary.json, figures and report.html in {out}")
     return 0
 
 
 def report_command(args: argparse.Namespace) -> int:
-    """Run ``tl-lvlm report DIR``: merge the results files there and redraw everything."""
+    """Run ``tl-lvlm report DIR``: merge the results files there and redraw everything,
+    ``report.html`` included."""
     from tl_lvlm.cli.report import format_summary, load_run, write_report
 
+    # A `tl-lvlm study` directory is reported by the study (tl_lvlm.study): dispatch on it
+    # here, before load_run, which reads an `attribute` run directory.
     result, names = load_run(args.dir)
     summary = write_report(
         result, args.dir, tokenizer=_local_tokenizer(result.config["model"]), names=names
     )
     print(format_summary(summary))
-    print(f"summary.json and figures in {args.dir}")
+    print(f"summary.json, figures and report.html in {args.dir}")
     return 0
 
 

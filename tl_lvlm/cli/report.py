@@ -9,7 +9,13 @@
 - ``heatmap.png``: layer x head mean attribution;
 - ``faithfulness.png`` / ``completeness.png``: averaged curves of head attribution
   and each baseline ranking;
-- ``scatter.png``: held-out predicted vs actual normalized logit of every kept sample.
+- ``scatter.png``: held-out predicted vs actual normalized logit of every kept sample;
+- ``report.html``: the interactive report of :mod:`tl_lvlm.report.html` (heatmap with each
+  head's numbers on hover and its per-sample values on click, curves, fit quality), one
+  self-contained file.
+
+Every figure, PNG or interactive, carries the run's model, question, settings and heads
+needed (:func:`tl_lvlm.report.from_results.head_context`).
 """
 
 from __future__ import annotations
@@ -25,13 +31,20 @@ from matplotlib.ticker import MaxNLocator
 
 from attribution import plot_curves, plot_heatmap, plot_scatter
 from attribution.atomic import atomic_file
+from attribution.plots import add_caption
 from tl_lvlm._utils.files import json_safe, write_json
 from tl_lvlm.analysis.evaluation import C_THRESHOLD, F_THRESHOLD
 from tl_lvlm.analysis.heads import HeadAttributionConfig, HeadAttributionResult
 from tl_lvlm.cli.common import CliError, one_line
 from tl_lvlm.cli.run_dir import SAMPLES_NAME, read_record, report_files
+from tl_lvlm.report.data import ReportData
+from tl_lvlm.report.from_results import head_context, head_report
+from tl_lvlm.report.html import write_html
 
 SUMMARY_NAME = "summary.json"
+HTML_NAME = "report.html"
+#: The question of a result written without one and without a samples.json.
+NO_QUESTION = "question not recorded"
 FIGURES = ("heatmap.png", "faithfulness.png", "completeness.png", "scatter.png")
 
 
@@ -158,10 +171,13 @@ def format_summary(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def save_figures(result: HeadAttributionResult, out_dir: str | os.PathLike) -> list[Path]:
+def save_figures(
+    result: HeadAttributionResult, out_dir: str | os.PathLike, *, caption: str | None = None
+) -> list[Path]:
     """Draw the figures of the module doc into ``out_dir``; returns their paths.
 
     Nothing is drawn without a kept sample; the curves need an evaluated result.
+    ``caption`` (model, question, settings, heads needed) is written above each figure.
     """
     out = Path(out_dir)
     if not result.fits:
@@ -198,6 +214,7 @@ def save_figures(result: HeadAttributionResult, out_dir: str | os.PathLike) -> l
             )
     paths = []
     for filename, fig in figures.items():
+        add_caption(fig, caption)
         paths.append(out / filename)
         with atomic_file(paths[-1]) as f:
             fig.savefig(f, format="png", dpi=150)
@@ -210,13 +227,37 @@ def write_report(
     *,
     tokenizer=None,
     names: Sequence[str] | None = None,
+    question: str | None = None,
 ) -> dict[str, Any]:
-    """Write ``summary.json`` and the figures into ``out_dir``; returns the summary."""
+    """Write ``summary.json``, the figures and ``report.html`` into ``out_dir``; returns
+    the summary.
+
+    Args:
+        question: the question asked, for the figures' captions; default the one in
+            ``out_dir``'s ``samples.json``.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if question is None:
+        record = read_record(out)
+        question = NO_QUESTION if record is None else record.question
+    context = head_context(result, question)
     summary = summarize(result, tokenizer=tokenizer, names=names)
     write_json(out / SUMMARY_NAME, summary)
-    save_figures(result, out)
+    save_figures(result, out, caption=context.caption())
+    data = ReportData(
+        title=f"Head attribution: {context.model}",
+        notes=[f"excluded {e['description']}" for e in summary["excluded"]],
+    )
+    if result.fits:
+        heads, curves, fits = head_report(result, context, names)
+        data.heads.append(heads)
+        data.fits.append(fits)
+        if curves is not None:
+            data.curves.append(curves)
+    else:
+        data.notes.append("no sample was kept, so there is no attribution to show")
+    write_html(data, out / HTML_NAME)
     return summary
 
 

@@ -127,8 +127,11 @@ class ImageMap:
 
 @dataclass
 class ReportData:
-    """Everything ``report.html`` shows, in order: findings, then per question the heads,
-    curves and fit quality, then flow curves, then image maps."""
+    """Everything ``report.html`` shows, in order: notes, findings, then per question the
+    heads, curves and fit quality, then flow curves, then image maps.
+
+    ``notes`` are lines shown under the title, e.g. which samples were excluded and why.
+    """
 
     title: str
     findings: list[Finding] = field(default_factory=list)
@@ -137,3 +140,4 @@ class ReportData:
     fits: list[FitQuality] = field(default_factory=list)
     flows: list[FlowCurves] = field(default_factory=list)
     image_maps: list[ImageMap] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
