@@ -93,6 +93,24 @@ class AttributionRun:
     def results_file(self, shard: int, n_shards: int) -> Path:
         return self.out / (RESULTS_NAME if n_shards == 1 else shard_file_name(shard, n_shards))
 
+    def check_samples(self, images) -> str:
+        """``"new"``, ``"resume"`` or ``"extend"`` for the samples ``images`` in :attr:`out`;
+        writes nothing.
+
+        Raises:
+            CliError: the directory holds a run of other settings or samples.
+        """
+        return check_rerun(self.out, self.record(images))
+
+    def record(self, images) -> RunRecord:
+        return RunRecord(self.images_id, self.question, images.names, images.labels, self.settings)
+
+    def finished(self, images, shard: int, n_shards: int) -> bool:
+        """This shard's results of exactly these samples are in :attr:`out` already."""
+        return (
+            self.check_samples(images) == "resume" and self.results_file(shard, n_shards).exists()
+        )
+
     def run(
         self,
         model,
@@ -110,8 +128,6 @@ class AttributionRun:
 
         ``source``: the listed ``--images`` (its COCO selection goes to ``selection.json``).
 
-        Unsharded, also writes ``summary.json`` and the figures and prints the summary.
-
         Raises:
             CliError: the directory holds a run of other settings or samples.
             KeyboardInterrupt: after saying how far the run got (the rerun resumes).
@@ -120,13 +136,10 @@ class AttributionRun:
         from tl_lvlm.analysis.heads import head_attribution, stored_samples
         from tl_lvlm.cli.image_sources import write_selection
 
-        record = RunRecord(
-            self.images_id, self.question, images.names, images.labels, self.settings
-        )
-        state = check_rerun(self.out, record)
+        state = self.check_samples(images)
         # From here on the run directory is written.
         self.out.mkdir(parents=True, exist_ok=True)
-        write_record(self.out, record)
+        write_record(self.out, self.record(images))
         if source is not None:
             write_selection(self.out, source)
         store_dir = self.out / "store" if store else None

@@ -51,6 +51,7 @@ from tl_lvlm.cli.common import (
     setup_runtime,
 )
 from tl_lvlm.cli.flow import DEFAULT_QUESTION, add_flow_parser
+from tl_lvlm.cli.study import add_study_parser
 
 DEMO_MODEL = "tl-lvlm/tiny-digits"
 #: What the CLI prints as one line (exit status 2) instead of a traceback.
@@ -109,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=demo_command)
 
     add_flow_parser(sub)
+    add_study_parser(sub)
     return parser
 
 
