@@ -360,7 +360,8 @@ def _complete(
     for run in runs + seed_runs:
         # Read back also when just computed: a resumed study then tests the same numbers.
         results[run.out] = load_run(run.out)[0]
-        if run.out in done or not (run.out / "summary.json").exists():
+        # The seeds' directories keep only their results: the study reports them.
+        if run in runs and (run.out in done or not (run.out / "summary.json").exists()):
             write_report(
                 results[run.out],
                 run.out,
