@@ -5,8 +5,9 @@
         [--reference-images DIR|random|digits] [--n-samples N] [--seed 0] \\
         [--batch-size auto|N] [--shard I --n-shards N]
     tl-lvlm report out/coco        # merge shards, redraw summary.json, figures, report.html
-    tl-lvlm demo [--out out/demo]  # small run on the bundled tiny-digits model
+    tl-lvlm demo [--out out/demo]  # the study on the bundled model and digits as COCO
     tl-lvlm flow ...               # token-flow knockout (tl_lvlm.cli.flow)
+    tl-lvlm study ...              # the whole study: findings.json, report.html (cli.study)
 
 Global options, before or after the command: ``--threads``, ``--quiet``, ``--device``,
 ``--dtype``. A user mistake is one line on stderr and exit status 2, found before the model
@@ -97,14 +98,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "demo",
-        help="small head attribution on the bundled tiny model (a few minutes on CPU)",
-        description=f"Head attribution on {DEMO_MODEL} and its held-out digits; the mean "
-        "baseline is over all 360 held-out digits.",
+        help="the study on the bundled tiny model and digits as COCO (about a minute on CPU)",
+        description=f"tl-lvlm study on {DEMO_MODEL} and its held-out digits written as a COCO "
+        "data set (OUT/data), two questions, the zero baseline. Ends by printing where "
+        "report.html is.",
     )
     p.add_argument("--out", type=Path, default=Path("out/demo"), help="output directory")
     add_samples_option(p, default=8, what="")
     p.add_argument(
-        "--n-masks", type=auto_or_positive_int, default=800, help="random masks per sample"
+        "--n-masks", type=auto_or_positive_int, default=400, help="random masks per sample"
     )
     add_global_options(p, top_level=False)
     p.set_defaults(func=demo_command)
@@ -202,18 +204,31 @@ def report_command(args: argparse.Namespace) -> int:
 
 
 def demo_command(args: argparse.Namespace) -> int:
-    """Run ``tl-lvlm demo``: ``attribute`` on the bundled model with small settings."""
-    from tl_lvlm import zoo
+    """Run ``tl-lvlm demo``: ``study`` on the bundled model and the digits as a COCO set.
 
+    Writes the data set into ``OUT/data`` (:func:`tl_lvlm.zoo.digits_coco.write_digit_coco`:
+    single-digit images with distractors, multi-digit images the selection leaves out) and
+    runs the study there with two questions (the digit and its ink colour) and small
+    settings; it ends by printing where ``report.html`` is. The baseline is zeros: every
+    digit here is black on white, so a mean image would carry the ink colour too and leave
+    the colour question nothing to attribute.
+    """
+    from tl_lvlm.cli.study import study_command
+    from tl_lvlm.zoo.digits_coco import write_digit_coco
+    from tl_lvlm.zoo.questions import TASKS
+
+    data = write_digit_coco(args.out / "data", n_single=args.n_samples)
     argv = [
-        "attribute", "--model", DEMO_MODEL, "--images", "digits", "--reference-images", "digits",
-        "--question", zoo.DIGITS_QUESTION, "--out", str(args.out),
-        "--n-samples", str(args.n_samples), "--n-masks", str(args.n_masks),
+        "study", "--model", DEMO_MODEL, "--images", str(data.images),
+        "--coco-annotations", str(data.annotations), "--baseline", "zero",
+        "--question", TASKS["object"].question, "--question", TASKS["ink"].question,
+        "--out", str(args.out / "study"), "--n-masks", str(args.n_masks),
+        "--image-masks", "200", "--window", "6", "--n-permutations", "1000",
     ]  # fmt: skip
-    attribute_args = build_parser().parse_args(argv)
+    study_args = build_parser().parse_args(argv)
     for option in ("threads", "quiet", "device", "dtype"):
-        setattr(attribute_args, option, getattr(args, option))
-    return attribute_command(attribute_args)
+        setattr(study_args, option, getattr(args, option))
+    return study_command(study_args)
 
 
 def _local_tokenizer(name_or_path: str):
