@@ -52,3 +52,19 @@ def tiny_mha(tiny_paths) -> HookedLVLM:
 def images():
     """Two random 28x28 RGB images (the tiny configs' image size)."""
     return random_images(2, 28, seed=0)
+
+
+@pytest.fixture(scope="session")
+def check_report_in_browser():
+    """:func:`check_report_in_browser` of ``tests/report/browser.py`` (open a report in
+    headless Chromium; see there). Skips the test without Chromium, or fails it when
+    ``TL_LVLM_REQUIRE_BROWSER=1`` (CI)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parent / "report" / "browser.py"
+    spec = importlib.util.spec_from_file_location("tl_lvlm_tests_browser", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.require_chromium()
+    return module.check_report_in_browser

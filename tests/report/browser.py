@@ -237,9 +237,10 @@ def check_report_in_browser(
         "subtitle"}], "heatmaps": [{"id", "cell": (layer, head), "hover": str | None,
         "chart_before": {"y", "title"}, "chart_after": {"y", "title"}}], "screenshot":
         {"png": bytes, "size": (w, h), "n_colours": int, "non_white": float},
-        "html_images": number of HTML <img> elements}``. A heatmap's
+        "html_images": number of HTML <img> elements, "document_title": str}``. A heatmap's
         chart is the per-sample figure that follows it in the page.
     """
+    import numpy as np
     from PIL import Image
 
     url = Path(path).resolve().as_uri()
@@ -309,14 +310,16 @@ def check_report_in_browser(
         # The report draws in SVG and embeds PNGs as data URIs inside it: an HTML <img>
         # element could only come from markup that escaped the escaping.
         html_images = evaluate("document.querySelectorAll('img').length")
+        title = evaluate("document.title")
         png = _screenshot(send, evaluate)
         errors = _console_errors(devtools.events)
     finally:
         devtools.close()
     image = Image.open(io.BytesIO(png)).convert("RGB")
-    pixels = image.getdata()
-    colours = image.getcolors(maxcolors=1 << 24) or []
-    non_white = sum(1 for p in pixels if p != (255, 255, 255)) / max(1, len(pixels))
+    rgb = np.asarray(image, dtype=np.uint32).reshape(-1, 3)
+    packed = (rgb[:, 0] << 16) | (rgb[:, 1] << 8) | rgb[:, 2]
+    n_colours = len(np.unique(packed))
+    non_white = float((packed != 0xFFFFFF).mean())
     if screenshot is not None:
         Path(screenshot).write_bytes(png)
     return {
@@ -324,10 +327,11 @@ def check_report_in_browser(
         "figures": figures,
         "heatmaps": heatmaps,
         "html_images": html_images,
+        "document_title": title,
         "screenshot": {
             "png": png,
             "size": image.size,
-            "n_colours": len(colours),
+            "n_colours": n_colours,
             "non_white": non_white,
         },
     }

@@ -238,10 +238,17 @@ def write_report(
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    if question is None:
-        record = read_record(out)
-        question = NO_QUESTION if record is None else record.question
-    context = head_context(result, question)
+    # The run's record names the model and reference images as the user gave them.
+    record = read_record(out)
+    model = reference = None
+    if record is not None:
+        model = record.settings.get("model")
+        # Without --reference-images the mean is over the attributed images themselves.
+        reference = record.settings.get("reference_images") or "the attributed images"
+        question = record.question if question is None else question
+    context = head_context(
+        result, NO_QUESTION if question is None else question, model=model, reference=reference
+    )
     summary = summarize(result, tokenizer=tokenizer, names=names)
     write_json(out / SUMMARY_NAME, summary)
     save_figures(result, out, caption=context.caption())

@@ -72,6 +72,19 @@ class HeadMap:
     per_sample: Float[np.ndarray, "n_samples n_layers n_heads"]
     sample_names: list[str]
 
+    def __post_init__(self) -> None:
+        shapes = {name: np.shape(getattr(self, name)) for name in ("mean", "std", "rank")}
+        if len(set(shapes.values())) != 1 or len(shapes["mean"]) != 2:
+            raise ValueError(
+                f"mean, std and rank must be one [n_layers, n_heads] shape, got {shapes}"
+            )
+        samples = np.shape(self.per_sample)
+        if samples[1:] != shapes["mean"] or samples[0] != len(self.sample_names):
+            raise ValueError(
+                f"per_sample has shape {samples}; expected [n_samples={len(self.sample_names)} "
+                f"(one per sample name), *{shapes['mean']}]"
+            )
+
 
 @dataclass(frozen=True)
 class Curves:

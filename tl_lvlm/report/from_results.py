@@ -28,19 +28,24 @@ from tl_lvlm.flow import FlowSweep
 from tl_lvlm.report.data import Curves, FigureContext, FitQuality, FlowCurves, HeadMap, ImageMap
 
 
-def run_settings(config: dict) -> str:
+def run_settings(config: dict, reference: str | None = None) -> str:
     """One line of a head attribution run's settings, from its ``config``.
 
-    E.g. ``"800 masks, p_ablate 0.75, mean baseline, seed 0"``; the scope and method are
-    named only where they are not the paper's (``"text"``, regression).
+    E.g. ``"800 masks, p_ablate 0.75, mean baseline over digits, seed 0"``; the scope and
+    method are named only where they are not the paper's (``"text"``, regression).
+
+    Args:
+        reference: what the mean baseline was taken over (e.g. ``--reference-images``).
     """
     # A baseline id is "kind:hash" (tl_lvlm.ablation.resolve_baseline_with_id): the hash
     # identifies the reference images for the store, it means nothing to a reader.
-    baseline = str(config.get("baseline", "?")).split(":")[0]
+    baseline = f"{str(config.get('baseline', '?')).split(':')[0]} baseline"
+    if reference is not None and baseline.startswith("mean"):
+        baseline += f" over {reference}"
     parts = [
         f"{config.get('n_masks', '?')} masks",
         f"p_ablate {config.get('p_ablate', '?')}",
-        f"{baseline} baseline",
+        baseline,
         f"seed {config.get('seed', '?')}",
     ]
     if config.get("scope", "text") != "text":
@@ -50,16 +55,29 @@ def run_settings(config: dict) -> str:
     return ", ".join(parts)
 
 
-def head_context(result: HeadAttributionResult, question: str) -> FigureContext:
-    """The context of ``result``'s figures: its model, ``question``, settings and the heads
-    needed by its own ranking (None when it was not evaluated or no sample was kept)."""
+def head_context(
+    result: HeadAttributionResult,
+    question: str,
+    *,
+    model: str | None = None,
+    reference: str | None = None,
+) -> FigureContext:
+    """The context of ``result``'s figures: its model, ``question``, settings
+    (:func:`run_settings`) and the heads needed by its own ranking (None when it was not
+    evaluated or no sample was kept).
+
+    Args:
+        model: the model's name as the user gave it (default: the results' config, where
+            a zoo name is resolved to its path).
+        reference: what the mean baseline was taken over.
+    """
     needed = None
     if result.evaluation is not None and result.fits:
         needed = result.heads_needed().get(HEAD_ATTRIBUTION)
     return FigureContext(
-        model=str(result.config.get("model", "")),
+        model=model or str(result.config.get("model", "")),
         question=question,
-        settings=run_settings(result.config),
+        settings=run_settings(result.config, reference),
         heads_needed=needed,
     )
 

@@ -87,7 +87,7 @@ def render_html(data: ReportData) -> str:
     if data.findings:
         body.append(_findings_table(data.findings))
     for question in _questions(data):
-        body.append(f"<h2>Head attribution: {_esc(question)}</h2>")
+        body.append(f"<h2>Question: {_esc(question)}</h2>")
         for heads in (h for h in data.heads if h.context.question == question):
             body.append(_head_section(page, heads))
         for curves in (c for c in data.curves if c.context.question == question):

@@ -54,8 +54,11 @@ def head_label(layer: int, head: int) -> str:
     return f"{layer}.{head}"
 
 
-def titled(fig: go.Figure, title: str, context: FigureContext, height: int) -> go.Figure:
-    """``fig`` with ``title`` and, below it, the context's caption (wrapped)."""
+def titled(
+    fig: go.Figure, title: str, context: FigureContext, height: int, extra_top: int = 0
+) -> go.Figure:
+    """``fig`` with ``title`` and, below it, the context's caption (wrapped); ``extra_top``
+    pixels more room above the plot (for subplot titles)."""
     lines = wrap_caption(context.caption(), CAPTION_WIDTH)
     fig.update_layout(
         title={
@@ -63,8 +66,11 @@ def titled(fig: go.Figure, title: str, context: FigureContext, height: int) -> g
             "subtitle": {"text": "<br>".join(map(text, lines))},
             "x": 0.01,
             "xanchor": "left",
+            "yref": "container",
+            "y": 0.99,
+            "yanchor": "top",
         },
-        margin={"t": 70 + 16 * len(lines), "l": 60, "r": 30, "b": 60},
+        margin={"t": 58 + 16 * len(lines) + extra_top, "l": 60, "r": 30, "b": 60},
         height=height,
         template="plotly_white",
     )
@@ -180,7 +186,8 @@ def curves_figure(curves: Curves) -> go.Figure:
     fig.update_xaxes(title_text="k")
     fig.update_yaxes(title_text="normalized logit", col=1)
     fig.update_layout(legend={"orientation": "h", "y": -0.25})
-    return titled(fig, "Faithfulness and completeness, mean over samples", curves.context, 460)
+    title = "Faithfulness and completeness, mean over samples"
+    return titled(fig, title, curves.context, height=480, extra_top=25)
 
 
 def fit_figure(fits: FitQuality) -> go.Figure:
