@@ -170,6 +170,13 @@ def test_a_rerun_with_other_settings_changes_nothing(coco_argv, coco_study, no_m
     assert tree_hashes(out) == before
 
 
+def test_report_of_a_study_directory_says_what_to_run(coco_study, capsys):
+    out, _ = coco_study
+    assert main(["report", str(out)]) == 2
+    line = one_error_line(capsys.readouterr().err, "tl-lvlm report")
+    assert "is a tl-lvlm study directory: rerun the same tl-lvlm study command" in line
+
+
 def test_styles_in_two_shards(tmp_path):
     dirs = write_digit_styles(tmp_path / "styles")
     out = tmp_path / "out"

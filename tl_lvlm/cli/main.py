@@ -52,7 +52,7 @@ from tl_lvlm.cli.common import (
     setup_runtime,
 )
 from tl_lvlm.cli.flow import DEFAULT_QUESTION, add_flow_parser
-from tl_lvlm.cli.study import add_study_parser
+from tl_lvlm.cli.study import STUDY_NAME, add_study_parser
 
 DEMO_MODEL = "tl-lvlm/tiny-digits"
 #: What the CLI prints as one line (exit status 2) instead of a traceback.
@@ -192,8 +192,14 @@ def report_command(args: argparse.Namespace) -> int:
     ``report.html`` included."""
     from tl_lvlm.cli.report import format_summary, load_run, write_report
 
-    # A `tl-lvlm study` directory is reported by the study (tl_lvlm.study): dispatch on it
-    # here, before load_run, which reads an `attribute` run directory.
+    if (args.dir / STUDY_NAME).exists():
+        # Its report needs the images and masks the study command names; rerunning it
+        # redoes no finished work.
+        raise CliError(
+            f"{args.dir} is a tl-lvlm study directory: rerun the same tl-lvlm study command "
+            "to rewrite its findings.json and report.html (finished work is not redone), or "
+            f"report one of its runs: tl-lvlm report {args.dir / 'heads' / '<question>'}"
+        )
     result, names = load_run(args.dir)
     summary = write_report(
         result, args.dir, tokenizer=_local_tokenizer(result.config["model"]), names=names
