@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import sys
 import warnings
 from pathlib import Path
 
@@ -27,9 +26,6 @@ from tl_lvlm.cli.study import question_slug
 from tl_lvlm.study import findings as f
 from tl_lvlm.testing.coco import write_digit_coco, write_digit_styles
 from tl_lvlm.zoo.questions import TASKS
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "report"))
-from browser import check_report_in_browser, require_chromium  # noqa: E402
 
 DIGITS = "tl-lvlm/tiny-digits"
 QUESTIONS = (TASKS["object"].question, TASKS["ink"].question)
@@ -130,8 +126,7 @@ def test_findings_are_the_numbers_of_the_run_directories(coco_study):
     assert seed_run.config["seed"] == 1 and not seed_run.config["evaluate"]
 
 
-def test_the_report_renders_in_a_browser(coco_study):
-    require_chromium()
+def test_the_report_renders_in_a_browser(coco_study, check_report_in_browser):
     out, _ = coco_study
     page = check_report_in_browser(out / "report.html")
     assert page["console_errors"] == []
