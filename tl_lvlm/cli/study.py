@@ -181,7 +181,6 @@ def study_command(args: argparse.Namespace) -> int:
         "window": args.window,
         "image_masks": image_masks,
         "n_permutations": args.n_permutations,
-        "n_samples": args.n_samples,
         **runs[0].settings,
     }
     _check_study(out, settings)
