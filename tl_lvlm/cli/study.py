@@ -82,7 +82,7 @@ def add_study_parser(subparsers) -> argparse.ArgumentParser:
         action="append",
         default=None,
         help="question asked about each image; give it several times for cross-task overlap "
-        f"(labels answer the first); default {DEFAULT_QUESTION!r}",
+        f"(labels answer the first); None = {DEFAULT_QUESTION!r}",
     )
     p.add_argument("--out", required=True, type=Path, help="output directory")
     add_samples_option(p, default=None, what="all images")
