@@ -355,7 +355,7 @@ def task_specific(
     }
     holds = pairs.p_value < alpha
     numbers = (
-        f"{tasks[0]} and {tasks[1]} share {overlap} of their top-{k} heads (pairs permutation "
+        f"{tasks[0]!r} and {tasks[1]!r} share {overlap} of their top-{k} heads (pairs permutation "
         f"p {pairs.p_value:.2g}, chance p {stat['chance_p']:.2g})"
     )
     return Finding(TASK_SPECIFIC, holds, stat, n, _verdict(holds, numbers, numbers))
