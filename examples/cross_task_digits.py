@@ -67,17 +67,10 @@ from _common import (
     stats,
     write_json,
 )
-from jaxtyping import Float
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from attribution import (
-    chance_overlap_pvalue,
-    plot_heatmap,
-    rank_by,
-    task_permutation_test,
-    topk_set,
-)
+from attribution import plot_heatmap, rank_by
 from tl_lvlm import (
     HeadAttributionResult,
     HookedLVLM,
@@ -86,6 +79,8 @@ from tl_lvlm import (
     image_kv_baseline,
 )
 from tl_lvlm.ablation import ImageKVBaseline
+from tl_lvlm.study.findings import task_specific
+from tl_lvlm.study.layers import layer_distribution
 from tl_lvlm.zoo.digits import split_indices
 from tl_lvlm.zoo.questions import TASKS, Task
 
@@ -137,19 +132,6 @@ def untokenizable(model: HookedLVLM, task: Task) -> str | None:
     return None
 
 
-def layer_distribution(mean: Float[np.ndarray, "n_layers n_heads"], k: int) -> dict[str, Any]:
-    """Layers of the top-k heads of ``mean`` and the share of positive attribution per layer."""
-    n_layers, n_heads = mean.shape
-    top_layers = rank_by(mean)[:k] // n_heads
-    positive = np.clip(mean, 0, None).sum(1)
-    total = positive.sum()
-    return {
-        "top_k_count_per_layer": np.bincount(top_layers, minlength=n_layers).tolist(),
-        "top_k_count_second_half": int((top_layers >= n_layers // 2).sum()),
-        "positive_mass_share_per_layer": (positive / total if total > 0 else positive).tolist(),
-    }
-
-
 def task_summary(
     model: HookedLVLM, result: HeadAttributionResult, n_run: int, k: int, min_samples: int
 ) -> dict[str, Any]:
@@ -173,7 +155,7 @@ def task_summary(
             {"layer": layer, "head": head, "coef": coef}
             for layer, head, coef in result.top_heads(k)
         ],
-        layers=layer_distribution(result.mean, k),
+        layers=layer_distribution(result.mean, k=k),
         mean_attribution=result.mean,
     )
     return out
@@ -196,24 +178,9 @@ def compare_tasks(
     # sample_ids are ascending (samples run in order), so searchsorted finds their rows.
     coef_a = a.coef[np.searchsorted(a.sample_ids, common)]
     coef_b = b.coef[np.searchsorted(b.sample_ids, common)]
-    mean_a, mean_b = coef_a.mean(0), coef_b.mean(0)
-    n_heads = mean_a.shape[1]
-    shared = sorted(topk_set(mean_a, k) & topk_set(mean_b, k))
-    overlap = len(shared)
-    test = task_permutation_test(coef_a, coef_b, k, n_permutations, seed, statistic="mean")
-    pairs = task_permutation_test(coef_a, coef_b, k, n_permutations, seed, statistic="pairs")
-    out.update(
-        overlap=overlap,
-        jaccard=overlap / (2 * k - overlap),
-        shared_heads=[{"layer": j // n_heads, "head": j % n_heads} for j in shared],
-        chance_p=chance_overlap_pvalue(overlap, mean_a.size, k),
-        permutation_p=test.p_value,
-        permutation_null_mean=float(test.null.mean()),
-        pairs_overlap=pairs.observed,
-        permutation_p_pairs=pairs.p_value,
-        permutation_pairs_null_mean=float(pairs.null.mean()),
-        pearson=float(np.corrcoef(mean_a.ravel(), mean_b.ravel())[0, 1]),
-    )
+    # The statistics tl-lvlm study reports for every pair of questions.
+    finding = task_specific(coef_a, coef_b, k=k, n_permutations=n_permutations, seed=seed)
+    out.update({key: v for key, v in finding.statistic.items() if key not in ("tasks", "k")})
     return out
 
 

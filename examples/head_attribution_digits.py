@@ -44,10 +44,11 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from tqdm.auto import tqdm
 
-from attribution import components_needed, plot_curves, plot_heatmap, rank_by
+from attribution import components_needed, plot_curves, plot_heatmap
 from tl_lvlm import HeadAttributionResult, HookedLVLM, head_attribution, image_kv_baseline
 from tl_lvlm.ablation import ImageKVBaseline
 from tl_lvlm.analysis.evaluation import C_THRESHOLD, F_THRESHOLD
+from tl_lvlm.study.layers import layer_distribution
 from tl_lvlm.zoo.digits import STYLES
 
 NAME = "head_attribution_digits"
@@ -82,46 +83,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="n_masks values of the stability check; the largest is the reference",
     )
     return parser.parse_args(argv)
-
-
-def layer_distribution(result: HeadAttributionResult, k: int = TOP_K) -> dict[str, Any]:
-    """Where the important heads sit, from the mean attribution and per sample.
-
-    "Second half" is layers ``n_layers // 2`` and up. A head's attribution mass is its
-    coefficient; only the top-k heads (all positive here) and positive coefficients count,
-    since a negative coefficient is a head whose image reading lowers the answer.
-    """
-    n_layers, n_heads = result.n_layers, result.n_heads
-    late = np.arange(n_layers) >= n_layers // 2
-
-    def top_layers(coef: np.ndarray) -> np.ndarray:
-        return rank_by(coef.ravel())[:k] // n_heads
-
-    mean = result.mean
-    top = top_layers(mean)
-    top_coef = np.sort(mean.ravel())[::-1][:k]
-    per_sample_counts = np.stack(
-        [np.bincount(top_layers(c), minlength=n_layers) for c in result.coef]
-    )
-    positive = np.clip(mean, 0, None).sum(1)
-    return {
-        "k": k,
-        "second_half_layers": np.flatnonzero(late).tolist(),
-        "top_k_count_per_layer": np.bincount(top, minlength=n_layers).tolist(),
-        "top_k_mass_per_layer": np.bincount(top, weights=top_coef, minlength=n_layers).tolist(),
-        "top_k_mass_share_second_half": float(top_coef[late[top]].sum() / top_coef.sum()),
-        "top_k_count_second_half": int(late[top].sum()),
-        "per_sample_top_k_count_per_layer_mean": per_sample_counts.mean(0).tolist(),
-        "per_sample_top_k_share_second_half_mean": float(
-            per_sample_counts[:, late].sum(1).mean() / k
-        ),
-        "positive_mass_share_per_layer": (positive / positive.sum()).tolist(),
-        "positive_mass_share_second_half": float(positive[late].sum() / positive.sum()),
-        # Mass-weighted depth: 0 = first layer, 1 = last layer.
-        "positive_mass_mean_depth": float(
-            (np.arange(n_layers) * positive).sum() / positive.sum() / (n_layers - 1)
-        ),
-    }
 
 
 def heads_needed_per_sample(result: HeadAttributionResult) -> dict[str, dict[str, Any]]:
@@ -319,7 +280,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         seed=args.seed,
     )
     attribution_s = clock.seconds
-    dist = layer_distribution(result)
+    dist = layer_distribution(result.mean, result.coef, TOP_K)
     ev = result.evaluation
     figures = {
         "fit_quality.png": plot_fit_quality(result),

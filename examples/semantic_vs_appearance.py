@@ -16,8 +16,10 @@ by cosine similarity (and, as a second measure, the Jaccard index of the top-10 
 The test statistic is the difference of the mean cosine of the first two kinds; its
 p-value comes from a permutation test that shuffles the (digit, style) labels over the
 samples, and a one-sided Mann-Whitney U test is reported beside it (its pairs share
-samples, so it overstates the evidence). Only samples the model answers correctly are
-attributed; the accuracy of every style is reported.
+samples, so it overstates the evidence). The pair kinds and the permutation test are
+:mod:`tl_lvlm.study.similarity`'s (the digit is the class, the scan the item), as
+``tl-lvlm study`` computes them; ``results.json`` names the kinds that way. Only
+samples the model answers correctly are attributed; the accuracy of every style is reported.
 
 Figures: ``similarity_boxplot.png`` (the pair kinds), ``similarity_matrix.png`` (cosine
 between the mean vectors of every (style, digit)), ``mean_attribution_per_style.png``.
@@ -46,10 +48,17 @@ from _common import (
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from scipy.stats import mannwhitneyu
-from tqdm.auto import tqdm
 
-from attribution import plot_heatmap, rank_by
+from attribution import plot_heatmap
 from tl_lvlm import head_attribution, image_kv_baseline
+from tl_lvlm.study.similarity import (
+    APPEARANCE,
+    SEMANTIC,
+    cosine_matrix,
+    jaccard_matrix,
+    pair_kinds,
+    semantic_permutation_test,
+)
 from tl_lvlm.zoo import DIGITS_QUESTION, evaluate_accuracy
 from tl_lvlm.zoo.digits import STYLES, load_digit_images
 
@@ -57,14 +66,6 @@ NAME = "semantic_vs_appearance"
 P_ABLATE = 0.75
 #: Heads compared by the Jaccard index.
 TOP_K = 10
-#: The pair kinds, in the order they are reported and drawn.
-PAIR_KINDS = (
-    "same digit, different style",
-    "same scan, different style",
-    "different digit, same style",
-    "different digit, different style",
-)
-SEMANTIC, APPEARANCE = PAIR_KINDS[0], PAIR_KINDS[2]
 #: Two trained renderings and the three never trained on.
 DEFAULT_STYLES = ("original", "coloured", "thick", "outline", "noisy")
 
@@ -105,65 +106,6 @@ class Attributions:
     scan: np.ndarray
 
 
-def cosine_matrix(x: np.ndarray) -> np.ndarray:
-    """Cosine similarity between all rows of ``x``."""
-    unit = x / np.linalg.norm(x, axis=1, keepdims=True)
-    return unit @ unit.T
-
-
-def jaccard_matrix(coef: np.ndarray, k: int = TOP_K) -> np.ndarray:
-    """Jaccard index of the top-``k`` heads of every pair of rows."""
-    top = np.zeros(coef.shape, dtype=np.float64)
-    for row, c in zip(top, coef, strict=True):
-        row[rank_by(c)[:k]] = 1
-    shared = top @ top.T
-    return shared / (2 * k - shared)
-
-
-def pair_kinds(digit: np.ndarray, style: np.ndarray, scan: np.ndarray) -> dict[str, np.ndarray]:
-    """Boolean ``[n, n]`` masks of each pair kind over distinct pairs (upper triangle)."""
-    upper = np.triu(np.ones((len(digit), len(digit)), dtype=bool), k=1)
-    same_digit = digit[:, None] == digit[None, :]
-    same_style = style[:, None] == style[None, :]
-    same_scan = scan[:, None] == scan[None, :]
-    return {
-        PAIR_KINDS[0]: upper & same_digit & ~same_style,
-        PAIR_KINDS[1]: upper & same_scan & ~same_style,
-        PAIR_KINDS[2]: upper & ~same_digit & same_style,
-        PAIR_KINDS[3]: upper & ~same_digit & ~same_style,
-    }
-
-
-def permutation_test(
-    sim: np.ndarray, digit: np.ndarray, style: np.ndarray, n_permutations: int, seed: int
-) -> dict[str, float]:
-    """One-sided test of mean sim(same digit, other style) - mean sim(other digit, same style).
-
-    Null: the samples' (digit, style) labels are exchangeable, so both kinds of pairs are
-    random pairs. Each permutation shuffles the label pairs over the samples.
-    """
-
-    def statistic(d: np.ndarray, s: np.ndarray) -> float:
-        kinds = pair_kinds(d, s, np.arange(len(d)))
-        return float(sim[kinds[SEMANTIC]].mean() - sim[kinds[APPEARANCE]].mean())
-
-    observed = statistic(digit, style)
-    rng = np.random.default_rng(seed)
-    null = []
-    for _ in tqdm(range(n_permutations), desc="permutation test", unit="perm", leave=False):
-        order = rng.permutation(len(digit))
-        null.append(statistic(digit[order], style[order]))
-    null = np.asarray(null)
-    return {
-        "difference": observed,
-        "null_mean": float(null.mean()),
-        "null_std": float(null.std()),
-        # The observed labelling counts as one permutation, so p is never 0.
-        "p_value": float((1 + (null >= observed).sum()) / (1 + n_permutations)),
-        "n_permutations": n_permutations,
-    }
-
-
 def compare(sim: np.ndarray, att: Attributions, n_permutations: int, seed: int) -> dict[str, Any]:
     """Statistics of every pair kind and the tests of semantic against appearance pairs."""
     kinds = pair_kinds(att.digit, att.style, att.scan)
@@ -171,7 +113,9 @@ def compare(sim: np.ndarray, att: Attributions, n_permutations: int, seed: int) 
     out["mann_whitney_p"] = float(
         mannwhitneyu(sim[kinds[SEMANTIC]], sim[kinds[APPEARANCE]], alternative="greater").pvalue
     )
-    out["permutation"] = permutation_test(sim, att.digit, att.style, n_permutations, seed)
+    out["permutation"] = semantic_permutation_test(
+        sim, att.digit, att.style, n_permutations, seed, progress=True
+    )
     return out
 
 
@@ -283,7 +227,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     coef, digit, style_idx, scan = (np.array(v) for v in zip(*rows, strict=True))
     att = Attributions(coef, digit, style_idx, scan)
-    cos, jac = cosine_matrix(att.coef), jaccard_matrix(att.coef)
+    cos, jac = cosine_matrix(att.coef), jaccard_matrix(att.coef, TOP_K)
     # Centred: without the component every sample shares, which dominates raw cosines.
     centred = cosine_matrix(att.coef - att.coef.mean(0))
     means, mean_digit, mean_style = class_means(att, len(args.styles))

@@ -75,21 +75,19 @@ from tl_lvlm import (
 from tl_lvlm.ablation import ImageKVBaseline
 from tl_lvlm.analysis.image_tokens import NoImageEffectError, patch_mask, plot_image_attribution
 from tl_lvlm.flow import plot_flow_sweep
+from tl_lvlm.study.flow_timing import (
+    EFFECT_THRESHOLD,
+    IMAGE_ROUTE,
+    NO_IMAGE,
+    TEXT_ROUTE,
+    image_share,
+)
+from tl_lvlm.study.flow_timing import timing_summary as study_timing
 from tl_lvlm.zoo.digits import CANVAS_SIZE, STYLES, Appearance, digit_arrays
 from tl_lvlm.zoo.questions import TASKS
 
 NAME = "token_flow_digits"
 P_ABLATE = 0.75
-#: The edge set of ``image_flow`` that blocks the image from every text token.
-NO_IMAGE = "image read by no text"
-#: Least logit change of removing the image for the image-share rescaling (as
-#: head_attribution's ``min_logit_gap``).
-MIN_IMAGE_GAP = 0.5
-#: The paper's two timing curves: the question's route and the image's route to the answer.
-TEXT_ROUTE = "question -> role, final"
-IMAGE_ROUTE = "image read by question only"
-#: Drop of the relative logit that counts as an effect in :func:`flow_timing`.
-EFFECT_THRESHOLD = 0.1
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -137,38 +135,7 @@ def object_mask(ink8: np.ndarray, appearance: Appearance, threshold: float) -> n
     return canvas
 
 
-def flow_timing(curve: np.ndarray, starts: Sequence[int], window: int) -> dict[str, Any]:
-    """When a knockout hurts: the layers where it lowers the relative logit.
-
-    ``effect = max(0, 1 - curve)`` per window; returns the effect-weighted mean of the
-    windows' centre layers and the first / last window start whose effect is at least
-    :data:`EFFECT_THRESHOLD` (``None`` if none is).
-    """
-    effect = np.clip(1.0 - np.asarray(curve, dtype=np.float64), 0.0, None)
-    centres = np.asarray(starts, dtype=np.float64) + (window - 1) / 2
-    above = [int(s) for s, e in zip(starts, effect, strict=True) if e >= EFFECT_THRESHOLD]
-    return {
-        "weighted_mean_layer": float((centres * effect).sum() / effect.sum())
-        if effect.sum() > 0
-        else None,
-        "first_layer_above": above[0] if above else None,
-        "last_layer_above": above[-1] if above else None,
-        "max_effect": float(effect.max()),
-    }
-
-
 # -------------------------------------------------------------------- knockout
-def image_share(sweep: FlowSweep, no_image: np.ndarray) -> dict[str, np.ndarray]:
-    """``[n_windows, n]`` ``(knocked - no image) / (clean - no image)`` per edge set.
-
-    Over the kept samples whose image moves the logit by at least :data:`MIN_IMAGE_GAP`;
-    below that the ratio divides by (almost) nothing.
-    """
-    kept = sweep.kept[sweep.clean[sweep.kept] - no_image[sweep.kept] >= MIN_IMAGE_GAP]
-    clean, floor = sweep.clean[kept], no_image[kept]
-    return {name: (ko[:, kept] - floor) / (clean - floor) for name, ko in sweep.knocked.items()}
-
-
 def sweep_summary(sweep: FlowSweep) -> dict[str, Any]:
     """Curves (mean and std over kept samples) and their minimum, per edge set."""
     return {
@@ -387,19 +354,11 @@ def plot_flow_timing(sweeps: dict[str, dict[str, Any]], window: int) -> Figure:
 
 
 def timing_summary(flow: dict[str, Any], window: int) -> dict[str, Any]:
-    """:func:`flow_timing` of the question's and the image's route, and which comes first."""
-    entry = flow["windows"][window]
-    out = {}
-    for key, experiment, route in (
-        ("question_to_role_final", "text_flow", TEXT_ROUTE),
-        ("image_to_role_final", "image_flow", IMAGE_ROUTE),
-    ):
-        out[key] = flow_timing(
-            entry[experiment]["curves"][route], entry[experiment]["starts"], window
-        )
-    text, image = (out[k]["weighted_mean_layer"] for k in out)
-    out["text_before_image"] = None if text is None or image is None else bool(text < image)
-    return out
+    """:func:`tl_lvlm.study.flow_timing.timing_summary` of one window's sweeps."""
+    text, image = flow["windows"][window]["text_flow"], flow["windows"][window]["image_flow"]
+    return study_timing(
+        text["curves"][TEXT_ROUTE], image["curves"][IMAGE_ROUTE], text["starts"], window
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -387,6 +387,19 @@ class FlowSweep:
         with open(path, "w") as f:
             json.dump(self.to_dict(), f, indent=2)
 
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> FlowSweep:
+        """The sweep :meth:`to_dict` wrote (read back from JSON)."""
+        return cls(
+            window=int(data["window"]),
+            starts=[int(s) for s in data["starts"]],
+            targets=np.asarray(data["targets"], dtype=np.int64),
+            clean=np.asarray(data["clean_logits"], dtype=np.float64),
+            knocked={k: np.asarray(v, dtype=np.float64) for k, v in data["knocked_logits"].items()},
+            excluded={int(k): v for k, v in data["excluded"].items()},
+            edges=data["edges"],
+        )
+
 
 def _windows(n_layers: int, window: int | None) -> tuple[int, list[int]]:
     # Default: an eighth of the depth (4 layers of LLaVA-1.5-7B's 32), at least 1.

@@ -10,7 +10,7 @@ import pytest
 
 from tl_lvlm.cli import build_parser
 
-COMMANDS = ("attribute", "report", "demo", "flow")
+COMMANDS = ("attribute", "report", "demo", "flow", "study")
 HEAVY = ("torch", "transformers", "transformer_lens", "sklearn", "matplotlib")
 
 # Parses --help of the top level and of every command in one child process, then lists the
@@ -50,7 +50,7 @@ def test_import_tl_lvlm_is_lazy():
             ["(default: 10000)", "(default: auto)", "(default: 0.75)", "(default: mean)"],
         ),
         ("flow", ["(default: 8)", "(default: 10000)", "(default: mean)"]),
-        ("demo", ["(default: 8)", "(default: 800)", "(default: out/demo)"]),
+        ("demo", ["(default: 8)", "(default: 400)", "(default: out/demo)"]),
     ],
 )
 def test_help_shows_defaults(command, expected, capsys):

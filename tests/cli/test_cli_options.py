@@ -40,7 +40,13 @@ def test_global_options_before_or_after_the_command(argv):
 
 
 def test_global_option_defaults_on_every_command():
-    for argv in (ATTRIBUTE, ["report", "d"], ["demo"], ["flow", *ATTRIBUTE[1:]]):
+    for argv in (
+        ATTRIBUTE,
+        ["report", "d"],
+        ["demo"],
+        ["flow", *ATTRIBUTE[1:]],
+        ["study", *ATTRIBUTE[1:]],
+    ):
         args = build_parser().parse_args(argv)
         assert (args.threads, args.quiet, args.device, args.dtype) == (None, False, None, "auto")
 
@@ -49,7 +55,7 @@ def test_same_names_in_every_command():
     parser = build_parser()
     commands = parser._subparsers._group_actions[0].choices
     options = {name: set(p._option_string_actions) for name, p in commands.items()}
-    for name in ("attribute", "flow"):
+    for name in ("attribute", "flow", "study"):
         assert {
             "--n-samples",
             "--n-masks",

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from tl_lvlm.flow import PAPER_EDGE_SETS, flow_sweep, knockout, plot_flow_sweep
+from tl_lvlm.flow import PAPER_EDGE_SETS, FlowSweep, flow_sweep, knockout, plot_flow_sweep
 from tl_lvlm.testing import random_images
 
 QUESTIONS = ["What is the main object in this image?", "Which number is written here?"]
@@ -98,3 +98,12 @@ def test_figure_and_json(sweep, tmp_path):
     assert np.allclose(
         data["curves"]["image read by question only"], sweep.curves()["image read by question only"]
     )
+    # Read back, it is the same sweep (the study caches its sweeps this way).
+    back = FlowSweep.from_dict(data)
+    assert (back.window, back.starts, back.excluded, back.edges) == (
+        sweep.window, sweep.starts, sweep.excluded, sweep.edges
+    )  # fmt: skip
+    np.testing.assert_array_equal(back.targets, sweep.targets)
+    np.testing.assert_array_equal(back.clean, sweep.clean)
+    for name in sweep.knocked:
+        np.testing.assert_array_equal(back.knocked[name], sweep.knocked[name])

@@ -367,6 +367,47 @@ def check_metric_options(args: argparse.Namespace) -> None:
         raise CliError(f"--foil goes with --metric logit_diff, not --metric {args.metric}")
 
 
+def add_mask_options(p: argparse.ArgumentParser) -> None:
+    """Head attribution's masks: ``--n-masks``, ``--p-ablate``, ``--seed``, ``--batch-size``,
+    ``--scope``, ``--min-logit-gap`` (``attribute`` and ``study``)."""
+    p.add_argument(
+        "--n-masks",
+        type=auto_or_positive_int,
+        default=10_000,
+        help="random masks per sample, or auto: in rounds until the fit has converged",
+    )
+    p.add_argument(
+        "--p-ablate", type=probability, default=0.75, help="probability a head is ablated"
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of masks, fits and random images")
+    p.add_argument(
+        "--batch-size",
+        type=auto_or_positive_int,
+        default="auto",
+        help="masks per engine call; auto = the most that fit in memory",
+    )
+    p.add_argument("--scope", choices=("text", "all"), default="text", help="who sees ablations")
+    p.add_argument(
+        "--min-logit-gap",
+        type=non_negative_float,
+        default=0.5,
+        help="exclude samples whose clean and all-ablated target logits differ by less",
+    )
+
+
+def add_shard_options(p: argparse.ArgumentParser) -> None:
+    """``--shard I --n-shards N``: this process runs one block of the samples."""
+    p.add_argument(
+        "--shard", type=non_negative_int, default=None, help="this process's shard index"
+    )
+    p.add_argument(
+        "--n-shards",
+        type=positive_int,
+        default=None,
+        help="number of shards; None = from RANK/WORLD_SIZE or a SLURM array, else 1",
+    )
+
+
 def setup_runtime(args: argparse.Namespace) -> None:
     """Apply the global options and silence what does not concern the user."""
     logging.getLogger("transformers.utils.import_utils").addFilter(_torchvision_fallback_filter)

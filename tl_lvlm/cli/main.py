@@ -5,8 +5,9 @@
         [--reference-images DIR|random|digits] [--n-samples N] [--seed 0] \\
         [--batch-size auto|N] [--shard I --n-shards N]
     tl-lvlm report out/coco        # merge shards, redraw summary.json, figures, report.html
-    tl-lvlm demo [--out out/demo]  # small run on the bundled tiny-digits model
+    tl-lvlm demo [--out out/demo]  # the study on the bundled model and digits as COCO
     tl-lvlm flow ...               # token-flow knockout (tl_lvlm.cli.flow)
+    tl-lvlm study ...              # the whole study: findings.json, report.html (cli.study)
 
 Global options, before or after the command: ``--threads``, ``--quiet``, ``--device``,
 ``--dtype``. A user mistake is one line on stderr and exit status 2, found before the model
@@ -43,21 +44,18 @@ from tl_lvlm.cli.common import (
     add_global_options,
     add_image_size_option,
     add_images_option,
+    add_mask_options,
     add_metric_options,
     add_samples_option,
+    add_shard_options,
     auto_or_positive_int,
     check_metric_options,
-    non_negative_float,
-    non_negative_int,
     one_line,
-    positive_int,
-    probability,
     resolve_device,
-    resolve_dtype,
     setup_runtime,
-    source_id,
 )
 from tl_lvlm.cli.flow import DEFAULT_QUESTION, add_flow_parser
+from tl_lvlm.cli.study import STUDY_NAME, add_study_parser
 
 DEMO_MODEL = "tl-lvlm/tiny-digits"
 #: What the CLI prints as one line (exit status 2) instead of a traceback.
@@ -81,41 +79,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--question", default=DEFAULT_QUESTION, help="question asked about each image")
     p.add_argument("--out", required=True, type=Path, help="output directory")
     add_samples_option(p, default=None, what="all images")
-    p.add_argument(
-        "--n-masks",
-        type=auto_or_positive_int,
-        default=10_000,
-        help="random masks per sample, or auto: in rounds until the fit has converged",
-    )
-    p.add_argument(
-        "--p-ablate", type=probability, default=0.75, help="probability a head is ablated"
-    )
+    add_mask_options(p)
     add_baseline_options(p)
     add_image_size_option(p)
     add_metric_options(p)
-    p.add_argument("--seed", type=int, default=0, help="seed of masks, fits and random images")
-    p.add_argument(
-        "--batch-size",
-        type=auto_or_positive_int,
-        default="auto",
-        help="masks per engine call; auto = the most that fit in memory",
-    )
-    p.add_argument(
-        "--shard", type=non_negative_int, default=None, help="this process's shard index"
-    )
-    p.add_argument(
-        "--n-shards",
-        type=positive_int,
-        default=None,
-        help="number of shards; None = from RANK/WORLD_SIZE or a SLURM array, else 1",
-    )
-    p.add_argument("--scope", choices=("text", "all"), default="text", help="who sees ablations")
-    p.add_argument(
-        "--min-logit-gap",
-        type=non_negative_float,
-        default=0.5,
-        help="exclude samples whose clean and all-ablated target logits differ by less",
-    )
+    add_shard_options(p)
     p.add_argument(
         "--no-evaluate", action="store_true", help="skip baselines and faithfulness curves"
     )
@@ -135,19 +103,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "demo",
-        help="small head attribution on the bundled tiny model (a few minutes on CPU)",
-        description=f"Head attribution on {DEMO_MODEL} and its held-out digits; the mean "
-        "baseline is over all 360 held-out digits.",
+        help="the study on the bundled tiny model and digits as COCO (about a minute on CPU)",
+        description=f"tl-lvlm study on {DEMO_MODEL} and its held-out digits written as a COCO "
+        "data set (OUT/data), two questions, the zero baseline. Ends by printing where "
+        "report.html is.",
     )
     p.add_argument("--out", type=Path, default=Path("out/demo"), help="output directory")
     add_samples_option(p, default=8, what="")
     p.add_argument(
-        "--n-masks", type=auto_or_positive_int, default=800, help="random masks per sample"
+        "--n-masks", type=auto_or_positive_int, default=400, help="random masks per sample"
     )
     add_global_options(p, top_level=False)
     p.set_defaults(func=demo_command)
 
     add_flow_parser(sub)
+    add_study_parser(sub)
     return parser
 
 
@@ -179,6 +149,7 @@ def _one_line_warning(prog: str):
 
 def attribute_command(args: argparse.Namespace) -> int:
     """Run ``tl-lvlm attribute`` (see the module doc)."""
+    from tl_lvlm.cli.attribute import AttributionRun
     from tl_lvlm.cli.sources import check_sources, load_sources
 
     # Everything that can be checked without the model, first, and before the slow imports.
@@ -186,105 +157,34 @@ def attribute_command(args: argparse.Namespace) -> int:
     check_metric_options(args)
     out: Path = args.out
 
-    from attribution import resolve_shard, shard_indices
-    from tl_lvlm.analysis.heads import HeadAttributionConfig, head_attribution, stored_samples
-    from tl_lvlm.cli.image_sources import write_selection
-    from tl_lvlm.cli.run_dir import (
-        RESULTS_NAME,
-        RunRecord,
-        check_rerun,
-        check_settings,
-        shard_file_name,
-        write_record,
-    )
+    from attribution import resolve_shard
 
     shard, n_shards = resolve_shard(args.shard, args.n_shards)
     device = resolve_device(args.device)
-    config = HeadAttributionConfig(
-        n_masks=args.n_masks,
-        p_ablate=args.p_ablate,
-        scope=args.scope,
-        min_logit_gap=args.min_logit_gap,
-        seed=args.seed,
-        evaluate=not args.no_evaluate,
-        batch_size=None if args.batch_size == "auto" else args.batch_size,
-        metric=args.metric,
-    )
-    # What the results depend on: the run's sources and its HeadAttributionConfig.
-    settings = {
-        "model": source_id(args.model),
-        "dtype": str(resolve_dtype(args.dtype, device)).removeprefix("torch."),
-        "baseline": args.baseline,
-        "reference_images": None
-        if args.reference_images is None
-        else source_id(args.reference_images),
-        "n_shards": n_shards,
-        "foil": args.foil,
-        **config.result_settings(),
-        # Recorded when given, so that the runs of before --image-size existed still resume.
-        **({} if args.image_size is None else {"image_size": list(args.image_size)}),
-    }
-    check_settings(out, settings, args.question, sources.images_id)
+    run = AttributionRun.from_args(args, out, args.question, sources.images_id, n_shards, device)
+    run.check()
 
     model, images, reference = load_sources(args, device, sources)
-    record = RunRecord(sources.images_id, args.question, images.names, images.labels, settings)
-    state = check_rerun(out, record)
-
-    # From here on the run directory is written.
-    out.mkdir(parents=True, exist_ok=True)
-    write_record(out, record)
-    write_selection(out, sources.images)
-    store = None if args.no_store else out / "store"
-    ids = shard_indices(len(images), shard, n_shards)
-    n_total = len(ids)
-    if state != "new" and store is not None:
-        # The same count as the interrupt message's: this shard's samples stored in full.
-        n_stored = stored_samples(store, ids)
-        what = "extending" if state == "extend" else "resuming"
-        print(
-            f"{what} the run in {out}: {n_stored} of {n_total} samples already collected",
-            file=sys.stderr,
-        )
-    progress = {"done": 0}
-
-    def on_sample_done(n_done: int, total: int) -> None:
-        progress["done"] = n_done
-
     try:
-        result = head_attribution(
+        result = run.run(
             model,
-            [(image, args.question) for image in images.images],
-            config,
-            labels=images.labels,
-            foil=args.foil,
+            images,
+            reference,
             baseline=args.baseline,
-            reference=reference,
-            image_size=args.image_size,
-            store_dir=store,
             shard=shard,
             n_shards=n_shards,
-            progress=not args.quiet,
-            on_sample_done=on_sample_done,
+            quiet=args.quiet,
+            store=not args.no_store,
+            source=sources.images,
         )
     except KeyboardInterrupt:
-        if store is not None:
-            # Counted as the resumed run counts them: a sample done but excluded (wrong
-            # answer, small gap) has no stored logits and is checked again on resume.
-            done, then = stored_samples(store, ids), "rerun the same command to resume"
-        else:
-            done, then = progress["done"], "--no-store kept nothing: a rerun starts again"
-        print(
-            f"interrupted: {done} of {n_total} samples collected; {then}",
-            file=sys.stderr,
-        )
         return 130
     if n_shards > 1:
-        path = result.save(out / shard_file_name(shard, n_shards))
+        path = run.results_file(shard, n_shards)
         print(f"wrote {path}; once all {n_shards} shards are done run: tl-lvlm report {out}")
         return 0
     from tl_lvlm.cli.report import format_summary, write_report
 
-    result.save(out / RESULTS_NAME)
     summary = write_report(
         result, out, tokenizer=model.tokenizer, names=images.names, question=args.question
     )
@@ -298,8 +198,14 @@ def report_command(args: argparse.Namespace) -> int:
     ``report.html`` included."""
     from tl_lvlm.cli.report import format_summary, load_run, write_report
 
-    # A `tl-lvlm study` directory is reported by the study (tl_lvlm.study): dispatch on it
-    # here, before load_run, which reads an `attribute` run directory.
+    if (args.dir / STUDY_NAME).exists():
+        # Its report needs the images and masks the study command names; rerunning it
+        # redoes no finished work.
+        raise CliError(
+            f"{args.dir} is a tl-lvlm study directory: rerun the same tl-lvlm study command "
+            "to rewrite its findings.json and report.html (finished work is not redone), or "
+            f"report one of its runs: tl-lvlm report {args.dir / 'heads' / '<question>'}"
+        )
     result, names = load_run(args.dir)
     summary = write_report(
         result, args.dir, tokenizer=_local_tokenizer(result.config["model"]), names=names
@@ -310,18 +216,31 @@ def report_command(args: argparse.Namespace) -> int:
 
 
 def demo_command(args: argparse.Namespace) -> int:
-    """Run ``tl-lvlm demo``: ``attribute`` on the bundled model with small settings."""
-    from tl_lvlm import zoo
+    """Run ``tl-lvlm demo``: ``study`` on the bundled model and the digits as a COCO set.
 
+    Writes the data set into ``OUT/data`` (:func:`tl_lvlm.zoo.digits_coco.write_digit_coco`:
+    single-digit images with distractors, multi-digit images the selection leaves out) and
+    runs the study there with two questions (the digit and its ink colour) and small
+    settings; it ends by printing where ``report.html`` is. The baseline is zeros: every
+    digit here is black on white, so a mean image would carry the ink colour too and leave
+    the colour question nothing to attribute.
+    """
+    from tl_lvlm.cli.study import study_command
+    from tl_lvlm.zoo.digits_coco import write_digit_coco
+    from tl_lvlm.zoo.questions import TASKS
+
+    data = write_digit_coco(args.out / "data", n_single=args.n_samples)
     argv = [
-        "attribute", "--model", DEMO_MODEL, "--images", "digits", "--reference-images", "digits",
-        "--question", zoo.DIGITS_QUESTION, "--out", str(args.out),
-        "--n-samples", str(args.n_samples), "--n-masks", str(args.n_masks),
+        "study", "--model", DEMO_MODEL, "--images", str(data.images),
+        "--coco-annotations", str(data.annotations), "--baseline", "zero",
+        "--question", TASKS["object"].question, "--question", TASKS["ink"].question,
+        "--out", str(args.out / "study"), "--n-masks", str(args.n_masks),
+        "--image-masks", "200", "--window", "6", "--n-permutations", "1000",
     ]  # fmt: skip
-    attribute_args = build_parser().parse_args(argv)
+    study_args = build_parser().parse_args(argv)
     for option in ("threads", "quiet", "device", "dtype"):
-        setattr(attribute_args, option, getattr(args, option))
-    return attribute_command(attribute_args)
+        setattr(study_args, option, getattr(args, option))
+    return study_command(study_args)
 
 
 def _local_tokenizer(name_or_path: str):

@@ -46,6 +46,7 @@ class Finding:
         statistic: the numbers behind the verdict (JSON-serialisable).
         n: samples (or pairs) it rests on.
         summary: one sentence of the evidence, in README's holds / does-not-hold wording.
+        question: the question it was tested on; None for a finding over several (or none).
     """
 
     finding: str
@@ -53,6 +54,7 @@ class Finding:
     statistic: dict[str, Any]
     n: int
     summary: str = ""
+    question: str | None = None
 
 
 @dataclass(frozen=True)

@@ -186,8 +186,10 @@ def _findings_table(findings: list[Finding]) -> str:
             None: ("not tested", "untested"),
         }[f.holds]
         numbers = json.dumps(json_safe(f.statistic), indent=1, default=str)
+        # Findings about one question say which (Finding.question).
+        asked = "" if f.question is None else f"<br><small>{_esc(f.question)}</small>"
         rows.append(
-            f"<tr><td>{_esc(f.finding)}</td><td class='verdict {css}'>{verdict}</td>"
+            f"<tr><td>{_esc(f.finding)}{asked}</td><td class='verdict {css}'>{verdict}</td>"
             f"<td>{_esc(f.summary)}<details><summary>numbers</summary>"
             f"<pre>{_esc(numbers)}</pre></details></td><td class='n'>{int(f.n)}</td></tr>"
         )
