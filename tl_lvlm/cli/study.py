@@ -322,7 +322,6 @@ def _object_maps(model, samples, targets, masks, directory, names, config, args,
     if not todo:
         return found
     from tl_lvlm.ablation import resolve_baseline
-
     from tl_lvlm.analysis.heads import answer_token_id
 
     baseline = resolve_baseline(model, args.baseline, reference, samples)
