@@ -47,6 +47,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from attribution.own_checks import checks_own_arguments
 from tl_lvlm.ablation.recomputed import recomputed_knockout_hooks
 from tl_lvlm.inputs import GROUPS, LVLMInputs
 from tl_lvlm.model import HookedLVLM
@@ -98,6 +99,7 @@ def resolve_groups(spec: GroupSpec) -> tuple[str, ...]:
     return tuple(g for g in GROUPS if g in out)
 
 
+@checks_own_arguments
 def _as_edge_list(edges: Edge | Sequence[Edge]) -> list[Edge]:
     # A bare edge ("question", "final") is a pair whose first item is a group name,
     # whereas the items of an edge list are pairs themselves.
@@ -123,6 +125,7 @@ def _groups_mask(inputs: LVLMInputs, spec: GroupSpec) -> Bool[Tensor, "batch pos
     return mask
 
 
+@checks_own_arguments
 def knockout_mask(
     inputs: LVLMInputs, edges: Edge | Sequence[Edge]
 ) -> Bool[Tensor, "batch query key"]:
@@ -265,6 +268,7 @@ class Knockout:
         stack.close()
 
 
+@checks_own_arguments
 def knockout(
     model: HookedLVLM,
     inputs: LVLMInputs,
@@ -391,7 +395,7 @@ def flow_sweep(
     edges: Mapping[str, Sequence[Edge]],
     window: int | None = None,
     *,
-    targets: Int[Tensor, " batch"] | Sequence[int | None] | None = None,
+    targets: Int[Tensor, " batch"] | Int[np.ndarray, " batch"] | Sequence[int | None] | None = None,
     batch_size: int = 8,
     progress: bool = True,
 ) -> FlowSweep:

@@ -69,6 +69,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from attribution.own_checks import checks_own_arguments
 from tl_lvlm.ablation.baseline import GeometryMeanBaseline, ImageKVBaseline, unpadded_image_span
 from tl_lvlm.ablation.hooks import check_keep, image_kv_ablation_hooks
 from tl_lvlm.ablation.normalization import LogitNormalization
@@ -480,6 +481,7 @@ class AblationEngine:
         clean_logits: ``[d_vocab]`` final-position logits of the clean run.
     """
 
+    @checks_own_arguments
     def __init__(
         self,
         model: HookedLVLM,
@@ -655,9 +657,7 @@ class AblationEngine:
 
         return LogitNormalization.measure(self.clean_logit, logits, n_components)
 
-    def check_gates(
-        self, gates: Gates | Bool[Tensor, "n_masks n_layers n_heads"] | np.ndarray
-    ) -> Gates:
+    def check_gates(self, gates: Tensor | np.ndarray) -> Gates:
         """Validate gates ``[n, n_layers, n_heads]`` in [0, 1] (bool allowed); return fp32."""
         if isinstance(gates, np.ndarray):
             gates = torch.from_numpy(gates)

@@ -8,7 +8,6 @@ from typing import Any
 
 import numpy as np
 
-from tl_lvlm.analysis.heads.labels import Answer
 from tl_lvlm.inputs import LVLMInputs
 
 
@@ -19,7 +18,7 @@ class Samples:
     model: Any
     pairs: list[tuple[Any, str]] | None
     batch: LVLMInputs | None
-    labels: list[Answer | None]
+    labels: list[Any]  # as given; answer_token_id checks each
 
     def __len__(self) -> int:
         return len(self.labels)
