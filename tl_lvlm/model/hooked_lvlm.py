@@ -50,6 +50,7 @@ __all__ = ["FAMILIES", "BoundLVLM", "HookedLVLM", "family_of"]
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+@checks_own_arguments
 def resolve_dtype(dtype: str | torch.dtype, device: str | torch.device) -> torch.dtype:
     """``"auto"`` (bf16 on CUDA, fp32 elsewhere), a name from :data:`DTYPES`, or a torch dtype."""
     if isinstance(dtype, torch.dtype) and dtype in DTYPES.values():
