@@ -18,14 +18,16 @@ from numpy.typing import ArrayLike
 from tqdm.auto import tqdm
 
 from attribution.masks import as_masks
+from attribution.own_checks import checks_own_arguments
 from attribution.store import OutputStore
 
 
+@checks_own_arguments
 def collect(
     fn: Callable[[np.ndarray], Any],
     masks: ArrayLike,
     *,
-    batch_size: int,
+    batch_size: int | np.integer,
     store: str | os.PathLike | None = None,
     meta: Mapping[str, Any] | None = None,
     progress: bool = True,

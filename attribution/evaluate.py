@@ -16,6 +16,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from attribution.collect import collect
+from attribution.own_checks import checks_own_arguments
 
 
 @dataclass
@@ -32,6 +33,7 @@ class Curve:
     values: np.ndarray
 
 
+@checks_own_arguments
 def default_ks(
     n_components: int,
     n_points: int = 50,

@@ -7,7 +7,10 @@ import numbers
 import numpy as np
 from numpy.typing import ArrayLike
 
+from attribution.own_checks import checks_own_arguments
 
+
+@checks_own_arguments
 def sample_masks(
     n_masks: int, n_components: int, p_ablate: float = 0.75, seed: int = 0
 ) -> np.ndarray:

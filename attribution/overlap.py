@@ -25,6 +25,7 @@ from jaxtyping import Float
 from numpy.typing import ArrayLike
 from scipy.stats import hypergeom
 
+from attribution.own_checks import checks_own_arguments
 from attribution.rankings import rank_by
 
 #: Statistics of :func:`task_permutation_test`.
@@ -34,6 +35,7 @@ STATISTICS = ("mean", "pairs")
 _BLOCK_ELEMENTS = 1 << 22
 
 
+@checks_own_arguments
 def topk_set(scores: ArrayLike, k: int) -> frozenset[int]:
     """Flat indices of the ``k`` highest ``scores`` (any shape, C order; ties by index).
 
@@ -56,6 +58,7 @@ def topk_overlap(scores_a: ArrayLike, scores_b: ArrayLike, k: int) -> int:
     return len(topk_set(a, k) & topk_set(b, k))
 
 
+@checks_own_arguments
 def chance_overlap_pvalue(overlap: int, n_components: int, k: int) -> float:
     """P(two independent uniformly random ``k``-subsets of ``n_components`` share >= ``overlap``).
 
@@ -100,6 +103,7 @@ class PermutationTest:
     statistic: str
 
 
+@checks_own_arguments
 def task_permutation_test(
     coef_a: ArrayLike,
     coef_b: ArrayLike,

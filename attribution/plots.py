@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 from numpy.typing import ArrayLike
 
+from attribution.own_checks import checks_own_arguments
+
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
@@ -57,6 +59,7 @@ def plot_heatmap(
     return save_figure(fig, path)
 
 
+@checks_own_arguments
 def plot_curves(
     ks: ArrayLike,
     curves: Mapping[str, ArrayLike],

@@ -6,11 +6,32 @@ user takes with a hub name. Checkpoints are built once per session.
 
 from __future__ import annotations
 
+import sys
+
+import jaxtyping
 import pytest
 import torch
 
-from tl_lvlm import HookedLVLM
-from tl_lvlm.testing import TEST_QUESTIONS, TinyLlavaConfig, random_images, save_tiny_llava
+# Every function and dataclass of tl_lvlm and attribution is checked against its annotations,
+# jaxtyping shapes included, on every call of the suite (JAXTYPING_DISABLE=1 turns the checks
+# off; tests/test_runtime_typecheck.py fails if the hook is not active). The hook instruments
+# only modules imported after it, hence before any of ours. PEP 484's numeric tower, as static
+# type checkers read annotations: an int is a float. Public entry points marked
+# `attribution.own_checks.checks_own_arguments` are left to their own validation, so that
+# misuse meets our messages.
+assert not any(name.split(".")[0] in ("tl_lvlm", "attribution") for name in sys.modules)
+jaxtyping.install_import_hook(
+    ["tl_lvlm", "attribution"],
+    "beartype.beartype(conf=beartype.BeartypeConf(is_pep484_tower=True))",
+)
+
+from tl_lvlm import HookedLVLM  # noqa: E402
+from tl_lvlm.testing import (  # noqa: E402
+    TEST_QUESTIONS,
+    TinyLlavaConfig,
+    random_images,
+    save_tiny_llava,
+)
 
 # Tiny models are dominated by per-op overhead: one thread is faster than two,
 # and keeps the suite's speed steady when the machine is busy.

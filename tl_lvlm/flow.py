@@ -51,6 +51,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from attribution.own_checks import checks_own_arguments
 from tl_lvlm.ablation.metric import Metric, MetricSpec
 from tl_lvlm.ablation.recomputed import recomputed_knockout_hooks
 from tl_lvlm.analysis.heads.labels import answers_label, label_tokens
@@ -105,6 +106,7 @@ def resolve_groups(spec: GroupSpec) -> tuple[str, ...]:
     return tuple(g for g in GROUPS if g in out)
 
 
+@checks_own_arguments
 def _as_edge_list(edges: Edge | Sequence[Edge]) -> list[Edge]:
     # A bare edge ("question", "final") is a pair whose first item is a group name,
     # whereas the items of an edge list are pairs themselves.
@@ -130,6 +132,7 @@ def _groups_mask(inputs: LVLMInputs, spec: GroupSpec) -> Bool[Tensor, "batch pos
     return mask
 
 
+@checks_own_arguments
 def knockout_mask(
     inputs: LVLMInputs, edges: Edge | Sequence[Edge]
 ) -> Bool[Tensor, "batch query key"]:
@@ -272,6 +275,7 @@ class Knockout:
         stack.close()
 
 
+@checks_own_arguments
 def knockout(
     model: HookedLVLM,
     inputs: LVLMInputs,
@@ -439,13 +443,14 @@ def _per_sample_ids(
     return list(ids)
 
 
+@checks_own_arguments
 def flow_sweep(
     model: HookedLVLM,
     samples: LVLMInputs | Sequence[tuple] | Any,
     edges: Mapping[str, Sequence[Edge]],
     window: int | None = None,
     *,
-    targets: Int[Tensor, " batch"] | Sequence[int | None] | None = None,
+    targets: Int[Tensor, " batch"] | Int[np.ndarray, " batch"] | Sequence[int | None] | None = None,
     metric: MetricSpec | Metric = "logit",
     foil: int | Int[Tensor, " batch"] | Sequence[int] | None = None,
     batch_size: int = 8,

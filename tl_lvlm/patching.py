@@ -22,6 +22,7 @@ from collections.abc import Callable
 
 import transformer_lens.patching as _tl_patching
 
+from attribution.own_checks import checks_own_arguments
 from tl_lvlm.inputs import LVLMInputs
 
 
@@ -32,6 +33,7 @@ def with_images(tl_fn: Callable, name: str | None = None) -> Callable:
     patched forward carries their images, attention mask and positions.
     """
 
+    @checks_own_arguments
     def patched(model, corrupted_inputs: LVLMInputs, *args, **kwargs):
         if not isinstance(corrupted_inputs, LVLMInputs):
             raise TypeError(

@@ -49,6 +49,7 @@ from jaxtyping import Float, Int
 from PIL import Image
 from torch import Tensor
 
+from attribution.own_checks import checks_own_arguments
 from tl_lvlm._utils.fingerprint import tensor_sha256
 from tl_lvlm._utils.hooks import HookList
 from tl_lvlm._utils.tensors import gather_positions
@@ -294,6 +295,7 @@ REFERENCE_HINT = (
 )
 
 
+@checks_own_arguments
 def resolve_baseline(
     model,
     baseline: Literal["mean", "zero"] | ImageKVBaseline | GeometryMeanBaseline,
@@ -320,6 +322,7 @@ def resolve_baseline(
     return resolve_baseline_with_id(model, baseline, reference, inputs)[0]
 
 
+@checks_own_arguments
 def resolve_baseline_with_id(
     model,
     baseline: Literal["mean", "zero"] | ImageKVBaseline | GeometryMeanBaseline,

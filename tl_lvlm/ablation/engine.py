@@ -69,6 +69,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from attribution.own_checks import checks_own_arguments
 from tl_lvlm.ablation.baseline import GeometryMeanBaseline, ImageKVBaseline, unpadded_image_span
 from tl_lvlm.ablation.hooks import check_keep, image_kv_ablation_hooks
 from tl_lvlm.ablation.metric import Metric, MetricSpec
@@ -489,6 +490,7 @@ class AblationEngine:
         clean_value: the metric of the clean run (``clean_logit`` for ``"logit"``).
     """
 
+    @checks_own_arguments
     def __init__(
         self,
         model: HookedLVLM,
@@ -690,9 +692,7 @@ class AblationEngine:
 
         return LogitNormalization.measure(self.clean_value, logits, n_components)
 
-    def check_gates(
-        self, gates: Gates | Bool[Tensor, "n_masks n_layers n_heads"] | np.ndarray
-    ) -> Gates:
+    def check_gates(self, gates: Tensor | np.ndarray) -> Gates:
         """Validate gates ``[n, n_layers, n_heads]`` in [0, 1] (bool allowed); return fp32."""
         if isinstance(gates, np.ndarray):
             gates = torch.from_numpy(gates)

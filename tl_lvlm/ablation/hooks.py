@@ -44,6 +44,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from attribution.own_checks import checks_own_arguments
 from tl_lvlm._utils.hooks import HookList, record_into
 from tl_lvlm._utils.tensors import gather_positions
 from tl_lvlm.ablation.baseline import GeometryMeanBaseline, ImageKVBaseline
@@ -55,6 +56,7 @@ if TYPE_CHECKING:
     from tl_lvlm.model import HookedLVLM
 
 
+@checks_own_arguments
 def check_keep(
     keep: Tensor | np.ndarray,
     *,
@@ -116,6 +118,7 @@ def rotary_fn(model: HookedLVLM, layer: int = 0) -> Callable:
     return model.family.rotary_fn(layer)
 
 
+@checks_own_arguments
 def image_kv_ablation_hooks(
     model: HookedLVLM,
     inputs: LVLMInputs,

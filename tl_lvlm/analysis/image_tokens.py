@@ -33,6 +33,7 @@ from numpy.typing import ArrayLike
 from PIL import Image
 
 from attribution import FitResult, collect, fit, sample_masks
+from attribution.own_checks import checks_own_arguments
 from tl_lvlm._utils.fingerprint import tensor_sha256
 from tl_lvlm.ablation import ImageKVBaseline
 from tl_lvlm.ablation.baseline import REFERENCE_HINT, resolve_baseline
@@ -98,6 +99,7 @@ class ImageAttribution:
 IMAGE_TOKEN_DEFAULTS = RegressionConfig(min_logit_gap=0.1)
 
 
+@checks_own_arguments
 def image_token_attribution(
     model: HookedLVLM,
     samples: LVLMInputs | Sequence[tuple] | Any,

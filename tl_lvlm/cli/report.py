@@ -63,10 +63,10 @@ def summarize(
         n_top: number of top heads listed.
     """
 
-    def decode(token: int) -> str | None:
+    def decode(token: int | np.integer) -> str | None:
         return None if tokenizer is None else tokenizer.decode([int(token)])
 
-    def name(sample_id: int) -> str | None:
+    def name(sample_id: int | np.integer) -> str | None:
         return None if names is None else names[sample_id]
 
     samples = [

@@ -443,8 +443,8 @@ class LVLMFamily:
         return self.rotary_fn(layer)(k, k, cos, sin)[1]
 
     def rotations(
-        self, x: Tensor, position_ids: Int[Tensor, "... 1 n"]
-    ) -> list[tuple[Float[Tensor, "1 n d_head"], Float[Tensor, "1 n d_head"]]]:
+        self, x: Tensor, position_ids: Int[Tensor, "... batch n"]
+    ) -> list[tuple[Float[Tensor, "batch n d_head"], Float[Tensor, "batch n d_head"]]]:
         """RoPE ``(cos, sin)`` of every decoder layer at ``position_ids`` (all layers share one
         rotary embedding unless a family overrides this); ``x`` gives dtype and device."""
         rotary = _unwrapped(self.decoder.rotary_emb)

@@ -37,7 +37,7 @@ class Gemma3Family(LVLMFamily):
         # Gemma 3 normalizes keys (k_norm) before RoPE.
         return f"blocks.{layer}.attn.hook_k_normed", 2
 
-    def rotations(self, x: Tensor, position_ids: Int[Tensor, "... 1 n"]):
+    def rotations(self, x: Tensor, position_ids: Int[Tensor, "... batch n"]):
         # One rotary embedding per layer type: local RoPE base for sliding layers.
         rotary = _unwrapped(self.decoder.rotary_emb)
         return [rotary(x, position_ids, t) for t in self.decoder_config.layer_types]

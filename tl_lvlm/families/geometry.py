@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-from jaxtyping import Bool, Float
+from jaxtyping import Bool, Float, Num
 from numpy.typing import ArrayLike
 from PIL import Image
 
@@ -48,7 +48,7 @@ class PatchGeometry:
         if self.crop not in CROPS:
             raise ValueError(f"unknown crop {self.crop!r}; expected one of {CROPS}")
 
-    def to_map(self, values: Float[np.ndarray, " n_image"]) -> Float[np.ndarray, "rows cols"]:
+    def to_map(self, values: Num[np.ndarray, " n_image"]) -> Num[np.ndarray, "rows cols"]:
         """Per-image-token values (e.g. coefficients) -> the ``[rows, cols]`` map."""
         values = np.asarray(values)
         if self.tokens is not None:
@@ -163,7 +163,7 @@ class TiledPatchGeometry(PatchGeometry):
             _interval_shares(self.base_cols, self.cols, left, right),
         )
 
-    def to_map(self, values: Float[np.ndarray, " n_image"]) -> Float[np.ndarray, "rows cols"]:
+    def to_map(self, values: Num[np.ndarray, " n_image"]) -> Num[np.ndarray, "rows cols"]:
         """Per-image-token values -> the ``[rows, cols]`` map on the tile grid (the base
         tokens' values spread over it by area)."""
         values = np.asarray(values)

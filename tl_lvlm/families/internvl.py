@@ -43,6 +43,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import no_type_check
 
 import torch
 from jaxtyping import Float, Int
@@ -68,7 +69,9 @@ def internvl_processor_class() -> type:
         standard_class = InternVLProcessor.__name__
 
         # The parent's parameters minus video_processor: from_pretrained passes a
-        # processor_config.json entry only when __init__ names it.
+        # processor_config.json entry only when __init__ names it. no_type_check: HF reads
+        # it from __init__.__code__ (see tl_lvlm.families.processors).
+        @no_type_check
         def __init__(
             self, image_processor=None, tokenizer=None, image_seq_length=256, chat_template=None
         ):

@@ -33,6 +33,10 @@ module name resolved, for the import only, to the PIL image processor's module, 
 defines the same function (same code, same results); the processor's own code is unchanged.
 
 Classes are created on first use, so importing tl_lvlm imports no processor code.
+
+Each ``__init__`` here is ``no_type_check``: ``ProcessorMixin.from_args_and_dict`` reads the
+arguments a processor takes from ``cls.__init__.__code__``, which the wrapper of a runtime type
+checker (the test suite's jaxtyping import hook) would hide.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ import importlib
 import importlib.util
 import sys
 from pathlib import Path
+from typing import no_type_check
 
 
 def torchvision_available() -> bool:
@@ -83,6 +88,7 @@ def _qwen_images_only(parent: type) -> type:
     class QwenImagesOnlyProcessor(_SavedAsStandard, parent):
         standard_class = parent.__name__
 
+        @no_type_check
         def __init__(self, image_processor=None, tokenizer=None, chat_template=None):
             super().__init__(image_processor, tokenizer, None, chat_template=chat_template)
 
@@ -132,6 +138,7 @@ def llava_onevision_processor_class() -> type:
 
         # The parent's parameters minus video_processor: from_pretrained passes a
         # processor_config.json entry only when __init__ names it.
+        @no_type_check
         def __init__(
             self,
             image_processor=None,
@@ -167,6 +174,7 @@ def gemma4_processor_class() -> type:
         # Gemma4Processor hands its sub-processors to ProcessorMixin by keyword, which
         # refuses names outside the signature; the absent ones (None) are left out here,
         # between the two in the method resolution order.
+        @no_type_check
         def __init__(self, *args, **kwargs):
             attributes = self.get_attributes()
             kwargs = {k: v for k, v in kwargs.items() if k in attributes or v is not None}
@@ -178,6 +186,7 @@ def gemma4_processor_class() -> type:
 
         standard_class = Gemma4Processor.__name__
 
+        @no_type_check
         def __init__(
             self,
             image_processor=None,
@@ -221,6 +230,7 @@ def smolvlm_processor_class() -> type:
 
         standard_class = SmolVLMProcessor.__name__
 
+        @no_type_check
         def __init__(
             self, image_processor=None, tokenizer=None, image_seq_len=169, chat_template=None
         ):

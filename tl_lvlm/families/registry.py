@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from types import MappingProxyType
 
+from attribution.own_checks import checks_own_arguments
 from tl_lvlm.families.base import LVLMFamily
 
 _REGISTRY: dict[str, type[LVLMFamily]] = {}
@@ -16,6 +17,7 @@ _REGISTRY: dict[str, type[LVLMFamily]] = {}
 FAMILIES = MappingProxyType(_REGISTRY)
 
 
+@checks_own_arguments
 def register_family(family: type[LVLMFamily]) -> type[LVLMFamily]:
     """Register ``family`` for the HF architecture it names; usable as a class decorator.
 

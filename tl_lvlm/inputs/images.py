@@ -34,6 +34,8 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from attribution.own_checks import checks_own_arguments
+
 #: Image file suffixes read (case-insensitive); a gif or multi-page tiff gives its first frame.
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 
@@ -169,6 +171,7 @@ def _as_uint8_rgb(a: np.ndarray, which: str) -> np.ndarray:
     return np.ascontiguousarray(out)
 
 
+@checks_own_arguments
 def check_questions(questions: Sequence[str], markers: Sequence[str]) -> None:
     """Refuse questions that contain an image marker: the template places the one image.
 

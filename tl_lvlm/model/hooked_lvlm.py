@@ -34,6 +34,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from attribution.own_checks import checks_own_arguments
 from tl_lvlm.families import FAMILIES, LVLMFamily, family_of
 from tl_lvlm.inputs import GROUPS, LVLMInputs, left_padding
 from tl_lvlm.inputs.images import check_questions, to_rgb_images
@@ -49,6 +50,7 @@ __all__ = ["FAMILIES", "BoundLVLM", "HookedLVLM", "family_of"]
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+@checks_own_arguments
 def resolve_dtype(dtype: str | torch.dtype, device: str | torch.device) -> torch.dtype:
     """``"auto"`` (bf16 on CUDA, fp32 elsewhere), a name from :data:`DTYPES`, or a torch dtype."""
     if isinstance(dtype, torch.dtype) and dtype in DTYPES.values():
@@ -266,6 +268,7 @@ class HookedLVLM:
         return self.family.n_ctx
 
     # ------------------------------------------------------------------ inputs
+    @checks_own_arguments
     def prepare(
         self,
         images,
@@ -427,6 +430,7 @@ class HookedLVLM:
         return {k: v + start for k, v in groups.items()}
 
     # --------------------------------------------------------------- running
+    @checks_own_arguments
     def forward(self, inputs: LVLMInputs, **kwargs) -> Float[Tensor, "batch pos d_vocab"]:
         """Logits for every position (kwargs go to the bridge's forward)."""
         self._check_inputs(inputs, "model(...)")
@@ -435,6 +439,7 @@ class HookedLVLM:
 
     __call__ = forward
 
+    @checks_own_arguments
     def run_with_cache(self, inputs: LVLMInputs, **kwargs):
         """``(logits, ActivationCache)``; kwargs as for the bridge (``names_filter``, ...).
 
@@ -451,6 +456,7 @@ class HookedLVLM:
             )
         return logits, lvlm_cache(cache, self)
 
+    @checks_own_arguments
     def run_with_hooks(self, inputs: LVLMInputs, fwd_hooks=(), bwd_hooks=(), **kwargs):
         """Logits of a run with ``fwd_hooks`` ``[(hook_name or filter, fn), ...]`` attached.
 
@@ -526,6 +532,7 @@ class HookedLVLM:
         return folded_residual_directions(self, tokens)
 
     @torch.no_grad()
+    @checks_own_arguments
     def generate(
         self,
         inputs: LVLMInputs,

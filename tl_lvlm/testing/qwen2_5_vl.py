@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from tl_lvlm.testing._tiny import (
     TinyFamilyConfig,
     family_tokenizer,
@@ -79,7 +81,7 @@ def build_tiny_qwen_vl(
     *,
     model_cls: type,
     config_cls: type,
-    text_config_cls: type,
+    text_config_cls: Callable,  # a config class, or a function making one
     vision_config,
     processor_fn,
 ):

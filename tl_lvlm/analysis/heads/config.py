@@ -18,6 +18,7 @@ import numpy as np
 from jaxtyping import Bool
 
 from attribution import sample_masks
+from attribution.own_checks import checks_own_arguments
 from tl_lvlm.ablation import check_scope
 from tl_lvlm.ablation.metric import Metric, MetricSpec
 from tl_lvlm.analysis.competing import BASELINES
@@ -37,6 +38,7 @@ def _is_int(x: Any) -> bool:
 
 
 @dataclass(frozen=True)
+@checks_own_arguments
 class RegressionConfig:
     """The regression over random ablation masks (the paper's defaults).
 
@@ -160,6 +162,7 @@ class RegressionConfig:
 
 
 @dataclass(frozen=True)
+@checks_own_arguments
 class HeadAttributionConfig(RegressionConfig):
     """Every setting of a head attribution run (:func:`~tl_lvlm.head_attribution`).
 

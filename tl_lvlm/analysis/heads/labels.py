@@ -14,11 +14,13 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from attribution.own_checks import checks_own_arguments
 from tl_lvlm.inputs.templates import split_template
 
 Answer = int | str
 
 
+@checks_own_arguments
 def answer_token_id(model, answer: Answer, template: str | None = None) -> int:
     """Token id of ``answer`` as the model would generate it right after the prompt.
 

@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 import numpy as np
 from jaxtyping import Bool, Float, Int
+from numpy.typing import ArrayLike
 
 from attribution import (
     Aggregate,
@@ -212,7 +213,7 @@ class HeadAttributionResult:
         n_kept, n_excl = len(self.sample_ids), len(self.excluded)
         excl = self.excluded
 
-        def rows(kept: np.ndarray, dtype=np.float64) -> np.ndarray:
+        def rows(kept: ArrayLike, dtype=np.float64) -> np.ndarray:
             kept = np.asarray(kept, dtype=dtype).reshape((n_kept, *np.shape(kept)[1:]))
             pad = np.full((n_excl, *kept.shape[1:]), np.nan, dtype=dtype)
             return np.concatenate([kept, pad])
@@ -286,7 +287,7 @@ class HeadAttributionResult:
         ]
         used = a["n_masks_used"] if "n_masks_used" in a else np.full(kept.shape, n_drawn(config))
 
-        def fit_of(i: int) -> FitResult:
+        def fit_of(i: int | np.integer) -> FitResult:
             n_test = _n_test(config["holdout"], int(used[i]))
             return FitResult(
                 coef=a["coef"][i].ravel(),

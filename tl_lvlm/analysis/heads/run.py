@@ -14,6 +14,7 @@ from jaxtyping import Bool, Float
 from tqdm.auto import tqdm
 
 from attribution import FitResult, collect, default_ks, fit, shard_indices
+from attribution.own_checks import checks_own_arguments
 from attribution.store import OutputStore
 from tl_lvlm._utils.fingerprint import tensor_sha256
 from tl_lvlm.ablation import ImageKVBaseline
@@ -39,6 +40,7 @@ from tl_lvlm.analysis.heads.store import check_run, sample_store
 from tl_lvlm.inputs import LVLMInputs
 
 
+@checks_own_arguments
 def head_attribution(
     model,
     samples: Sequence[tuple] | LVLMInputs | Any,

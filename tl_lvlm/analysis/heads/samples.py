@@ -21,7 +21,6 @@ from typing import Any
 
 import numpy as np
 
-from tl_lvlm.analysis.heads.labels import Answer
 from tl_lvlm.inputs import LVLMInputs
 from tl_lvlm.inputs.hf_datasets import (
     IMAGE_COLUMN,
@@ -45,7 +44,7 @@ class Samples:
     model: Any
     pairs: list[tuple[Any, str]] | None
     batch: LVLMInputs | None
-    labels: list[Answer | None]
+    labels: list[Any]  # as given; answer_token_id checks each
     #: ``(width, height)`` every image is resized to, or None.
     image_size: tuple[int, int] | None = None
 
