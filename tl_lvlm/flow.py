@@ -431,8 +431,10 @@ def _metric_values(
 
 
 def _per_sample_ids(
-    ids: Int[Tensor, " batch"] | Sequence[int | None] | int | None, n: int, name: str
-) -> list[int | None]:
+    ids: Int[Tensor, " batch"] | Int[np.ndarray, " batch"] | Sequence[int | None] | int | None,
+    n: int,
+    name: str,
+) -> list[int | np.integer | None]:
     """``targets=`` / ``foil=`` as one entry (a token id or None) per sample."""
     if ids is None or isinstance(ids, (int, np.integer)):
         return [ids] * n

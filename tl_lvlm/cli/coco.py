@@ -32,6 +32,7 @@ anything, and one that is not is reported then, with its file name.
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -194,4 +195,8 @@ def _decode(mask_utils, ann: dict, height: int, width: int) -> np.ndarray:
         rle = mask_utils.frPyObjects(segm, height, width)
     else:
         rle = segm
-    return mask_utils.decode(rle).astype(bool)
+    with warnings.catch_warnings():
+        # pycocotools 2.0.x's compiled decode warns under numpy 2 on every call (its
+        # __array__ takes no copy=); the mask is right, and the user can do nothing about it.
+        warnings.filterwarnings("ignore", "__array__ implementation", DeprecationWarning)
+        return mask_utils.decode(rle).astype(bool)

@@ -354,7 +354,7 @@ def coco_rule(args) -> SelectionRule:
     return SelectionRule(args.coco_min_share, args.coco_max_other)
 
 
-def write_selection(out: Path, source: ImageFolder | str) -> None:
+def write_selection(out: Path, source: ImageFolder | SavedDataset | str) -> None:
     """Write ``selection.json`` into ``out`` when ``source`` came with ``--coco-annotations``."""
     if isinstance(source, ImageFolder) and source.coco is not None:
         from tl_lvlm._utils.files import write_json

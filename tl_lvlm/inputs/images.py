@@ -26,10 +26,10 @@ accepted forms (never the array's values).
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -105,7 +105,7 @@ def _to_rgb(image, index: int) -> Image.Image:
     raise TypeError(f"{which} is of type {type(image).__name__}; pass {ACCEPTED_IMAGES}")
 
 
-def read_image(path: str | os.PathLike | BinaryIO, which: str | None = None) -> Image.Image:
+def read_image(path: str | os.PathLike | io.IOBase, which: str | None = None) -> Image.Image:
     """The image file at ``path`` (or an open binary file) as an RGB PIL image, decoded in full.
 
     A gif or multi-page tiff gives its first frame; EXIF orientation is applied and

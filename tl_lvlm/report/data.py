@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 from jaxtyping import Float, UInt8
 
+from attribution.own_checks import checks_own_arguments
+
 
 @dataclass(frozen=True)
 class FigureContext:
@@ -58,6 +60,7 @@ class Finding:
 
 
 @dataclass(frozen=True)
+@checks_own_arguments
 class HeadMap:
     """Head attribution of one question: the interactive heatmap.
 

@@ -95,8 +95,8 @@ def _verdict(holds: bool, yes: str, no: str) -> str:
 
 
 def regression_explains(
-    r2: Float[np.ndarray, " n"],
-    pearson: Float[np.ndarray, " n"],
+    r2: Float[np.ndarray, " n"] | Sequence[float],
+    pearson: Float[np.ndarray, " n"] | Sequence[float],
     *,
     min_r2: float = PAPER_R2,
     min_pearson: float = PAPER_PEARSON,
@@ -170,8 +170,8 @@ def mid_to_late_layers(
 
 def semantics_over_appearance(
     coef: Float[np.ndarray, "n ..."],
-    classes: Sequence,
-    styles: Sequence,
+    classes: Sequence | np.ndarray,
+    styles: Sequence | np.ndarray,
     *,
     n_permutations: int = 2000,
     seed: int = 0,
@@ -281,8 +281,8 @@ def only_role_final_read_image(all_layers: FlowSweep) -> Finding:
 
 
 def object_and_background(
-    object_share: Float[np.ndarray, " n"],
-    object_area: Float[np.ndarray, " n"],
+    object_share: Float[np.ndarray, " n"] | Sequence[float],
+    object_area: Float[np.ndarray, " n"] | Sequence[float],
     *,
     min_share: float = MIN_SHARE,
 ) -> Finding:

@@ -104,8 +104,11 @@ def test_user_errors_exit_2_with_a_message(planted_path, tmp_path, capsys):
 def test_demo_runs_small(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--n-samples", "2", "--n-masks", "120", "--quiet"]) == 0
-    assert (out / "results.safetensors").exists() and (out / "summary.json").exists()
-    assert "samples: 2 run" in capsys.readouterr().out
+    # The demo is the study on the digits written as COCO: it ends at its report.
+    assert (out / "study" / "findings.json").exists()
+    printed = capsys.readouterr()
+    assert printed.out.rstrip().endswith(str(out / "study" / "report.html"))
+    assert "warning" not in printed.err
 
 
 def test_help_lists_the_commands(capsys):

@@ -79,6 +79,7 @@ def answer_token_id(model, answer: Answer, template: str | None = None) -> int:
     raise ValueError(message)
 
 
+@checks_own_arguments
 def label_tokens(model, label: Answer, template: str | None = None) -> tuple[int, ...]:
     """Token ids of an expected answer (a label) as the model writes it after the prompt.
 
