@@ -29,6 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
+import numpy as np
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
@@ -98,7 +99,9 @@ class Metric:
             "logprob": "target log-probability",
         }.get(self.name, f"{self.name}(logits)")
 
-    def check_foil(self, foil: int | None, target: int | None = None) -> None:
+    def check_foil(
+        self, foil: int | np.integer | None, target: int | np.integer | None = None
+    ) -> None:
         """Refuse a missing foil for ``"logit_diff"``, a foil for another metric, or a
         foil equal to the target (the difference would be 0 for every run).
 

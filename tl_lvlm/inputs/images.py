@@ -67,6 +67,7 @@ def to_rgb_images(images, image_size: int | tuple[int, int] | None = None) -> li
     return [image if image.size == size else image.resize(size, Image.BICUBIC) for image in rgb]
 
 
+@checks_own_arguments
 def check_image_size(image_size: int | tuple[int, int] | None) -> tuple[int, int] | None:
     """``image_size`` as a ``(width, height)`` pair: an int ``S`` is ``(S, S)``; None stays None.
 
