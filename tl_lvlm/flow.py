@@ -54,7 +54,7 @@ from tqdm.auto import tqdm
 from attribution.own_checks import checks_own_arguments
 from tl_lvlm.ablation.metric import Metric, MetricSpec
 from tl_lvlm.ablation.recomputed import recomputed_knockout_hooks
-from tl_lvlm.analysis.heads.labels import answers_label, label_tokens
+from tl_lvlm.analysis.heads.labels import answers_label
 from tl_lvlm.analysis.heads.samples import Samples
 from tl_lvlm.inputs import GROUPS, LVLMInputs
 from tl_lvlm.model import HookedLVLM
@@ -508,8 +508,7 @@ def flow_sweep(
         model, samples, labels, question=question, image_column=image_column,
         label_column=label_column, image_size=image_size,
     )  # fmt: skip
-    template = prepared.template
-    wholes = [None if a is None else label_tokens(model, a, template) for a in prepared.labels]
+    wholes = prepared.label_tokens()
     if any(whole is not None for whole in wholes):
         if targets is not None:
             raise ValueError(

@@ -41,7 +41,7 @@ from tl_lvlm.ablation.engine import AblationEngine
 from tl_lvlm.ablation.metric import Metric
 from tl_lvlm.ablation.normalization import LogitNormalization
 from tl_lvlm.analysis.heads.config import RegressionConfig
-from tl_lvlm.analysis.heads.labels import Answer, answer_token_id, answers_label, label_tokens
+from tl_lvlm.analysis.heads.labels import Answer, answer_token_id, answers_label
 from tl_lvlm.analysis.heads.samples import Samples, per_sample
 from tl_lvlm.families.geometry import PatchGeometry
 from tl_lvlm.inputs import LVLMInputs
@@ -191,10 +191,9 @@ def image_token_attribution(
         prepared.all_images() if mean_over_samples else prepared.inputs(0),
     )
     results = []
-    for i in range(len(prepared)):
+    for i, whole in enumerate(prepared.label_tokens()):
         inputs = prepared.inputs(i)
         label = prepared.labels[i]
-        whole = None if label is None else label_tokens(model, label, prepared.template)
         if target is not None:
             target_id = answer_token_id(model, target, prepared.template)
         else:

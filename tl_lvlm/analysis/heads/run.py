@@ -32,7 +32,7 @@ from tl_lvlm.analysis.heads.config import (
 )
 from tl_lvlm.analysis.heads.convergence import auto_rounds, converged
 from tl_lvlm.analysis.heads.gradient import PASSES_PER_MASK, gradient_attribution
-from tl_lvlm.analysis.heads.labels import Answer, answer_token_id, answers_label, label_tokens
+from tl_lvlm.analysis.heads.labels import Answer, answer_token_id, answers_label
 from tl_lvlm.analysis.heads.rankings import HEAD_ATTRIBUTION, evaluate_sample, sample_seed
 from tl_lvlm.analysis.heads.result import ExcludedSample, HeadAttributionResult, _no_label
 from tl_lvlm.analysis.heads.samples import Samples, per_sample
@@ -163,7 +163,7 @@ def head_attribution(
     )  # fmt: skip
     # Resolved up front, so that a bad label or target fails before any model run.
     template = prepared.template
-    wholes = [None if a is None else label_tokens(model, a, template) for a in prepared.labels]
+    wholes = prepared.label_tokens()
     label_ids = [None if a is None else a[0] for a in wholes]
 
     def token_ids(answers: list) -> list[int | None]:

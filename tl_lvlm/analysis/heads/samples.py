@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from tl_lvlm.analysis.heads.labels import label_tokens
 from tl_lvlm.inputs import LVLMInputs
 from tl_lvlm.inputs.hf_datasets import (
     IMAGE_COLUMN,
@@ -145,6 +146,13 @@ class Samples:
     @property
     def template(self) -> str:
         return self.model.template if self.batch is None else self.batch.template
+
+    def label_tokens(self) -> list[tuple[int, ...] | None]:
+        """Each label's answer tokens as written after the prompt (None for no label); a
+        label of several words is attributed through the first and checked whole."""
+        return [
+            None if a is None else label_tokens(self.model, a, self.template) for a in self.labels
+        ]
 
     def inputs(self, i: int) -> LVLMInputs:
         if self.batch is not None:
