@@ -241,24 +241,10 @@ def check_image_source(
             f"{flag} {name}: ignored {_names(others)} (not image files; read: {suffixes})",
             stacklevel=2,
         )
-    files = []
-    for f in candidates:
-        try:
-            read_image(f)
-        except ValueError as err:
-            cause = str(err).split(" is not a readable image file ", 1)[-1]
-            if strict:
-                raise ValueError(
-                    f"{flag} {name}: {f.name} is not a readable image file {cause}; remove or "
-                    "replace it, or leave out --strict to skip it with a warning"
-                ) from None
-            warnings.warn(
-                f"{flag} {name}: skipped {f.name}, not a readable image file {cause}; "
-                "--strict refuses such a folder instead",
-                stacklevel=2,
-            )
-            continue
-        files.append(f)
+    files = _readable(
+        candidates, read_image, f"{flag} {name}", lambda f: f.name, "remove or replace it",
+        "folder", strict, stacklevel=3,
+    )  # fmt: skip
     if not files:
         found = " readable" if candidates else ""
         raise ValueError(f"{flag} {name}: no{found} {suffixes} images in this directory")
@@ -326,24 +312,10 @@ def _check_saved_dataset(
         # The API's "None for no labels" is "none" on the command line.
         message = str(err).replace("(None for no labels)", "(none for no labels)")
         raise ValueError(f"{where}: {message}") from None
-    rows = []
-    for row in range(len(data)):
-        try:
-            data.image(row)
-        except ValueError as err:
-            cause = str(err).split(" is not a readable image file ", 1)[-1]
-            if strict:
-                raise ValueError(
-                    f"{where}: row {row} is not a readable image file {cause}; fix the dataset, "
-                    "or leave out --strict to skip it with a warning"
-                ) from None
-            warnings.warn(
-                f"{where}: skipped row {row}, not a readable image file {cause}; --strict "
-                "refuses such a dataset instead",
-                stacklevel=3,
-            )
-            continue
-        rows.append(row)
+    rows = _readable(
+        range(len(data)), data.image, where, lambda row: f"row {row}", "fix the dataset",
+        "dataset", strict, stacklevel=4,
+    )  # fmt: skip
     if not rows:
         raise ValueError(f"{where}: no readable image in column {chosen.image!r}")
     return SavedDataset(path, tuple(rows), data, f"the dataset's column {chosen.label!r}")
@@ -440,3 +412,29 @@ def _first(image_set: ImageSet, n: int | None) -> ImageSet:
         return image_set
     labels = None if image_set.labels is None else image_set.labels[:n]
     return ImageSet(image_set.images[:n], image_set.names[:n], labels)
+
+
+def _readable(
+    items, read, where: str, label, fix: str, kind: str, strict: bool, *, stacklevel: int
+) -> list:
+    """The ``items`` that ``read`` reads: an unreadable one is refused with ``--strict``, else
+    skipped with one warning naming it (``label(item)``) and ``fix`` / ``kind`` for the advice."""
+    kept = []
+    for item in items:
+        try:
+            read(item)
+        except ValueError as err:
+            cause = str(err).split(" is not a readable image file ", 1)[-1]
+            if strict:
+                raise ValueError(
+                    f"{where}: {label(item)} is not a readable image file {cause}; {fix}, or "
+                    "leave out --strict to skip it with a warning"
+                ) from None
+            warnings.warn(
+                f"{where}: skipped {label(item)}, not a readable image file {cause}; --strict "
+                f"refuses such a {kind} instead",
+                stacklevel=stacklevel,  # the caller's caller, as each warned before
+            )
+            continue
+        kept.append(item)
+    return kept
