@@ -43,12 +43,33 @@ def test_causal_attention_sees_keys_up_to_its_own_position():
     assert (out - torch.softmax(scores, -1) @ v).abs().max() < 1e-5
 
 
-def test_routing_sorts_kept_rows_first_per_kv_head():
-    keep = torch.tensor([[[True, False, True, False], [False, False, False, False]]])
-    routing = Routing.of(keep, torch.device("cpu"))
-    assert routing.n_keep == [[2, 0]]
-    assert routing.order.tolist() == [[0, 2, 1, 3, 4, 5, 6, 7]]
-    assert (routing.order[0][routing.inverse[0]] == torch.arange(8)).all()
+def test_routing_segments_hold_each_kv_heads_kept_and_ablated_rows():
+    """Brute force: segment (kv, ablated) holds exactly the query rows of KV head kv's query
+    heads whose mask says so, in HF's ``[batch, suffix, n_heads]`` row order, padded to whole
+    blocks of rows; ``inverse`` finds every row; layer 0 is not routed."""
+    b, n_layers, n_heads, n_kv, s = 3, 3, 4, 2, 5
+    keep = torch.rand(n_layers, b, n_heads, generator=torch.Generator().manual_seed(0)) > 0.5
+    keep[1, :, :2] = True  # KV head 0 of layer 1 has no ablated rows
+    routing = Routing.of(keep, n_kv, s, torch.device("cpu"))
+    assert routing.gather[0] is None and routing.segments[0] == []
+    for layer in (1, 2):
+        gather, inverse = routing.gather[layer], routing.inverse[layer]
+        assert (gather[inverse] == torch.arange(b * s * n_heads)).all()
+        seen = set()
+        for kv, ablated, start, length in routing.segments[layer]:
+            want = {
+                (i * s + t) * n_heads + h
+                for i in range(b)
+                for t in range(s)
+                for h in range(kv * 2, kv * 2 + 2)
+                if bool(keep[layer, i, h]) != ablated
+            }
+            assert start % 8 == 0 and length % 8 == 0 and len(want) <= length < len(want) + 8
+            assert set(gather[start : start + len(want)].tolist()) == want
+            found = inverse[sorted(want)]
+            assert ((found >= start) & (found < start + len(want))).all()
+            seen.add((kv, ablated))
+        assert (0, True) not in seen if layer == 1 else len(seen) == 2 * n_kv
 
 
 @pytest.mark.parametrize("fill", [True, False], ids=["all-kept", "all-ablated"])

@@ -28,8 +28,12 @@ take a fused path by default (``attention="fused"``, :func:`_fused_attention`): 
 KV head the rows are sorted into kept and ablated, each set attends to its own
 prefix half in one fused kernel call (CPU flash attention, CUDA FlashAttention or
 memory-efficient attention) that also returns each row's log-sum-exp, and the
-causal suffix part is merged in by log-sum-exp. Gates (gradients) and
-per-position masks stay on the eager path.
+causal suffix part is merged in by log-sum-exp. The first decoder layer's input is
+the suffix's token embeddings, the same for every mask, so its queries, keys and
+values are too: there each head's output is computed once with the clean and once
+with the baseline prefix, and each mask picks its own per head (one mask's work
+instead of a batch's). Gates (gradients) and per-position masks stay on the eager
+path.
 
 Why the original modules are swapped back. The TransformerLens bridge replaces
 the HF model's submodules in place (``layers[i]`` is a ``BlockBridge``,
@@ -118,30 +122,71 @@ class SharedPrefix:
 
 @dataclass
 class Routing:
-    """Which key/value set each (mask, query head) row of the fused path reads.
+    """Which key/value set each suffix query row of the fused path reads, and where it goes.
 
-    Per (layer, KV head), the ``batch * group`` rows (mask ``b``, query head in group
-    ``g`` at ``b * group + g``) sorted kept-first: KV head ``kv``'s rows
-    ``order[l, kv * rows : kv * rows + n_keep[l][kv]]`` read the clean prefix, the
-    rest of its rows the baseline one. ``order`` indexes the flattened ``(kv, row)``
-    axis, so one ``index_select`` sorts a layer's queries; ``inverse`` undoes it.
+    Per layer, the query rows (``[batch * suffix * n_heads]``: the attention function's
+    ``[batch, n_heads, suffix, d_head]`` queries in the memory order HF's ``transpose(1,
+    2)`` of the projections leaves them, which the fused kernels write too) are gathered into
+    segments, one per (KV head, kept or ablated), each padded to a multiple of
+    :data:`_ROW_PAD` rows: ``gather[l]`` lists the source row of each segment row (pad
+    rows repeat row 0; their outputs are never read), ``segments[l]`` the
+    ``(kv_head, ablated, start, length)`` of the non-empty segments, and
+    ``inverse[l]`` where each source row's output lies in the segments. Layer 0 has
+    no routing (its rows are the same for every mask; :func:`_fused_attention`).
     Computed on the host from the host-side masks, so the row counts that size the
     kernels' inputs never need a device sync.
     """
 
-    order: Int[Tensor, "n_layers n_kv_rows"]
-    inverse: Int[Tensor, "n_layers n_kv_rows"]
-    n_keep: list[list[int]]
+    gather: list[Int[Tensor, " _"] | None]  # [segment rows] per layer
+    inverse: list[Int[Tensor, " _"] | None]  # [batch * suffix * n_heads] per layer
+    segments: list[list[tuple[int, bool, int, int]]]
 
     @classmethod
-    def of(cls, keep: Bool[Tensor, "n_layers n_kv_heads rows"], device: torch.device) -> Routing:
-        n_layers, n_kv, rows = keep.shape
-        order = torch.argsort((~keep).to(torch.int8), dim=-1, stable=True)
-        order = (order + rows * torch.arange(n_kv)[:, None]).reshape(n_layers, n_kv * rows)
-        inverse = torch.argsort(order, dim=-1)
-        n_keep = keep.sum(-1).tolist()
+    def of(
+        cls, keep: Bool[Tensor, "n_layers batch n_heads"], n_kv: int, suffix: int, device
+    ) -> Routing:
+        """The routing of per-head bool masks ``keep`` (host) for ``suffix`` queries per head."""
+        n_layers, b, n_heads = keep.shape
+        g = n_heads // n_kv
+        # Rows of KV head kv in (mask, query head in group, query) order, sorted kept-first.
+        heads = (
+            keep.reshape(n_layers, b, n_kv, g).permute(0, 2, 1, 3).reshape(n_layers, n_kv, b * g)
+        )
+        units = torch.arange(b * g)
+        unit_rows = (units // g * suffix * n_heads + units % g)[None] + g * torch.arange(n_kv)[
+            :, None
+        ]
+        n_rows = b * g * suffix  # per KV head
+        positions = torch.arange(n_rows)
         move = functools.partial(torch.Tensor.to, device=device, non_blocking=True)
-        return cls(move(order), move(inverse), n_keep)
+        gather, inverse, segments = [None], [None], [[]]
+        for layer in range(1, n_layers):
+            kept = heads[layer]
+            order = torch.argsort((~kept).to(torch.int8), dim=-1, stable=True)
+            source = torch.gather(unit_rows, 1, order)[..., None] + n_heads * torch.arange(suffix)
+            source = source.reshape(n_kv, -1)
+            n_keep = (kept.sum(-1) * suffix).tolist()
+            seg_starts, layer_segments, start = [], [], 0
+            for kv, n in enumerate(n_keep):
+                for ablated, length in ((False, n), (True, n_rows - n)):
+                    seg_starts.append(start)
+                    padded = length + -length % _ROW_PAD
+                    if length:
+                        layer_segments.append((kv, ablated, start, padded))
+                    start += padded
+            kept_start, ablated_start = torch.tensor(seg_starts).view(n_kv, 2, 1).unbind(1)
+            n_kept = torch.tensor(n_keep)[:, None]
+            dest = torch.where(
+                positions < n_kept, kept_start + positions, ablated_start + positions - n_kept
+            )
+            layer_gather = torch.zeros(start, dtype=torch.int64)
+            layer_gather[dest.reshape(-1)] = source.reshape(-1)
+            layer_inverse = torch.empty(b * n_heads * suffix, dtype=torch.int64)
+            layer_inverse[source.reshape(-1)] = dest.reshape(-1)
+            gather.append(move(layer_gather))
+            inverse.append(move(layer_inverse))
+            segments.append(layer_segments)
+        return cls(gather, inverse, segments)
 
 
 @dataclass
@@ -217,12 +262,15 @@ def _merge(
     CPU kernels compute the elements of a ragged tail with a scalar ``exp`` that rounds
     differently from the vectorized one, so otherwise a mask's logit would change (by
     about 1e-7) with how many masks share its batch. Padded, every element takes the
-    vectorized path, and a mask's result does not depend on its batch.
+    vectorized path, and a mask's result does not depend on its batch. The rest is exact
+    IEEE subtraction, product and sum, the same on either path (``torch.lerp`` is not: its
+    vectorized kernel fuses a multiply-add that its scalar tail rounds twice).
     """
     diff = (lse_a - lse_b).reshape(-1)
     diff = torch.nn.functional.pad(diff, (0, -diff.numel() % _VECTOR_PAD))
     w_a = torch.sigmoid(diff)[: lse_a.numel()].view(*lse_a.shape, 1)
-    return out_b.float() + w_a * (out_a.float() - out_b.float())
+    out_b = out_b.float()
+    return (out_a.float() - out_b).mul_(w_a).add_(out_b)
 
 
 def _fused_attention(
@@ -232,50 +280,54 @@ def _fused_attention(
     scaling: float,
     prefix: SharedPrefix,
     layer: int,
+    keep: Bool[Tensor, "n_kv_heads batch group 1 1"],
     routing: Routing,
 ) -> Float[Tensor, "batch suffix n_heads d_head"]:
     """Bool per-head masks without the eager path's doubled prefix work or score tensors.
 
-    Per KV head the (mask, query head) rows are sorted kept-first (:class:`Routing`);
-    the kept rows' queries attend to the clean prefix and the others' to the baseline
-    prefix, each in one fused call with the rows along the query axis against the
-    batch-1 prefix. The suffix part (causal, per mask) is a second fused call, merged
-    with the prefix part by log-sum-exp (:func:`_merge`).
+    The query rows of each (KV head, kept or ablated) segment (:class:`Routing`) attend
+    to the clean or the baseline prefix in one fused call against the batch-1 prefix.
+    The suffix part (causal, per mask) is a second fused call, merged with the prefix
+    part by log-sum-exp (:func:`_merge`). Layer 0 sees the suffix's input ids, the same
+    for every mask, so there each head's output is computed once against each prefix and
+    picked per mask.
     """
     b, n_heads, s, d = query.shape
     k2, v2 = prefix.k[layer], prefix.v[layer]  # [n_kv, prefix, 2 * d]
     n_kv = k2.shape[0]
     g = n_heads // n_kv
-    q = query.view(b, n_kv, g, s, d).transpose(0, 1).reshape(n_kv * b * g, s, d)
-    q = q.index_select(0, routing.order[layer]).view(n_kv, b * g * s, d)
-    out = q.new_empty(n_kv, b * g * s, d)
-    lse = q.new_empty(n_kv, b * g * s, dtype=torch.float32)
-    for kv, n_keep in enumerate(routing.n_keep[layer]):
-        for rows, half in (
-            (slice(0, n_keep * s), slice(0, d)),
-            (slice(n_keep * s, None), slice(d, None)),
-        ):
-            part = q[kv, rows]
-            n_rows = part.shape[0]
-            if n_rows:
-                # Zero rows up to a multiple of _ROW_PAD: CPU flash attention computes a
-                # one-row tail block differently (about 1e-7), so otherwise a row's output
-                # would depend on how many rows share its call, i.e. on the batch.
-                part = torch.nn.functional.pad(part, (0, 0, 0, -n_rows % _ROW_PAD))
-                o, part_lse = _attention_with_lse(
-                    part[None, None], k2[kv, :, half][None, None], v2[kv, :, half][None, None],
-                    scaling, causal=False,
-                )  # fmt: skip
-                out[kv, rows], lse[kv, rows] = o[0, 0, :n_rows], part_lse[0, 0, :n_rows]
-    inverse = routing.inverse[layer]
-    out = out.view(n_kv * b * g, s, d).index_select(0, inverse)
-    lse = lse.view(n_kv * b * g, s).index_select(0, inverse)
-    out = out.view(n_kv, b, g, s, d).transpose(0, 1).reshape(b, n_heads, s, d)
-    lse = lse.view(n_kv, b, g, s).transpose(0, 1).reshape(b, n_heads, s)
+    halves = (slice(0, d), slice(d, None))  # clean, baseline
+    if layer == 0:
+        query, key, value = query[:1], key[:1], value[:1]
     if g > 1:
         key, value = key.repeat_interleave(g, 1), value.repeat_interleave(g, 1)
+    if layer == 0:
+        out_s, lse_s = _attention_with_lse(query, key, value, scaling, causal=True)
+        q = query.reshape(1, n_kv, g * s, d)
+        out_s, lse_s = out_s.reshape(1, n_kv, g * s, d), lse_s.reshape(1, n_kv, g * s)
+        clean, base = (
+            _merge(*_attention_with_lse(q, k2[None, ..., h], v2[None, ..., h], scaling, False),
+                   out_s, lse_s).view(n_heads, s, d).transpose(0, 1)
+            for h in halves
+        )  # fmt: skip
+        picked = keep.permute(1, 3, 0, 2, 4).reshape(b, 1, n_heads, 1)
+        return torch.where(picked, clean, base).to(query.dtype)
+    # A view for HF's query layout (a copy for any other).
+    rows = query.transpose(1, 2).reshape(b * s * n_heads, d).index_select(0, routing.gather[layer])
+    out = rows.new_empty(rows.shape)
+    lse = rows.new_empty(rows.shape[0], dtype=torch.float32)
+    for kv, ablated, start, length in routing.segments[layer]:
+        h = halves[ablated]
+        o, part_lse = _attention_with_lse(
+            rows[None, None, start : start + length], k2[None, None, kv, :, h],
+            v2[None, None, kv, :, h], scaling, causal=False,
+        )  # fmt: skip
+        out[start : start + length], lse[start : start + length] = o[0, 0], part_lse[0, 0]
+    inverse = routing.inverse[layer]
+    out = out.index_select(0, inverse).view(b, s, n_heads, d)
+    lse = lse.index_select(0, inverse).view(b, s, n_heads)
     out_s, lse_s = _attention_with_lse(query, key, value, scaling, causal=True)
-    return _merge(out, lse, out_s, lse_s).to(query.dtype).transpose(1, 2)
+    return _merge(out, lse, out_s.transpose(1, 2), lse_s.transpose(1, 2)).to(query.dtype)
 
 
 def image_ablation_attention(
@@ -313,7 +365,11 @@ def image_ablation_attention(
         )
     prefix, layer = state.prefix, module.layer_idx
     if state.routing is not None:
-        return _fused_attention(query, key, value, scaling, prefix, layer, state.routing), None
+        keep = state.keep[layer]
+        return (
+            _fused_attention(query, key, value, scaling, prefix, layer, keep, state.routing),
+            None,
+        )
     k2, v2 = prefix.k[layer], prefix.v[layer]  # [n_kv, prefix, 2 * d]
     image = prefix.image
     b, n_heads, s, d = query.shape
@@ -863,7 +919,7 @@ class AblationEngine:
         routing = None
         if self.attention == "fused" and keep.dtype == torch.bool and per_position == 1:
             # From the host copy of the masks: no device sync for the row counts.
-            routing = Routing.of(layout.cpu().reshape(n_layers, n_kv, -1), self.device)
+            routing = Routing.of(keep.cpu().transpose(0, 1), n_kv, self.suffix_len, self.device)
         state = SuffixState(self.prefix, layout.to(self.device, non_blocking=True), routing)
         family = self.model.family
         hidden = family.decoder(
