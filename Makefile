@@ -19,8 +19,9 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(BIN)/tl-lvlm --threads 1 demo --out $(OUT)/demo
 
+# One worker per CPU (pytest-xdist), whole test files per worker so module fixtures are built once.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n logical --dist loadfile
 
 lint: $(STAMP)
 	$(BIN)/ruff format --check .

@@ -19,7 +19,13 @@ inherits the heap, caches or allocator state of another:
   (:func:`~tl_lvlm.ablation.engine.steady_allocator`), with the minor page faults per
   mask of each, which is what separates the two;
 - ``batch_sweep``: the engine's masks/s per batch size (what ``auto_batch_size``'s CPU
-  cap is chosen from).
+  cap is chosen from);
+- ``engine_compiled``: the engine with ``compile_layers=True`` (inductor), its first call
+  (compilation included) and its best;
+- ``profile`` (CPU): where the engine's time goes, torch.profiler's self time per op
+  grouped into the fused attention kernels, matmuls, other ops and Python outside ops;
+  and the fused attention kernel alone at the engine's prefix shape (one KV head's rows of
+  a batch against the prefix), whose FLOP/s bounds the attention share.
 
 The engine's, naive and hook outputs are checked against each other on shared masks.
 "Standard" FLOPs per mask count the suffix tokens' forward (projections, MLP,
@@ -260,13 +266,15 @@ def child_head_attribution(args: argparse.Namespace) -> dict:
     }
 
 
-def child_engine(args: argparse.Namespace, attention: str) -> dict:
+def child_engine(args: argparse.Namespace, attention: str, compile_layers: bool = False) -> dict:
     model = load_model(args)
     sample, baseline, masks = setup(args, model)
     masks = masks[: args.masks]
     sync(args.device)
     t0 = time.perf_counter()
-    engine = AblationEngine(model, sample, baseline, attention=attention)
+    engine = AblationEngine(
+        model, sample, baseline, attention=attention, compile_layers=compile_layers
+    )
     sync(args.device)
     setup_s = time.perf_counter() - t0
     batch = args.batch_size or engine.auto_batch_size()
@@ -297,6 +305,62 @@ def child_engine(args: argparse.Namespace, attention: str) -> dict:
             "seq_len": sample.seq_len,
         },
         "check": out[:N_CHECK].tolist(),
+    }
+
+
+#: torch.profiler op names by group (``profile``); the rest are "other ops".
+OP_GROUPS = {
+    "attention kernels": ("scaled_dot_product", "flash_attention", "efficient_attention"),
+    "matmul": ("aten::mm", "aten::bmm", "aten::addmm"),
+}
+
+
+def child_profile(args: argparse.Namespace) -> dict:
+    from torch.profiler import ProfilerActivity, profile
+
+    from tl_lvlm.ablation.engine import _attention_with_lse
+
+    model = load_model(args)
+    sample, baseline, masks = setup(args, model)
+    engine = AblationEngine(model, sample, baseline)
+    batch = args.batch_size or engine.auto_batch_size()
+    keep = masks[: 4 * batch]
+    engine.run(keep, batch_size=batch, progress=False)  # warm-up
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        t0 = time.perf_counter()
+        engine.run(keep, batch_size=batch, progress=False)
+        wall_us = (time.perf_counter() - t0) * 1e6
+    ops = {e.key: e.self_cpu_time_total for e in prof.key_averages()}
+    groups = dict.fromkeys([*OP_GROUPS, "other ops"], 0.0)
+    for name, us in ops.items():
+        group = next((g for g, keys in OP_GROUPS.items() if any(k in name for k in keys)), None)
+        groups[group or "other ops"] += us
+    groups["python outside ops"] = max(0.0, wall_us - sum(ops.values()))
+    top = sorted(ops.items(), key=lambda kv: -kv[1])[:12]
+
+    d, prefix = model.d_head, engine.prefix_len
+    rows = batch * engine.suffix_len * (model.n_heads // model.n_kv_heads)
+    q, k, v = (torch.randn(1, 1, n, d, dtype=model.dtype) for n in (rows, prefix, prefix))
+    scale = d**-0.5
+    _attention_with_lse(q, k, v, scale, causal=False)
+    best = float("inf")
+    for _ in range(5):
+        t0 = time.perf_counter()
+        for _ in range(10):
+            _attention_with_lse(q, k, v, scale, causal=False)
+        best = min(best, (time.perf_counter() - t0) / 10)
+    return {
+        "batch_size": batch,
+        "n_masks": len(keep),
+        "time_share": {g: us / wall_us for g, us in groups.items()},
+        "top_ops_share": {name: us / wall_us for name, us in top},
+        "attention_kernel": {
+            "rows": rows,
+            "keys": prefix,
+            "d_head": d,
+            "flops": 4 * rows * prefix * d / best,
+            "ns_per_score": best * 1e9 / (rows * prefix),
+        },
     }
 
 
@@ -358,8 +422,11 @@ def child(args: argparse.Namespace) -> dict:
         return matmul_peak(args)
     if kind == "head_attribution":
         return child_head_attribution(args)
-    if kind in ("engine", "engine_eager"):
-        return child_engine(args, "eager" if kind == "engine_eager" else "fused")
+    if kind in ("engine", "engine_eager", "engine_compiled"):
+        attention = "eager" if kind == "engine_eager" else "fused"
+        return child_engine(args, attention, compile_layers=kind == "engine_compiled")
+    if kind == "profile":
+        return child_profile(args)
     if kind == "batch_sweep":
         return child_batch_sweep(args)
     if kind in ("naive", "hooks", "hooks_steady"):
@@ -449,14 +516,9 @@ def main(argv: list[str] | None = None) -> dict:
         r = {"matmul_peak": run_child("matmul_peak", argv, extra)}
         r["engine"] = run_child("engine", argv, extra)
         extra += ["--target", str(r["engine"]["target"])]
-        for kind in (
-            "engine_eager",
-            "naive",
-            "hooks",
-            "hooks_steady",
-            "head_attribution",
-            "batch_sweep",
-        ):
+        kinds = ["engine_eager", "naive", "hooks", "hooks_steady", "head_attribution"]
+        kinds += ["batch_sweep", "engine_compiled"] + (["profile"] if args.device == "cpu" else [])
+        for kind in kinds:
             r[kind] = run_child(kind, argv, extra)
     result = summarize(args, r)
     result["benchmark_wall_s"] = time.perf_counter() - t_start
@@ -472,7 +534,7 @@ def summarize(args: argparse.Namespace, r: dict) -> dict:
     flops, peak = eng["suffix_flops_per_mask"], r["matmul_peak"]["flops"]
     check = torch.tensor(eng["check"])
     diff = {}
-    for name in ("engine_eager", "naive", "hooks"):
+    for name in ("engine_eager", "engine_compiled", "naive", "hooks"):
         other = torch.tensor(r[name]["check"])
         diff[f"engine_vs_{name}"] = float((check[: len(other)] - other).abs().max())
     return {
@@ -491,6 +553,8 @@ def summarize(args: argparse.Namespace, r: dict) -> dict:
             "engine_first_call": eng["masks_per_s_first_call"],
             "engine": eng["masks_per_s"],
             "engine_eager": r["engine_eager"]["masks_per_s"],
+            "engine_compiled_first_call": r["engine_compiled"]["masks_per_s_first_call"],
+            "engine_compiled": r["engine_compiled"]["masks_per_s"],
             "naive": naive["masks_per_s"],
             "hooks_batched": r["hooks"]["masks_per_s"],
             "hooks_batched_steady_allocator": r["hooks_steady"]["masks_per_s"],
@@ -500,6 +564,7 @@ def summarize(args: argparse.Namespace, r: dict) -> dict:
             "engine_first_call": eng["masks_per_s_first_call"] / naive["masks_per_s"],
             "engine": eng["masks_per_s"] / naive["masks_per_s"],
             "engine_eager": r["engine_eager"]["masks_per_s"] / naive["masks_per_s"],
+            "engine_compiled": r["engine_compiled"]["masks_per_s"] / naive["masks_per_s"],
             "hooks_batched": r["hooks"]["masks_per_s"] / naive["masks_per_s"],
         },
         "faults_per_mask": {
@@ -514,11 +579,23 @@ def summarize(args: argparse.Namespace, r: dict) -> dict:
         "engine_flops": flops * eng["masks_per_s"],
         "engine_fraction_of_matmul_peak": flops * eng["masks_per_s"] / peak,
         "engine_first_call_fraction_of_matmul_peak": flops * eng["masks_per_s_first_call"] / peak,
+        "engine_compiled_fraction_of_matmul_peak": (
+            flops * r["engine_compiled"]["masks_per_s"] / peak
+        ),
         "batch_sweep": r["batch_sweep"],
+        "profile": _profile_summary(r.get("profile"), peak),
         "max_abs_diff": diff,
         "children": r,
         "args": {k: v for k, v in vars(args).items() if k not in ("child", "report", "checkpoint")},
     }
+
+
+def _profile_summary(profile: dict | None, peak: float) -> dict | None:
+    """The profile child's shares, and its attention kernel's FLOP/s as a fraction of ``peak``."""
+    if profile is None:
+        return None
+    kernel = profile["attention_kernel"]
+    return {**profile, "attention_kernel_fraction_of_matmul_peak": kernel["flops"] / peak}
 
 
 def report(r: dict) -> None:
@@ -543,6 +620,15 @@ def report(r: dict) -> None:
         f" of the measured {peak['dtype']} matmul peak {peak['flops'] / 1e9:.1f} GFLOP/s "
         f"({r['standard_flops_per_mask'] / 1e6:.1f} MFLOP per mask)"
     )
+    if r["profile"]:
+        shares, kernel = r["profile"]["time_share"], r["profile"]["attention_kernel"]
+        print("  engine time: " + ", ".join(f"{k} {v:.0%}" for k, v in shares.items()))
+        print(
+            f"  fused attention kernel alone ({kernel['rows']} rows x {kernel['keys']} keys, "
+            f"d_head {kernel['d_head']}): {kernel['flops'] / 1e9:.1f} GFLOP/s = "
+            f"{r['profile']['attention_kernel_fraction_of_matmul_peak']:.1%} of the matmul peak, "
+            f"{kernel['ns_per_score']:.2f} ns per score"
+        )
     sweep = r["batch_sweep"]
     print(
         "  batch sweep: "

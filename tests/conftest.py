@@ -89,3 +89,22 @@ def check_report_in_browser():
     spec.loader.exec_module(module)
     module.require_chromium()
     return module.check_report_in_browser
+
+
+#: The test files that take longest (``pytest --durations``), longest first.
+LONGEST_FILES = (
+    "tests/zoo/test_zoo_checkpoint.py",
+    "tests/cli/test_cli_study.py",
+    "tests/cli/test_cli_runs.py",
+    "tests/zoo/test_train_digits.py",
+    "tests/families/test_contract.py",
+    "tests/analysis/heads/test_cli_attribute.py",
+    "tests/families/test_docs_families.py",
+)
+
+
+def pytest_collection_modifyitems(items):
+    """Run the longest files first: ``make test`` hands whole files to pytest-xdist workers in
+    collection order, and a long file started last would leave one worker running alone."""
+    rank = {path: i for i, path in enumerate(LONGEST_FILES)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))

@@ -18,8 +18,8 @@ from tl_lvlm.zoo import (
     predict_first_tokens,
     resolve,
 )
-from tl_lvlm.zoo.digits import CANVAS_SIZE, load_digit_images, load_digit_set
-from tl_lvlm.zoo.evaluate_digits import style_accuracy, task_accuracy, user_array_accuracy
+from tl_lvlm.zoo.digits import CANVAS_SIZE, load_digit_images, load_digit_set, user_arrays
+from tl_lvlm.zoo.evaluate_digits import POLARITIES, style_accuracy, task_accuracy
 from tl_lvlm.zoo.questions import ANSWER_WORDS, OBJECT_QUESTION, TASKS, answer_token_ids
 from tl_lvlm.zoo.tiny_llava import DIGIT_WORDS
 
@@ -86,13 +86,32 @@ def test_architecture_is_the_recorded_one(loaded, record):
 
 def test_main_object_on_all_sklearn_digits_as_user_arrays(hooked, record):
     """All 1,797 bare 8x8 scans through ``prepare``: uint8 or [0, 1] floats, either
-    polarity, grey or RGB, full frame."""
-    acc = user_array_accuracy(hooked)
-    assert len(acc) == 8
-    for form, a in acc.items():
-        assert a >= 0.95, form
-        # the recorded number is what this checkpoint actually gets
-        assert a == pytest.approx(record["user_arrays_object_accuracy"][form]), form
+    polarity, grey or RGB, full frame. Per polarity the four forms must prepare to the same
+    inputs, bit for bit, so one forward pass per image answers for all four (what
+    ``user_array_accuracy`` measures form by form)."""
+    ids = np.asarray(answer_token_ids(hooked.tokenizer, TASKS["object"].answers))
+    question = TASKS["object"].question
+    for polarity in POLARITIES:
+        forms = {
+            f"{dtype}/{polarity}/{channels}": user_arrays(dtype, polarity, channels)
+            for dtype in ("uint8", "float")
+            for channels in ("grey", "rgb")
+        }
+        (first, labels), *others = forms.values()
+        hits = 0
+        for start in range(0, len(first), 64):
+            inputs = hooked.prepare(list(first[start : start + 64]), question)
+            for arrays, other_labels in others:
+                same = hooked.prepare(list(arrays[start : start + 64]), question)
+                assert torch.equal(same.pixel_values, inputs.pixel_values)
+                assert torch.equal(same.input_ids, inputs.input_ids)
+                np.testing.assert_array_equal(other_labels, labels)
+            answers, _ = hooked.answer(inputs)
+            hits += int((answers.numpy() == ids[labels[start : start + 64]]).sum())
+        accuracy = hits / len(first)
+        assert len(first) == 1797 and accuracy >= 0.95, polarity
+        for form in forms:  # the recorded number is what this checkpoint actually gets
+            assert accuracy == pytest.approx(record["user_arrays_object_accuracy"][form]), form
 
 
 @pytest.fixture(scope="module")

@@ -466,7 +466,9 @@ def register_attention() -> None:
     """
     from transformers import AttentionInterface
 
-    AttentionInterface.register(ATTENTION_NAME, image_ablation_attention)
+    # Dynamo never traces it (compile_layers compiles the layers around it): its kernel
+    # calls and row counts change with every batch.
+    AttentionInterface.register(ATTENTION_NAME, torch.compiler.disable(image_ablation_attention))
 
 
 @contextlib.contextmanager
@@ -532,9 +534,10 @@ class AblationEngine:
             kernels merged by log-sum-exp, :func:`_fused_attention`) or ``"eager"`` (the
             ``[q * keep, q * ~keep]`` matmuls). Per-position masks and
             :meth:`gate_gradients` always take the eager path.
-        compile_layers: ``torch.compile`` each decoder layer's MLP for the suffix runs
-            (the attention stays uncompiled: its row counts change with every batch);
-            True = the default backend ("inductor"), or a backend's name.
+        compile_layers: ``torch.compile`` each decoder layer for the suffix runs (norms,
+            projections, rotary embedding, MLP; the engine's attention function is a graph
+            break: its row counts change with every batch); True = the default backend
+            ("inductor"), or a backend's name. The first batch pays the compilation.
 
     Attributes:
         target: the target token id.
@@ -888,20 +891,20 @@ class AblationEngine:
 
     @contextlib.contextmanager
     def _suffix_modules(self) -> Iterator[None]:
-        """HF modules and the engine's attention in place; MLPs compiled with ``compile_layers``."""
+        """HF modules and the engine's attention in place; layers compiled if ``compile_layers``."""
         with hf_modules(self.model, ATTENTION_NAME):
             if not self.compile_layers:
                 yield
                 return
-            layers = list(self.model.family.decoder.layers)  # the HF layers while swapped
-            mlps = [layer.mlp for layer in layers]
+            layers = self.model.family.decoder.layers  # the HF layers while swapped
+            originals = list(layers)
             try:
-                for layer, mlp in zip(layers, mlps, strict=True):
-                    layer.mlp = _compiled(mlp, self.compile_layers)
+                for i, layer in enumerate(originals):
+                    layers[i] = _compiled(layer, self.compile_layers)
                 yield
             finally:
-                for layer, mlp in zip(layers, mlps, strict=True):
-                    layer.mlp = mlp
+                for i, layer in enumerate(originals):
+                    layers[i] = layer
 
     def _run_text(
         self, keep: Masks | Gates, vocab: Int[Tensor, " n_vocab"] | None = None
