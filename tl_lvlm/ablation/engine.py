@@ -120,6 +120,14 @@ class SharedPrefix:
     image: slice | Int[Tensor, " n_image"]
 
 
+def to_device(t: Tensor, device: torch.device) -> Tensor:
+    """``t`` on ``device`` without waiting for it: host tensors bound for CUDA go through
+    pinned memory, so the copy is queued behind the running kernels instead of syncing."""
+    if device.type == "cuda" and t.device.type == "cpu":
+        t = t.pin_memory()
+    return t.to(device, non_blocking=True)
+
+
 @dataclass
 class Routing:
     """Which key/value set each suffix query row of the fused path reads, and where it goes.
@@ -158,7 +166,7 @@ class Routing:
         ]
         n_rows = b * g * suffix  # per KV head
         positions = torch.arange(n_rows)
-        move = functools.partial(torch.Tensor.to, device=device, non_blocking=True)
+        move = functools.partial(to_device, device=torch.device(device))
         gather, inverse, segments = [None], [None], [[]]
         for layer in range(1, n_layers):
             kept = heads[layer]
@@ -923,7 +931,7 @@ class AblationEngine:
         if self.attention == "fused" and keep.dtype == torch.bool and per_position == 1:
             # From the host copy of the masks: no device sync for the row counts.
             routing = Routing.of(keep.cpu().transpose(0, 1), n_kv, self.suffix_len, self.device)
-        state = SuffixState(self.prefix, layout.to(self.device, non_blocking=True), routing)
+        state = SuffixState(self.prefix, to_device(layout, self.device), routing)
         family = self.model.family
         hidden = family.decoder(
             input_ids=self._ids[:, self.prefix_len :].expand(b, -1),
