@@ -550,8 +550,10 @@ class AblationEngine:
     Attributes:
         target: the target token id.
         clean_logit: the target's logit at the final position of the clean run
-            (``model(sample)``); ``run`` on the all-kept mask reproduces it.
-        clean_logits: ``[d_vocab]`` final-position logits of the clean run.
+            (``model(sample)``; with scope ``"text"`` through the HF modules, like the
+            masked runs, in the same forward that caches the prefix); ``run`` on the
+            all-kept mask reproduces it.
+        clean_logits: ``[d_vocab]`` fp32 final-position logits of the clean run.
         metric: the resolved :class:`~tl_lvlm.ablation.metric.Metric`.
         foil: the foil token id, or None.
         clean_value: the metric of the clean run (``clean_logit`` for ``"logit"``).
@@ -595,8 +597,21 @@ class AblationEngine:
         self.device = model.device
         self.sample = sample.to(self.device)
         self.baseline = baseline.to(self.device, self.dtype)
-        with torch.no_grad():
-            self.clean_logits = model.final_logits(self.sample)[0].cpu()
+        self._pad = self.sample.padding(0)
+        self._ids = self.sample.input_ids[:, self._pad :]  # [1, seq]
+        #: Position ids of the unpadded prompt, ``[..., 1, seq]`` (the family's layout).
+        self._positions = model.family.position_ids(self.sample)[..., self._pad :]
+        self.image_start, self.prefix_len = baseline.image_span
+        self.suffix_len = self._ids.shape[1] - self.prefix_len
+        if scope == "text":
+            self._check_suffix_attention()
+            # The clean run takes the masked runs' path (HF modules) and leaves the prefix's
+            # keys and values in its cache: one forward for both.
+            self.clean_logits, self.prefix = self._clean_run()
+        else:
+            with torch.no_grad():
+                self.clean_logits = model.final_logits(self.sample)[0].cpu()
+            self.prefix = None
         vocab = self.clean_logits.shape[0]
         if target is None:
             target = int(self.clean_logits.argmax())
@@ -614,18 +629,6 @@ class AblationEngine:
         #: Token ids whose logits the runs compute (None = all, reduced on the device).
         self._vocab = None if ids is None else torch.tensor(ids, device=self.device)
 
-        self._pad = self.sample.padding(0)
-        self._ids = self.sample.input_ids[:, self._pad :]  # [1, seq]
-        #: Position ids of the unpadded prompt, ``[..., 1, seq]`` (the family's layout).
-        self._positions = model.family.position_ids(self.sample)[..., self._pad :]
-        self.image_start, self.prefix_len = baseline.image_span
-        self.suffix_len = self._ids.shape[1] - self.prefix_len
-        if scope == "text":
-            self._check_suffix_attention()
-            self.prefix = self._build_prefix()
-        else:
-            self.prefix = None
-
     def _check_suffix_attention(self) -> None:
         """Refuse what :func:`image_ablation_attention` does not implement (it never guesses)."""
         self.model.family.check_engine(self._ids.shape[1])
@@ -635,23 +638,27 @@ class AblationEngine:
         return self.baseline.n_image
 
     @torch.no_grad()
-    def _build_prefix(self) -> SharedPrefix:
-        """Run the prefix once; rotate the baseline keys to the image positions."""
+    def _clean_run(self) -> tuple[Float[Tensor, " d_vocab"], SharedPrefix]:
+        """The unpadded prompt once through the HF modules: its fp32 final-position logits
+        (host) and the prefix's keys and values, the baseline keys rotated to the image
+        positions."""
         family = self.model.family
-        positions = self._positions[..., : self.prefix_len]
         with hf_modules(self.model):
             out = self.model.hf_model.model(
-                input_ids=self._ids[:, : self.prefix_len],
-                position_ids=positions,
+                input_ids=self._ids,
+                position_ids=self._positions,
                 use_cache=True,
-                **family.prefix_inputs(self.sample, self.prefix_len),
+                **family.prefix_inputs(self.sample, self._ids.shape[1]),
             )
+        logits = family.final_logits(out.last_hidden_state[:, -1])[0].cpu()
         # A layer that shares K/V reads (and caches nothing but a placeholder for) another's.
         cache = [
             out.past_key_values.layers[family.kv_source(i)] for i in range(self.model.n_layers)
         ]
-        k = torch.stack([layer.keys[0] for layer in cache])  # [n_layers, n_kv, prefix, d]
-        v = torch.stack([layer.values[0] for layer in cache])
+        n = self.prefix_len
+        k = torch.stack([layer.keys[0, :, :n] for layer in cache])  # [n_layers, n_kv, prefix, d]
+        v = torch.stack([layer.values[0, :, :n] for layer in cache])
+        positions = self._positions[..., :n]
         image = slice(self.image_start, self.prefix_len)
         if self.prefix_len - self.image_start != self.n_image:  # interleaved with markers
             image = self.sample.positions("image", 0) - self._pad
@@ -666,7 +673,7 @@ class AblationEngine:
         )
         k_alt, v_alt = k.clone(), v.clone()
         k_alt[:, :, image], v_alt[:, :, image] = k_base, self.baseline.v
-        return SharedPrefix(torch.cat([k, k_alt], -1), torch.cat([v, v_alt], -1), image)
+        return logits, SharedPrefix(torch.cat([k, k_alt], -1), torch.cat([v, v_alt], -1), image)
 
     def check_masks(self, masks: Tensor | np.ndarray) -> Masks:
         """Validate ``masks`` (as :func:`~tl_lvlm.ablation.check_keep`); return a bool tensor."""
