@@ -319,8 +319,6 @@ OP_GROUPS = {
 def child_profile(args: argparse.Namespace) -> dict:
     from torch.profiler import ProfilerActivity, profile
 
-    from tl_lvlm.ablation.engine import _attention_with_lse
-
     model = load_model(args)
     sample, baseline, masks = setup(args, model)
     engine = AblationEngine(model, sample, baseline)
@@ -339,8 +337,25 @@ def child_profile(args: argparse.Namespace) -> dict:
 
     d, prefix = model.d_head, engine.prefix_len
     rows = batch * engine.suffix_len * (model.n_heads // model.n_kv_heads)
-    q, k, v = (torch.randn(1, 1, n, d, dtype=model.dtype) for n in (rows, prefix, prefix))
-    scale = d**-0.5
+    kernel = {
+        d_head: attention_kernel(rows, prefix, d_head, model.dtype) for d_head in (d, 64, 128)
+    }
+    return {
+        "batch_size": batch,
+        "n_masks": len(keep),
+        "op_time_share": {g: us / total_us for g, us in groups.items()},
+        "top_ops_share": {name: us / total_us for name, us in top},
+        "attention_kernel": kernel[d],
+        "attention_kernel_by_d_head": kernel,
+    }
+
+
+def attention_kernel(rows: int, keys: int, d_head: int, dtype: torch.dtype) -> dict:
+    """The engine's fused attention kernel alone: ``rows`` queries against ``keys`` keys."""
+    from tl_lvlm.ablation.engine import _attention_with_lse
+
+    q, k, v = (torch.randn(1, 1, n, d_head, dtype=dtype) for n in (rows, keys, keys))
+    scale = d_head**-0.5
     _attention_with_lse(q, k, v, scale, causal=False)
     best = float("inf")
     for _ in range(5):
@@ -349,17 +364,11 @@ def child_profile(args: argparse.Namespace) -> dict:
             _attention_with_lse(q, k, v, scale, causal=False)
         best = min(best, (time.perf_counter() - t0) / 10)
     return {
-        "batch_size": batch,
-        "n_masks": len(keep),
-        "op_time_share": {g: us / total_us for g, us in groups.items()},
-        "top_ops_share": {name: us / total_us for name, us in top},
-        "attention_kernel": {
-            "rows": rows,
-            "keys": prefix,
-            "d_head": d,
-            "flops": 4 * rows * prefix * d / best,
-            "ns_per_score": best * 1e9 / (rows * prefix),
-        },
+        "rows": rows,
+        "keys": keys,
+        "d_head": d_head,
+        "flops": 4 * rows * keys * d_head / best,
+        "ns_per_score": best * 1e9 / (rows * keys),
     }
 
 
@@ -593,8 +602,12 @@ def _profile_summary(profile: dict | None, peak: float) -> dict | None:
     """The profile child's shares, and its attention kernel's FLOP/s as a fraction of ``peak``."""
     if profile is None:
         return None
-    kernel = profile["attention_kernel"]
-    return {**profile, "attention_kernel_fraction_of_matmul_peak": kernel["flops"] / peak}
+    by_d_head = {d: k["flops"] / peak for d, k in profile["attention_kernel_by_d_head"].items()}
+    return {
+        **profile,
+        "attention_kernel_fraction_of_matmul_peak": profile["attention_kernel"]["flops"] / peak,
+        "attention_kernel_fraction_of_matmul_peak_by_d_head": by_d_head,
+    }
 
 
 def report(r: dict) -> None:
@@ -626,7 +639,13 @@ def report(r: dict) -> None:
             f"  fused attention kernel alone ({kernel['rows']} rows x {kernel['keys']} keys, "
             f"d_head {kernel['d_head']}): {kernel['flops'] / 1e9:.1f} GFLOP/s = "
             f"{r['profile']['attention_kernel_fraction_of_matmul_peak']:.1%} of the matmul peak, "
-            f"{kernel['ns_per_score']:.2f} ns per score"
+            f"{kernel['ns_per_score']:.2f} ns per score; at d_head "
+            + ", ".join(
+                f"{d}: {f:.0%}"
+                for d, f in r["profile"][
+                    "attention_kernel_fraction_of_matmul_peak_by_d_head"
+                ].items()
+            )
         )
     sweep = r["batch_sweep"]
     print(
