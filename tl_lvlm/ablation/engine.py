@@ -160,10 +160,9 @@ class Routing:
         heads = (
             keep.reshape(n_layers, b, n_kv, g).permute(0, 2, 1, 3).reshape(n_layers, n_kv, b * g)
         )
-        units = torch.arange(b * g)
-        unit_rows = (units // g * suffix * n_heads + units % g)[None] + g * torch.arange(n_kv)[
-            :, None
-        ]
+        # The first query's row of unit (mask, query head in group) of each KV head.
+        units, kv_heads = torch.arange(b * g), torch.arange(n_kv)[:, None]
+        unit_rows = units // g * suffix * n_heads + units % g + g * kv_heads
         n_rows = b * g * suffix  # per KV head
         positions = torch.arange(n_rows)
         move = functools.partial(to_device, device=torch.device(device))
