@@ -85,8 +85,9 @@ if TYPE_CHECKING:
     from tl_lvlm.model import HookedLVLM
 
 #: Default largest batch on CPU, fused path: the fastest measured
-#: (``benchmarks/ablation_throughput.py``'s batch sweep; from 128 on within noise).
-CPU_MAX_BATCH = 128
+#: (``benchmarks/ablation_throughput.py``'s batch sweep: 512 a few percent above 256 and
+#: 5-10 % above 128; the fixed cost per batch, layer 0 and the routing, is spread wider).
+CPU_MAX_BATCH = 512
 #: ... and on the eager paths, whose ``[rows, prefix + suffix]`` scores outgrow the cache
 #: and, above 32 masks, glibc's largest heap-served chunk (32 MiB), so they are mmapped
 #: and page-faulted anew on every use (measured: about 1,050 minor faults per mask).
