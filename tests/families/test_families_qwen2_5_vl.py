@@ -12,6 +12,7 @@ import pytest
 import torch
 from tiny_families import (
     check_own_keys_reproduce_the_clean_run,
+    check_suffix_positions_follow_the_rope_delta,
     family_model,
     family_path,
     greedy_image_attribution,
@@ -91,34 +92,7 @@ def test_suffix_positions_continue_after_the_image_with_the_rope_delta(model):
     """M-RoPE by its definition: text counts up; the image's tokens take (start, start + row,
     start + col); the text after it resumes at start + max(rows, cols), i.e. HF's rope delta."""
     inputs = model.prepare(sized_images((28, 40), (28, 28)), QUESTIONS)
-    positions = model.family.position_ids(inputs)
-    for r in range(2):
-        pad = inputs.padding(r)
-        start, end = (s - pad for s in inputs.image_span(r))
-        n = inputs.seq_len - pad
-        _, h, w = (
-            int(x) // m for x, m in zip(inputs.extra["image_grid_thw"][r], (1, 2, 2), strict=True)
-        )
-        rows, cols = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
-        image = torch.stack([torch.zeros(h * w, dtype=torch.long), rows.flatten(), cols.flatten()])
-        after = torch.arange(n - end) + start + max(h, w)
-        expected = torch.cat(
-            [torch.arange(start).expand(3, -1), image + start, after.expand(3, -1)], dim=1
-        )
-        assert torch.equal(positions[:, r, pad:], expected)
-    # The engine's suffix run: the sample's ids cut after the image = arange + rope delta.
-    sample = inputs[0]
-    _, delta = model.hf_model.model.get_rope_index(
-        sample.input_ids,
-        mm_token_type_ids=sample.extra["mm_token_type_ids"],
-        image_grid_thw=sample.extra["image_grid_thw"],
-        attention_mask=sample.attention_mask,
-    )
-    pad, (_, end) = sample.padding(0), sample.image_span(0)
-    suffix = model.family.position_ids(sample)[:, 0, end:]
-    assert torch.equal(
-        suffix, (torch.arange(end - pad, sample.seq_len - pad) + delta[0]).expand(3, -1)
-    )
+    check_suffix_positions_follow_the_rope_delta(model, inputs)
 
 
 def test_bridge_is_booted_without_the_torchvision_check_only_while_loading(model):

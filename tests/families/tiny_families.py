@@ -188,3 +188,38 @@ def check_own_keys_reproduce_the_clean_run(model: HookedLVLM, sample, scope: str
     assert abs(float(engine.run(keep)[0]) - engine.clean_logit) <= 1e-4
     zero = AblationEngine(model, sample, image_kv_baseline(model, sample, "zero"), scope=scope)
     assert abs(float(zero.run(keep)[0]) - zero.clean_logit) > 1e-3
+
+
+def check_suffix_positions_follow_the_rope_delta(model: HookedLVLM, inputs) -> None:
+    """M-RoPE by its definition (Qwen2.5-VL, Qwen3-VL): text counts up; the image's tokens
+    take (start, start + row, start + col); the text after it resumes at start + max(rows,
+    cols), i.e. HF's rope delta, which the engine's suffix run cuts (``inputs``: two rows,
+    the second left-padded)."""
+    positions = model.family.position_ids(inputs)
+    for r in range(2):
+        pad = inputs.padding(r)
+        start, end = (s - pad for s in inputs.image_span(r))
+        n = inputs.seq_len - pad
+        _, h, w = (
+            int(x) // m for x, m in zip(inputs.extra["image_grid_thw"][r], (1, 2, 2), strict=True)
+        )
+        rows, cols = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+        image = torch.stack([torch.zeros(h * w, dtype=torch.long), rows.flatten(), cols.flatten()])
+        after = torch.arange(n - end) + start + max(h, w)
+        expected = torch.cat(
+            [torch.arange(start).expand(3, -1), image + start, after.expand(3, -1)], dim=1
+        )
+        assert torch.equal(positions[:, r, pad:], expected)
+    # The engine's suffix run: the sample's ids cut after the image = arange + rope delta.
+    sample = inputs[0]
+    _, delta = model.hf_model.model.get_rope_index(
+        sample.input_ids,
+        mm_token_type_ids=sample.extra["mm_token_type_ids"],
+        image_grid_thw=sample.extra["image_grid_thw"],
+        attention_mask=sample.attention_mask,
+    )
+    pad, (_, end) = sample.padding(0), sample.image_span(0)
+    suffix = model.family.position_ids(sample)[:, 0, end:]
+    assert torch.equal(
+        suffix, (torch.arange(end - pad, sample.seq_len - pad) + delta[0]).expand(3, -1)
+    )
