@@ -19,9 +19,10 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(BIN)/tl-lvlm --threads 1 demo --out $(OUT)/demo
 
-# One worker per CPU (pytest-xdist), whole test files per worker so module fixtures are built once.
+# One worker per CPU (pytest-xdist; at most 4, each holds its own models), whole test files
+# per worker so that module fixtures are built once.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n logical --dist loadfile
+	$(BIN)/python -m pytest -q -n logical --maxprocesses 4 --dist loadfile
 
 lint: $(STAMP)
 	$(BIN)/ruff format --check .
