@@ -45,22 +45,24 @@ def test_causal_attention_sees_keys_up_to_its_own_position():
 
 def test_routing_segments_hold_each_kv_heads_kept_and_ablated_rows():
     """Brute force: segment (kv, ablated) holds exactly the query rows of KV head kv's query
-    heads whose mask says so, in HF's ``[batch, suffix, n_heads]`` row order, padded to whole
-    blocks of rows; ``inverse`` finds every row; layer 0 is not routed."""
-    b, n_layers, n_heads, n_kv, s = 3, 3, 4, 2, 5
+    heads whose mask says so, in HF's ``[batch, queries, n_heads]`` row order, padded to whole
+    blocks of rows; ``inverse`` finds every row; layer 0 is not routed, and the last layer
+    routes the final query only."""
+    b, n_layers, n_heads, n_kv, s = 3, 4, 4, 2, 5
     keep = torch.rand(n_layers, b, n_heads, generator=torch.Generator().manual_seed(0)) > 0.5
     keep[1, :, :2] = True  # KV head 0 of layer 1 has no ablated rows
+    keep[3, :, 2:] = False  # KV head 1 of the last layer has no kept rows
     routing = Routing.of(keep, n_kv, s, torch.device("cpu"))
     assert routing.gather[0] is None and routing.segments[0] == []
-    for layer in (1, 2):
+    for layer, queries in ((1, s), (2, s), (3, 1)):
         gather, inverse = routing.gather[layer], routing.inverse[layer]
-        assert (gather[inverse] == torch.arange(b * s * n_heads)).all()
+        assert (gather[inverse] == torch.arange(b * queries * n_heads)).all()
         seen = set()
         for kv, ablated, start, length in routing.segments[layer]:
             want = {
-                (i * s + t) * n_heads + h
+                (i * queries + t) * n_heads + h
                 for i in range(b)
-                for t in range(s)
+                for t in range(queries)
                 for h in range(kv * 2, kv * 2 + 2)
                 if bool(keep[layer, i, h]) != ablated
             }
@@ -69,7 +71,8 @@ def test_routing_segments_hold_each_kv_heads_kept_and_ablated_rows():
             found = inverse[sorted(want)]
             assert ((found >= start) & (found < start + len(want))).all()
             seen.add((kv, ablated))
-        assert (0, True) not in seen if layer == 1 else len(seen) == 2 * n_kv
+        missing = {1: (0, True), 3: (1, False)}.get(layer)
+        assert seen == {(kv, a) for kv in range(n_kv) for a in (False, True)} - {missing}
 
 
 @pytest.mark.parametrize("fill", [True, False], ids=["all-kept", "all-ablated"])

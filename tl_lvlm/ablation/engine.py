@@ -154,47 +154,62 @@ class Routing:
     def of(
         cls, keep: Bool[Tensor, "n_layers batch n_heads"], n_kv: int, suffix: int, device
     ) -> Routing:
-        """The routing of per-head bool masks ``keep`` (host) for ``suffix`` queries per head."""
+        """The routing of per-head bool masks ``keep`` (host) for ``suffix`` queries per head.
+
+        The last layer routes the final query only (``suffix`` = 1 there): the metric reads
+        the final position alone, and the last layer's other outputs feed nothing.
+        """
         n_layers, b, n_heads = keep.shape
         g = n_heads // n_kv
-        # Rows of KV head kv in (mask, query head in group, query) order, sorted kept-first.
+        # Units of KV head kv in (mask, query head in group) order.
         heads = (
             keep.reshape(n_layers, b, n_kv, g).permute(0, 2, 1, 3).reshape(n_layers, n_kv, b * g)
         )
-        # The first query's row of unit (mask, query head in group) of each KV head.
-        units, kv_heads = torch.arange(b * g), torch.arange(n_kv)[:, None]
-        unit_rows = units // g * suffix * n_heads + units % g + g * kv_heads
-        n_rows = b * g * suffix  # per KV head
-        positions = torch.arange(n_rows)
         move = functools.partial(to_device, device=torch.device(device))
         gather, inverse, segments = [None], [None], [[]]
         for layer in range(1, n_layers):
-            kept = heads[layer]
-            order = torch.argsort((~kept).to(torch.int8), dim=-1, stable=True)
-            source = torch.gather(unit_rows, 1, order)[..., None] + n_heads * torch.arange(suffix)
-            source = source.reshape(n_kv, -1)
-            n_keep = (kept.sum(-1) * suffix).tolist()
-            seg_starts, layer_segments, start = [], [], 0
-            for kv, n in enumerate(n_keep):
-                for ablated, length in ((False, n), (True, n_rows - n)):
-                    seg_starts.append(start)
-                    padded = length + -length % _ROW_PAD
-                    if length:
-                        layer_segments.append((kv, ablated, start, padded))
-                    start += padded
-            kept_start, ablated_start = torch.tensor(seg_starts).view(n_kv, 2, 1).unbind(1)
-            n_kept = torch.tensor(n_keep)[:, None]
-            dest = torch.where(
-                positions < n_kept, kept_start + positions, ablated_start + positions - n_kept
-            )
-            layer_gather = torch.zeros(start, dtype=torch.int64)
-            layer_gather[dest.reshape(-1)] = source.reshape(-1)
-            layer_inverse = torch.empty(b * n_heads * suffix, dtype=torch.int64)
-            layer_inverse[source.reshape(-1)] = dest.reshape(-1)
+            queries = suffix if layer < n_layers - 1 else 1
+            layer_gather, layer_inverse, layer_segments = cls._layer(heads[layer], n_heads, queries)
             gather.append(move(layer_gather))
             inverse.append(move(layer_inverse))
             segments.append(layer_segments)
         return cls(gather, inverse, segments)
+
+    @staticmethod
+    def _layer(
+        kept: Bool[Tensor, "n_kv units"], n_heads: int, queries: int
+    ) -> tuple[Int[Tensor, " _"], Int[Tensor, " _"], list[tuple[int, bool, int, int]]]:
+        """One layer's gather, inverse and segments for ``queries`` query rows per unit."""
+        n_kv, n_units = kept.shape
+        g = n_heads // n_kv
+        # The first query's row of unit (mask, query head in group) of each KV head.
+        units, kv_heads = torch.arange(n_units), torch.arange(n_kv)[:, None]
+        unit_rows = units // g * queries * n_heads + units % g + g * kv_heads
+        n_rows = n_units * queries  # per KV head
+        positions = torch.arange(n_rows)
+        # Rows sorted kept-first.
+        order = torch.argsort((~kept).to(torch.int8), dim=-1, stable=True)
+        source = torch.gather(unit_rows, 1, order)[..., None] + n_heads * torch.arange(queries)
+        source = source.reshape(n_kv, -1)
+        n_keep = (kept.sum(-1) * queries).tolist()
+        seg_starts, segments, start = [], [], 0
+        for kv, n in enumerate(n_keep):
+            for ablated, length in ((False, n), (True, n_rows - n)):
+                seg_starts.append(start)
+                padded = length + -length % _ROW_PAD
+                if length:
+                    segments.append((kv, ablated, start, padded))
+                start += padded
+        kept_start, ablated_start = torch.tensor(seg_starts).view(n_kv, 2, 1).unbind(1)
+        n_kept = torch.tensor(n_keep)[:, None]
+        dest = torch.where(
+            positions < n_kept, kept_start + positions, ablated_start + positions - n_kept
+        )
+        gather = torch.zeros(start, dtype=torch.int64)
+        gather[dest.reshape(-1)] = source.reshape(-1)
+        inverse = torch.empty(n_units * n_kv * queries, dtype=torch.int64)
+        inverse[source.reshape(-1)] = dest.reshape(-1)
+        return gather, inverse, segments
 
 
 @dataclass
@@ -320,8 +335,13 @@ def _fused_attention(
         )  # fmt: skip
         picked = keep.permute(1, 3, 0, 2, 4).reshape(b, 1, n_heads, 1)
         return torch.where(picked, clean, base).to(query.dtype)
+    # The last layer's outputs feed only the final position's logits (:meth:`Routing.of`).
+    last = layer == prefix.k.shape[0] - 1
+    if last:
+        query = query[:, :, -1:]
+    q_len = query.shape[2]
     # A view for HF's query layout (a copy for any other).
-    rows = query.transpose(1, 2).reshape(b * s * n_heads, d).index_select(0, routing.gather[layer])
+    rows = query.transpose(1, 2).reshape(-1, d).index_select(0, routing.gather[layer])
     out = rows.new_empty(rows.shape)
     lse = rows.new_empty(rows.shape[0], dtype=torch.float32)
     for kv, ablated, start, length in routing.segments[layer]:
@@ -332,10 +352,17 @@ def _fused_attention(
         )  # fmt: skip
         out[start : start + length], lse[start : start + length] = o[0, 0], part_lse[0, 0]
     inverse = routing.inverse[layer]
-    out = out.index_select(0, inverse).view(b, s, n_heads, d)
-    lse = lse.index_select(0, inverse).view(b, s, n_heads)
-    out_s, lse_s = _attention_with_lse(query, key, value, scaling, causal=True)
-    return _merge(out, lse, out_s.transpose(1, 2), lse_s.transpose(1, 2)).to(query.dtype)
+    out = out.index_select(0, inverse).view(b, q_len, n_heads, d)
+    lse = lse.index_select(0, inverse).view(b, q_len, n_heads)
+    # The final query sees every suffix key: causal alignment only with the whole suffix.
+    out_s, lse_s = _attention_with_lse(query, key, value, scaling, causal=not last)
+    merged = _merge(out, lse, out_s.transpose(1, 2), lse_s.transpose(1, 2)).to(query.dtype)
+    if not last:
+        return merged
+    # Zeros at the positions whose outputs nothing reads.
+    full = merged.new_zeros(b, s, n_heads, d)
+    full[:, -1:] = merged
+    return full
 
 
 def image_ablation_attention(
