@@ -113,3 +113,41 @@ def test_a_masks_logit_does_not_depend_on_its_batch(tiny_gqa, make_setup, attent
     reference = engine.run(masks, batch_size=96)
     for batch in (1, 2, 5, 8, 23, 40):
         assert torch.equal(engine.run(masks, batch_size=batch), reference), batch
+
+
+def _layer0_outputs(engine, masks) -> list[torch.Tensor]:
+    """Layer 0's attention-module outputs (the HF module's forward) during ``engine.run``."""
+    outputs = []
+    module = engine.model.family.attention(0)
+    hook = module.register_forward_hook(lambda m, args, out: outputs.append(out[0].clone()))
+    try:
+        engine.run(masks, batch_size=masks.shape[0])
+    finally:
+        hook.remove()
+    return outputs
+
+
+def test_first_layer_basis_gives_the_attention_modules_outputs(tiny_gqa, make_setup):
+    """The fused path's layer-0 stand-in against the HF module run by the eager path."""
+    setup = make_setup(tiny_gqa)
+    sample = setup.inputs[0]
+    masks = torch.rand(12, tiny_gqa.n_layers, tiny_gqa.n_heads) > 0.5
+    eager = AblationEngine(tiny_gqa, sample, setup.baseline, attention="eager")
+    (want,) = _layer0_outputs(eager, masks)
+    fused = AblationEngine(tiny_gqa, sample, setup.baseline)
+    # The module runs once, for the basis; the masks' batch never reaches it.
+    (basis_run,) = _layer0_outputs(fused, masks)
+    assert basis_run.shape[0] == tiny_gqa.n_heads + 1
+    got = fused._first_layer_basis().outputs(masks[:, 0], want.dtype)
+    assert (got - want).abs().max() <= 1e-5
+    assert (want[1:] - want[0]).abs().max() > 1e-3  # the masks do change layer 0's output
+
+
+def test_layer_0_runs_where_a_later_layer_reads_its_keys_and_values(
+    tiny_gqa, make_setup, monkeypatch
+):
+    setup = make_setup(tiny_gqa)
+    engine = AblationEngine(tiny_gqa, setup.inputs[0], setup.baseline)
+    monkeypatch.setattr(type(tiny_gqa.family), "kv_source", lambda self, layer: 0)
+    masks = torch.rand(5, tiny_gqa.n_layers, tiny_gqa.n_heads) > 0.5
+    assert [out.shape[0] for out in _layer0_outputs(engine, masks)] == [5]

@@ -28,12 +28,20 @@ take a fused path by default (``attention="fused"``, :func:`_fused_attention`): 
 KV head the rows are sorted into kept and ablated, each set attends to its own
 prefix half in one fused kernel call (CPU flash attention, CUDA FlashAttention or
 memory-efficient attention) that also returns each row's log-sum-exp, and the
-causal suffix part is merged in by log-sum-exp. The first decoder layer's input is
-the suffix's token embeddings, the same for every mask, so its queries, keys and
-values are too: there each head's output is computed once with the clean and once
-with the baseline prefix, and each mask picks its own per head (one mask's work
-instead of a batch's). Gates (gradients) and per-position masks stay on the eager
-path.
+causal suffix part is merged in by log-sum-exp. Two layers do less on that path:
+
+- The first decoder layer's input is the suffix's token embeddings, the same for
+  every mask, so each head's attention output is one of two vectors (clean or
+  baseline prefix), and the attention module's output, affine in them, is
+  ``base + keep @ delta`` (:class:`FirstLayerBasis`, measured once per sample from
+  ``n_heads + 1`` masks). A stand-in module (:class:`FirstLayerAttention`) returns it,
+  so no mask's batch computes layer 0's queries, keys, values or attention. Not
+  where a later layer reads layer 0's keys and values (K/V sharing).
+- The metric reads the final position only, and the last layer's outputs elsewhere
+  feed nothing, so that layer attends from the final query alone (its keys and
+  values still come from every suffix position).
+
+Gates (gradients) and per-position masks stay on the eager path.
 
 Why the original modules are swapped back. The TransformerLens bridge replaces
 the HF model's submodules in place (``layers[i]`` is a ``BlockBridge``,
@@ -228,6 +236,77 @@ class SuffixState:
         | Float[Tensor, "n_layers n_kv_heads batch group 1 1"]
     )
     routing: Routing | None = None
+    first_layer: FirstLayerBasis | None = None
+
+
+@dataclass
+class FirstLayerBasis:
+    """Layer 0's attention-module output per mask, from one sample's basis (fused path).
+
+    Layer 0's input is the suffix's token embeddings, the same for every mask, so each
+    head's attention output is one of two vectors (clean or baseline prefix), and the
+    module's output (``o_proj`` of their concatenation: affine in it) is
+    ``base + keep @ delta`` for a mask's layer-0 ``keep`` ``[n_heads]`` in {0, 1}:
+    ``base`` is the output with every head ablated, ``delta[h]`` what keeping head h adds.
+    """
+
+    base: Float[Tensor, " suffix_d_model"]  # fp32
+    delta: Float[Tensor, "n_heads suffix_d_model"]  # fp32
+    shape: tuple[int, int]  # (suffix, d_model)
+
+    @staticmethod
+    def masks(n_layers: int, n_heads: int) -> Bool[Tensor, "n_basis n_layers n_heads"]:
+        """The masks whose layer-0 outputs make the basis: none kept, then each head alone."""
+        keep = torch.ones(n_heads + 1, n_layers, n_heads, dtype=torch.bool)
+        keep[0, 0] = False
+        keep[1:, 0] = torch.eye(n_heads, dtype=torch.bool)
+        return keep
+
+    @classmethod
+    def of(cls, outputs: Float[Tensor, "n_basis suffix d_model"]) -> FirstLayerBasis:
+        """From the layer-0 attention outputs of :meth:`masks`."""
+        flat = outputs.float().flatten(1)
+        return cls(flat[0], flat[1:] - flat[0], tuple(outputs.shape[1:]))
+
+    def outputs(self, keep: Bool[Tensor, "batch n_heads"], dtype: torch.dtype):
+        """``[batch, suffix, d_model]`` layer-0 attention outputs of masks ``keep``.
+
+        A sum over heads in a fixed order, not a matrix product: BLAS blocks the latter by
+        the number of rows, so a mask's output would round differently with its batch.
+        Each step adds ``delta[h]`` or exactly zero.
+        """
+        keep = keep.to(self.delta.dtype)
+        out = self.base.expand(keep.shape[0], -1).clone()
+        for head, delta in enumerate(self.delta):
+            out.addcmul_(keep[:, head, None], delta)
+        return out.view(keep.shape[0], *self.shape).to(dtype)
+
+
+class FirstLayerAttention(torch.nn.Module):
+    """Stands in for layer 0's attention module while the engine runs: on the fused path
+    (a state with a :class:`FirstLayerBasis`) it returns the basis's outputs instead of
+    computing queries, keys, values and attention for every mask; otherwise the module's."""
+
+    def __init__(self, original: torch.nn.Module):
+        super().__init__()
+        self.original = original
+
+    # Opaque to dynamo (compile_layers): the basis and masks change with every call.
+    @torch.compiler.disable
+    def forward(self, *args, **kwargs):
+        state: SuffixState | None = kwargs.get(STATE_KWARG)
+        if state is None or state.first_layer is None:
+            return self.original(*args, **kwargs)
+        hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+        keep = state.keep[0]  # [n_kv, b, g, 1, 1]
+        keep = keep.transpose(0, 1).reshape(keep.shape[1], -1)
+        return state.first_layer.outputs(keep, hidden.dtype), None
+
+
+@functools.cache
+def _first_layer_attention(module: torch.nn.Module) -> FirstLayerAttention:
+    """One stand-in per attention module, so that compiled layers see the same object."""
+    return FirstLayerAttention(module)
 
 
 def _attention_with_lse(
@@ -313,7 +392,8 @@ def _fused_attention(
     The suffix part (causal, per mask) is a second fused call, merged with the prefix
     part by log-sum-exp (:func:`_merge`). Layer 0 sees the suffix's input ids, the same
     for every mask, so there each head's output is computed once against each prefix and
-    picked per mask.
+    picked per mask (the masks' batches skip it: :class:`FirstLayerBasis`). The last
+    layer computes the final query's output only and leaves zeros elsewhere.
     """
     b, n_heads, s, d = query.shape
     k2, v2 = prefix.k[layer], prefix.v[layer]  # [n_kv, prefix, 2 * d]
@@ -652,6 +732,7 @@ class AblationEngine:
         self.foil = None if foil is None else int(foil)
         self.clean_logit = float(self.clean_logits[self.target])
         self.clean_value = float(self._measure(self.clean_logits[None], None)[0])
+        self._basis: FirstLayerBasis | None = None
         ids = metric.vocab(self.target, self.foil)
         #: Token ids whose logits the runs compute (None = all, reduced on the device).
         self._vocab = None if ids is None else torch.tensor(ids, device=self.device)
@@ -934,7 +1015,7 @@ class AblationEngine:
     @contextlib.contextmanager
     def _suffix_modules(self) -> Iterator[None]:
         """HF modules and the engine's attention in place; layers compiled if ``compile_layers``."""
-        with hf_modules(self.model, ATTENTION_NAME):
+        with hf_modules(self.model, ATTENTION_NAME), self._first_layer_stand_in():
             if not self.compile_layers:
                 yield
                 return
@@ -948,13 +1029,57 @@ class AblationEngine:
                 for i, layer in enumerate(originals):
                     layers[i] = layer
 
+    @functools.cached_property
+    def _skips_first_layer(self) -> bool:
+        """Whether the fused path takes layer 0's attention from a :class:`FirstLayerBasis`:
+        not where a later layer reads layer 0's keys and values (K/V sharing), which only
+        its module's forward provides."""
+        family = self.model.family
+        return self.attention == "fused" and all(
+            family.kv_source(layer) != 0 for layer in range(1, self.model.n_layers)
+        )
+
+    @contextlib.contextmanager
+    def _first_layer_stand_in(self) -> Iterator[None]:
+        """:class:`FirstLayerAttention` in layer 0's attention slot (HF modules in place)."""
+        if not self._skips_first_layer:
+            yield
+            return
+        block, name = self.model.family.attention_slot(0)
+        original = getattr(block, name)
+        setattr(block, name, _first_layer_attention(original))
+        try:
+            yield
+        finally:
+            setattr(block, name, original)
+
+    def _first_layer_basis(self) -> FirstLayerBasis:
+        """This sample's :class:`FirstLayerBasis`: layer 0's attention-module outputs of
+        :meth:`FirstLayerBasis.masks`, in one fused batch (cached)."""
+        if self._basis is None:
+            outputs = []
+            module = self.model.family.attention(0)
+            hook = module.register_forward_hook(lambda m, args, out: outputs.append(out[0]))
+            try:
+                masks = FirstLayerBasis.masks(self.model.n_layers, self.model.n_heads)
+                self._run_text(masks, self._vocab, first_layer=False)
+            finally:
+                hook.remove()
+            self._basis = FirstLayerBasis.of(outputs[0])
+        return self._basis
+
     def _run_text(
-        self, keep: Masks | Gates, vocab: Int[Tensor, " n_vocab"] | None = None
+        self,
+        keep: Masks | Gates,
+        vocab: Int[Tensor, " n_vocab"] | None = None,
+        *,
+        first_layer: bool = True,
     ) -> Float[Tensor, "batch n_vocab"]:
         """Final-position fp32 logits of the suffix run for one batch (HF modules in place).
 
         ``keep``: bool masks on the host or the device, or float gates; ``vocab``: the
-        token ids whose logits are computed (None = all).
+        token ids whose logits are computed (None = all); ``first_layer``: on the fused
+        path, take layer 0's attention from the sample's :class:`FirstLayerBasis`.
         """
         b, n_layers, n_heads = keep.shape[:3]
         n_kv = self.model.n_kv_heads
@@ -965,7 +1090,10 @@ class AblationEngine:
         if self.attention == "fused" and keep.dtype == torch.bool and per_position == 1:
             # From the host copy of the masks: no device sync for the row counts.
             routing = Routing.of(keep.cpu().transpose(0, 1), n_kv, self.suffix_len, self.device)
-        state = SuffixState(self.prefix, to_device(layout, self.device), routing)
+        basis = None
+        if routing is not None and first_layer and self._skips_first_layer:
+            basis = self._first_layer_basis()
+        state = SuffixState(self.prefix, to_device(layout, self.device), routing, basis)
         family = self.model.family
         hidden = family.decoder(
             input_ids=self._ids[:, self.prefix_len :].expand(b, -1),

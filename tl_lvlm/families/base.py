@@ -345,10 +345,14 @@ class LVLMFamily:
     def n_ctx(self) -> int:
         return int(self.decoder_config.max_position_embeddings)
 
+    def attention_slot(self, layer: int) -> tuple[torch.nn.Module, str]:
+        """The decoder block of layer ``layer`` and the attribute its attention module is under."""
+        return _unwrapped(self.decoder.layers[layer]), "self_attn"
+
     def attention(self, layer: int) -> torch.nn.Module:
         """The Hugging Face attention module of decoder layer ``layer``."""
-        block = _unwrapped(self.decoder.layers[layer])
-        return _unwrapped(block.self_attn)
+        block, name = self.attention_slot(layer)
+        return _unwrapped(getattr(block, name))
 
     def attention_scaling(self, layer: int) -> float:
         """The factor the attention scores of ``layer`` are multiplied by."""
