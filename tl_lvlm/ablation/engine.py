@@ -104,6 +104,10 @@ CPU_MAX_BATCH_EAGER = 32
 _VECTOR_PAD = 64
 #: Query rows of a fused prefix call are padded to a multiple of this (:func:`_fused_attention`).
 _ROW_PAD = 8
+#: Fewest rows the final-position MLP multiplies (:class:`FinalPositionMLP`): BLAS takes
+#: small-matrix kernels below about 6 rows (measured: MKL), which round differently, so a
+#: mask's logit would change with its batch.
+_MIN_GEMM_ROWS = 8
 #: Name of the engine's attention function in ``transformers.AttentionInterface``.
 ATTENTION_NAME = "tl_lvlm_image_ablation"
 #: Keyword argument that carries the engine's state down to the attention function.
@@ -303,10 +307,39 @@ class FirstLayerAttention(torch.nn.Module):
         return state.first_layer.outputs(keep, hidden.dtype), None
 
 
+class FinalPositionMLP(torch.nn.Module):
+    """Stands in for the last layer's MLP in the suffix runs: the MLP of the final position
+    only. The metric reads nothing else of the last layer's output, and the layer's
+    residual sum broadcasts the ``[batch, 1, d_model]`` result over the positions."""
+
+    def __init__(self, original: torch.nn.Module):
+        super().__init__()
+        self.original = original
+
+    def forward(self, hidden_states: Tensor, *args, **kwargs):  # [batch, suffix, d_model]
+        final = hidden_states[:, -1:]
+        b = final.shape[0]
+        if b < _MIN_GEMM_ROWS:  # zero rows, whose outputs are dropped
+            final = torch.cat([final, final.new_zeros(_MIN_GEMM_ROWS - b, *final.shape[1:])])
+        return self.original(final, *args, **kwargs)[:b]
+
+
 @functools.cache
-def _first_layer_attention(module: torch.nn.Module) -> FirstLayerAttention:
-    """One stand-in per attention module, so that compiled layers see the same object."""
-    return FirstLayerAttention(module)
+def _stand_in(kind: type[torch.nn.Module], module: torch.nn.Module) -> torch.nn.Module:
+    """One stand-in of ``kind`` per module, so that compiled layers see the same object."""
+    return kind(module)
+
+
+@contextlib.contextmanager
+def _swapped(slot: tuple[torch.nn.Module, str], kind: type[torch.nn.Module]) -> Iterator[None]:
+    """A ``kind`` stand-in in ``slot`` (block, attribute), the original back on exit."""
+    block, name = slot
+    original = getattr(block, name)
+    setattr(block, name, _stand_in(kind, original))
+    try:
+        yield
+    finally:
+        setattr(block, name, original)
 
 
 def _attention_with_lse(
@@ -1014,8 +1047,16 @@ class AblationEngine:
 
     @contextlib.contextmanager
     def _suffix_modules(self) -> Iterator[None]:
-        """HF modules and the engine's attention in place; layers compiled if ``compile_layers``."""
-        with hf_modules(self.model, ATTENTION_NAME), self._first_layer_stand_in():
+        """HF modules, the engine's attention and stand-ins in place (:class:`FinalPositionMLP`,
+        :class:`FirstLayerAttention`); layers compiled if ``compile_layers``."""
+        family = self.model.family
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(hf_modules(self.model, ATTENTION_NAME))
+            stack.enter_context(
+                _swapped(family.mlp_slot(self.model.n_layers - 1), FinalPositionMLP)
+            )
+            if self._skips_first_layer:
+                stack.enter_context(_swapped(family.attention_slot(0), FirstLayerAttention))
             if not self.compile_layers:
                 yield
                 return
@@ -1039,19 +1080,14 @@ class AblationEngine:
             family.kv_source(layer) != 0 for layer in range(1, self.model.n_layers)
         )
 
-    @contextlib.contextmanager
-    def _first_layer_stand_in(self) -> Iterator[None]:
-        """:class:`FirstLayerAttention` in layer 0's attention slot (HF modules in place)."""
-        if not self._skips_first_layer:
-            yield
-            return
-        block, name = self.model.family.attention_slot(0)
-        original = getattr(block, name)
-        setattr(block, name, _first_layer_attention(original))
-        try:
-            yield
-        finally:
-            setattr(block, name, original)
+        family = self.model.family
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(hf_modules(self.model, ATTENTION_NAME))
+            stack.enter_context(
+                _swapped(family.mlp_slot(self.model.n_layers - 1), FinalPositionMLP)
+            )
+            if self._skips_first_layer:
+                stack.enter_context(_swapped(family.attention_slot(0), FirstLayerAttention))
 
     def _first_layer_basis(self) -> FirstLayerBasis:
         """This sample's :class:`FirstLayerBasis`: layer 0's attention-module outputs of

@@ -349,6 +349,11 @@ class LVLMFamily:
         """The decoder block of layer ``layer`` and the attribute its attention module is under."""
         return _unwrapped(self.decoder.layers[layer]), "self_attn"
 
+    def mlp_slot(self, layer: int) -> tuple[torch.nn.Module, str]:
+        """The decoder block of layer ``layer`` and the attribute its MLP is under (the MLP
+        takes the hidden states first and its output is added to the residual stream)."""
+        return _unwrapped(self.decoder.layers[layer]), "mlp"
+
     def attention(self, layer: int) -> torch.nn.Module:
         """The Hugging Face attention module of decoder layer ``layer``."""
         block, name = self.attention_slot(layer)
