@@ -11,8 +11,8 @@ default ``benchmarks/results/gpu_check.json``) and prints a summary.
 2. **Throughput at the LLaVA-1.5-7B shape** with random bf16 weights
    (``benchmarks/full_size.py``'s config; ``--layers`` decoder layers, default all 32;
    a shorter decoder's masks/s is scaled to the full model by the layer count, for
-   the engine by the count of layers after the first, whose attention the fused path
-   computes once for all masks, which errs on the slow side): the engine (fused; eager; fused with
+   the engine by the count of layers between the first and the last, which the fused
+   path makes cheaper, so that it errs on the slow side): the engine (fused; eager; fused with
    ``compile_layers``), each at ``auto_batch_size``; the naive loop (one hooked forward
    of the whole prompt per mask); achieved FLOP/s on the standard suffix FLOP count
    against the dense bf16 peak (``--peak-flops``) and a bf16 matmul peak measured here.
@@ -221,9 +221,11 @@ def run_throughput(args) -> dict:
 
     flops = suffix_flops_per_mask(engine, FULL_LAYERS)
     scale = model.n_layers / FULL_LAYERS  # masks/s of the 32-layer model ~ rate * scale
-    # The engine's first layer costs less than the others (one mask's attention for all),
-    # so its rate scales by the other layers' count: slower than the full model's, not faster.
-    engine_scale = (model.n_layers - 1) / (FULL_LAYERS - 1) if model.n_layers > 1 else scale
+    # The engine's first and last layers cost less than the others (layer 0's attention is
+    # one basis for all masks, the last layer's from the final query only), so its rate
+    # scales by the count of the layers between: slower than the full model's, not faster.
+    middle = model.n_layers - 2
+    engine_scale = middle / (FULL_LAYERS - 2) if middle > 0 else scale
     full = {n: r * (scale if n == "naive" else engine_scale) for n, r in rates.items()}
     peak_measured = bf16_matmul_peak(device, 512 if args.dry_run else 8192)
     setup_full_s = setup_s * (1 / scale)  # the prefix scales per layer too (vision tower aside)
