@@ -1080,15 +1080,6 @@ class AblationEngine:
             family.kv_source(layer) != 0 for layer in range(1, self.model.n_layers)
         )
 
-        family = self.model.family
-        with contextlib.ExitStack() as stack:
-            stack.enter_context(hf_modules(self.model, ATTENTION_NAME))
-            stack.enter_context(
-                _swapped(family.mlp_slot(self.model.n_layers - 1), FinalPositionMLP)
-            )
-            if self._skips_first_layer:
-                stack.enter_context(_swapped(family.attention_slot(0), FirstLayerAttention))
-
     def _first_layer_basis(self) -> FirstLayerBasis:
         """This sample's :class:`FirstLayerBasis`: layer 0's attention-module outputs of
         :meth:`FirstLayerBasis.masks`, in one fused batch (cached)."""
