@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+import weakref
 from dataclasses import replace
 
 import numpy as np
@@ -230,3 +232,15 @@ def test_engine_rejects_bad_arguments(tiny_gqa, tiny_mha, make_setup):
         AblationEngine(tiny_gqa, s.inputs[0], s.baseline, scope="image")
     zero = image_kv_baseline(tiny_gqa, s.inputs, kind="zero")
     assert AblationEngine(tiny_gqa, s.inputs[0], zero).run(masks).isfinite().all()
+
+
+def test_engine_keeps_nothing_of_a_model_after_it_is_gone(tiny_paths):
+    """The stand-in modules and compiled layers live on the model, not in a global cache."""
+    model = HookedLVLM.from_pretrained(tiny_paths["gqa"], device="cpu")
+    sample = model.prepare(random_images(1, model.image_size, seed=0), "What is it?")
+    engine = AblationEngine(model, sample, image_kv_baseline(model, sample), compile_layers="eager")
+    engine.run(torch.rand(4, model.n_layers, model.n_heads) > 0.5)
+    gone = weakref.ref(model.family.attention(0))
+    del model, engine, sample
+    gc.collect()
+    assert gone() is None

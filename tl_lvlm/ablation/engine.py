@@ -71,7 +71,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
@@ -324,10 +324,22 @@ class FinalPositionMLP(torch.nn.Module):
         return self.original(final, *args, **kwargs)[:b]
 
 
-@functools.cache
+def _kept_on(module: torch.nn.Module, key: str, make: Callable[[], object]) -> object:
+    """``make()``'s result, made once per ``module`` and ``key`` and kept on the module.
+
+    Kept in the module's ``__dict__``, not as a submodule (so it is in no parameter list
+    or state dict), it goes away with the model, and compiled layers see the same object
+    on every run (a new one would fail dynamo's guards and recompile).
+    """
+    kept = module.__dict__.setdefault("_tl_lvlm_kept", {})
+    if key not in kept:
+        kept[key] = make()
+    return kept[key]
+
+
 def _stand_in(kind: type[torch.nn.Module], module: torch.nn.Module) -> torch.nn.Module:
-    """One stand-in of ``kind`` per module, so that compiled layers see the same object."""
-    return kind(module)
+    """The stand-in of ``kind`` for ``module``, one per module."""
+    return _kept_on(module, kind.__name__, lambda: kind(module))
 
 
 @contextlib.contextmanager
@@ -654,13 +666,13 @@ def hf_modules(model: HookedLVLM, attn_implementation: str | None = None) -> Ite
             setattr(module, name, child)
 
 
-@functools.cache
 def _compiled(module: torch.nn.Module, backend: str) -> torch.nn.Module:
     """``torch.compile(module)``, once per module and backend (reused across engines).
 
     ``dynamic=True``: the suffix's row count changes with the batch size.
     """
-    return torch.compile(module, backend=backend, dynamic=True)
+    make = functools.partial(torch.compile, module, backend=backend, dynamic=True)
+    return _kept_on(module, f"compiled:{backend}", make)
 
 
 class AblationEngine:
