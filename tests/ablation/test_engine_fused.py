@@ -11,6 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tl_lvlm import HookedLVLM
 from tl_lvlm.ablation.engine import (
     AblationEngine,
     Routing,
@@ -150,4 +151,12 @@ def test_layer_0_runs_where_a_later_layer_reads_its_keys_and_values(
     engine = AblationEngine(tiny_gqa, setup.inputs[0], setup.baseline)
     monkeypatch.setattr(type(tiny_gqa.family), "kv_source", lambda self, layer: 0)
     masks = torch.rand(5, tiny_gqa.n_layers, tiny_gqa.n_heads) > 0.5
+    assert [out.shape[0] for out in _layer0_outputs(engine, masks)] == [5]
+
+
+def test_layer_0_runs_per_mask_in_a_16_bit_model(tiny_paths, make_setup):
+    model = HookedLVLM.from_pretrained(tiny_paths["gqa"], device="cpu", dtype=torch.bfloat16)
+    setup = make_setup(model)
+    engine = AblationEngine(model, setup.inputs[0], setup.baseline)
+    masks = torch.rand(5, model.n_layers, model.n_heads) > 0.5
     assert [out.shape[0] for out in _layer0_outputs(engine, masks)] == [5]

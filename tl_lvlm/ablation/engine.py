@@ -36,7 +36,8 @@ causal suffix part is merged in by log-sum-exp. Two layers do less on that path:
   ``base + keep @ delta`` (:class:`FirstLayerBasis`, measured once per sample from
   ``n_heads + 1`` masks). A stand-in module (:class:`FirstLayerAttention`) returns it,
   so no mask's batch computes layer 0's queries, keys, values or attention. Not
-  where a later layer reads layer 0's keys and values (K/V sharing).
+  where a later layer reads layer 0's keys and values (K/V sharing), nor in 16-bit
+  models (:attr:`AblationEngine._skips_first_layer`).
 - The metric reads the final position only, and the last layer's outputs elsewhere
   feed nothing, so that layer attends from the final query alone (its keys and
   values still come from every suffix position).
@@ -1084,12 +1085,18 @@ class AblationEngine:
 
     @functools.cached_property
     def _skips_first_layer(self) -> bool:
-        """Whether the fused path takes layer 0's attention from a :class:`FirstLayerBasis`:
-        not where a later layer reads layer 0's keys and values (K/V sharing), which only
-        its module's forward provides."""
+        """Whether the fused path takes layer 0's attention from a :class:`FirstLayerBasis`.
+
+        Not where a later layer reads layer 0's keys and values (K/V sharing), which only
+        its module's forward provides; not in 16-bit models, where every basis output is
+        rounded to the model's dtype and a mask's sum of deltas would carry the rounding of
+        each kept head (several bf16 steps against the forward's one).
+        """
         family = self.model.family
-        return self.attention == "fused" and all(
-            family.kv_source(layer) != 0 for layer in range(1, self.model.n_layers)
+        return (
+            self.attention == "fused"
+            and torch.finfo(self.dtype).bits >= 32
+            and all(family.kv_source(layer) != 0 for layer in range(1, self.model.n_layers))
         )
 
     def _first_layer_basis(self) -> FirstLayerBasis:
