@@ -139,7 +139,7 @@ def test_first_layer_basis_gives_the_attention_modules_outputs(tiny_gqa, make_se
     # The module runs once, for the basis; the masks' batch never reaches it.
     (basis_run,) = _layer0_outputs(fused, masks)
     assert basis_run.shape[0] == tiny_gqa.n_heads + 1
-    got = fused._first_layer_basis().outputs(masks[:, 0], want.dtype)
+    got = fused._first_layer_basis.outputs(masks[:, 0], want.dtype)
     assert (got - want).abs().max() <= 1e-5
     assert (want[1:] - want[0]).abs().max() > 1e-3  # the masks do change layer 0's output
 

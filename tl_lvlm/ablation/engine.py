@@ -37,7 +37,7 @@ causal suffix part is merged in by log-sum-exp. Two layers do less on that path:
   ``n_heads + 1`` masks). A stand-in module (:class:`FirstLayerAttention`) returns it,
   so no mask's batch computes layer 0's queries, keys, values or attention. Not
   where a later layer reads layer 0's keys and values (K/V sharing), nor in 16-bit
-  models (:attr:`AblationEngine._skips_first_layer`).
+  models (:attr:`AblationEngine.skips_first_layer`).
 - The metric reads the final position only, and the last layer's outputs elsewhere
   feed nothing, so that layer attends from the final query alone (its keys and
   values still come from every suffix position).
@@ -778,7 +778,6 @@ class AblationEngine:
         self.foil = None if foil is None else int(foil)
         self.clean_logit = float(self.clean_logits[self.target])
         self.clean_value = float(self._measure(self.clean_logits[None], None)[0])
-        self._basis: FirstLayerBasis | None = None
         ids = metric.vocab(self.target, self.foil)
         #: Token ids whose logits the runs compute (None = all, reduced on the device).
         self._vocab = None if ids is None else torch.tensor(ids, device=self.device)
@@ -1068,7 +1067,7 @@ class AblationEngine:
             stack.enter_context(
                 _swapped(family.mlp_slot(self.model.n_layers - 1), FinalPositionMLP)
             )
-            if self._skips_first_layer:
+            if self.skips_first_layer:
                 stack.enter_context(_swapped(family.attention_slot(0), FirstLayerAttention))
             if not self.compile_layers:
                 yield
@@ -1084,7 +1083,7 @@ class AblationEngine:
                     layers[i] = layer
 
     @functools.cached_property
-    def _skips_first_layer(self) -> bool:
+    def skips_first_layer(self) -> bool:
         """Whether the fused path takes layer 0's attention from a :class:`FirstLayerBasis`.
 
         Not where a later layer reads layer 0's keys and values (K/V sharing), which only
@@ -1099,20 +1098,19 @@ class AblationEngine:
             and all(family.kv_source(layer) != 0 for layer in range(1, self.model.n_layers))
         )
 
+    @functools.cached_property
     def _first_layer_basis(self) -> FirstLayerBasis:
         """This sample's :class:`FirstLayerBasis`: layer 0's attention-module outputs of
-        :meth:`FirstLayerBasis.masks`, in one fused batch (cached)."""
-        if self._basis is None:
-            outputs = []
-            module = self.model.family.attention(0)
-            hook = module.register_forward_hook(lambda m, args, out: outputs.append(out[0]))
-            try:
-                masks = FirstLayerBasis.masks(self.model.n_layers, self.model.n_heads)
-                self._run_text(masks, self._vocab, first_layer=False)
-            finally:
-                hook.remove()
-            self._basis = FirstLayerBasis.of(outputs[0])
-        return self._basis
+        :meth:`FirstLayerBasis.masks`, in one fused batch (first read inside a suffix run)."""
+        outputs = []
+        module = self.model.family.attention(0)
+        hook = module.register_forward_hook(lambda m, args, out: outputs.append(out[0]))
+        try:
+            masks = FirstLayerBasis.masks(self.model.n_layers, self.model.n_heads)
+            self._run_text(masks, self._vocab, first_layer=False)
+        finally:
+            hook.remove()
+        return FirstLayerBasis.of(outputs[0])
 
     def _run_text(
         self,
@@ -1137,8 +1135,8 @@ class AblationEngine:
             # From the host copy of the masks: no device sync for the row counts.
             routing = Routing.of(keep.cpu().transpose(0, 1), n_kv, self.suffix_len, self.device)
         basis = None
-        if routing is not None and first_layer and self._skips_first_layer:
-            basis = self._first_layer_basis()
+        if routing is not None and first_layer and self.skips_first_layer:
+            basis = self._first_layer_basis
         state = SuffixState(self.prefix, to_device(layout, self.device), routing, basis)
         family = self.model.family
         hidden = family.decoder(
