@@ -65,6 +65,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from flops import executed_flops_per_mask, suffix_flops_per_mask  # a sibling script
 
 from tl_lvlm import HookedLVLM
 from tl_lvlm.ablation import image_kv_ablation_hooks, image_kv_baseline
@@ -161,37 +162,6 @@ def save_tiny(args: argparse.Namespace, directory: str) -> str:
         seed=args.seed,
     )
     return str(save_tiny_llava(f"{directory}/tiny", cfg))
-
-
-def suffix_flops_per_mask(engine: AblationEngine) -> float:
-    """Standard forward FLOPs of the suffix tokens of one mask (see the module docstring)."""
-    cfg = engine.model.hf_model.config.text_config
-    d, n_heads, d_head = cfg.hidden_size, engine.model.n_heads, engine.model.d_head
-    n_kv = engine.model.n_kv_heads
-    s, context = engine.suffix_len, engine.prefix_len + engine.suffix_len
-    projections = d * d_head * (2 * n_heads + 2 * n_kv) + 3 * d * cfg.intermediate_size
-    attention = 2 * n_heads * d_head * context
-    return 2.0 * cfg.num_hidden_layers * s * (projections + attention) + 2.0 * d * cfg.vocab_size
-
-
-def executed_flops_per_mask(engine: AblationEngine) -> float:
-    """The FLOPs the fused path executes per mask, which skips part of the standard count:
-    layer 0 runs only its MLP (its attention comes from a per-sample basis), the last layer
-    attends and runs its MLP from the final query alone (its projections run on every
-    suffix token), and only the metric's logits are computed."""
-    cfg = engine.model.hf_model.config.text_config
-    d, n_heads, d_head = cfg.hidden_size, engine.model.n_heads, engine.model.d_head
-    n_kv, n_layers = engine.model.n_kv_heads, cfg.num_hidden_layers
-    s, context = engine.suffix_len, engine.prefix_len + engine.suffix_len
-    projections = d * d_head * (2 * n_heads + 2 * n_kv)
-    mlp = 3 * d * cfg.intermediate_size
-    attention = 2 * n_heads * d_head * context
-    first = s * mlp
-    middle = (n_layers - 2) * s * (projections + mlp + attention)
-    last = s * projections + attention + mlp if n_layers > 1 else 0
-    ids = engine.metric.vocab(engine.target, engine.foil)
-    logits = 2.0 * d * (cfg.vocab_size if ids is None else len(ids))
-    return 2.0 * (first + middle + last) + logits
 
 
 def sync(device: str) -> None:

@@ -43,6 +43,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 import full_size  # noqa: E402  (a sibling script: the 7B config and tokenizer)
+from flops import suffix_flops_per_mask  # noqa: E402  (a sibling script)
 
 from tl_lvlm import HookedLVLM  # noqa: E402
 from tl_lvlm.ablation import image_kv_ablation_hooks, image_kv_baseline  # noqa: E402
@@ -145,19 +146,6 @@ def llava_7b_shaped(args) -> HookedLVLM:
         config.save_pretrained(tmp)
         build_processor(tokenizer, vision.image_size, vision.patch_size).save_pretrained(tmp)
         return HookedLVLM.from_hf(hf_model.eval(), AutoProcessor.from_pretrained(tmp))
-
-
-def suffix_flops_per_mask(engine: AblationEngine, n_layers: int | None = None) -> float:
-    """Standard forward FLOPs of one mask's suffix tokens (as ``ablation_throughput.py``),
-    with ``n_layers`` decoder layers (default: the model's)."""
-    cfg = engine.model.hf_model.config.text_config
-    n_layers = n_layers or cfg.num_hidden_layers
-    d, n_heads, d_head = cfg.hidden_size, engine.model.n_heads, engine.model.d_head
-    n_kv = engine.model.n_kv_heads
-    s, context = engine.suffix_len, engine.prefix_len + engine.suffix_len
-    projections = d * d_head * (2 * n_heads + 2 * n_kv) + 3 * d * cfg.intermediate_size
-    attention = 2 * n_heads * d_head * context
-    return 2.0 * n_layers * s * (projections + attention) + 2.0 * d * cfg.vocab_size
 
 
 def rate(fn, n: int, device: torch.device, repeats: int) -> float:

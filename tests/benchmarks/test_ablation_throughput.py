@@ -1,4 +1,4 @@
-"""``benchmarks/ablation_throughput.py``'s FLOP counts against torch's own count of the matmuls.
+"""``benchmarks/flops.py``'s FLOP counts against torch's own count of the matmuls.
 
 ``torch.utils.flop_counter.FlopCounterMode`` counts every matmul a run executes (it does
 not count the CPU flash-attention kernel), so it checks the non-attention part of
@@ -11,18 +11,22 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from tl_lvlm import HookedLVLM
 from tl_lvlm.ablation import AblationEngine, image_kv_baseline
 from tl_lvlm.testing import random_images
 
 sys.path.insert(0, str(Path(__file__).parents[2] / "benchmarks"))
-from ablation_throughput import executed_flops_per_mask  # noqa: E402
+from flops import executed_flops_per_mask  # noqa: E402
 
 
-def test_executed_flops_are_the_fused_runs_matmuls_plus_its_attention(tiny_gqa):
-    model = tiny_gqa
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_executed_flops_are_the_fused_runs_matmuls_plus_its_attention(tiny_paths, dtype):
+    """fp32 takes layer 0 from its basis; bf16 projects layer 0 per mask."""
+    model = HookedLVLM.from_pretrained(tiny_paths["gqa"], device="cpu", dtype=dtype)
     size = model.image_size
     sample = model.prepare(random_images(1, size, seed=0), "What is it?")
     baseline = image_kv_baseline(model, model.prepare(random_images(2, size, seed=1), "What?"))
