@@ -1072,7 +1072,7 @@ class AblationEngine:
             if not self.compile_layers:
                 yield
                 return
-            layers = self.model.family.decoder.layers  # the HF layers while swapped
+            layers = family.decoder.layers  # the HF layers while swapped
             originals = list(layers)
             try:
                 for i, layer in enumerate(originals):
